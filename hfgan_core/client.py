@@ -1,0 +1,89 @@
+"""A hospital: its private images, its own generator G_i, and the two things it does per round.
+
+(1) ``discriminator_upload``: D's loss gradient on a Poisson-sampled batch of real
+    images plus a fixed number of the hospital's own fakes, clipped per example,
+    summed, noised and normalised *here*, so only a DP gradient leaves the hospital.
+(2) ``generator_step``: update G_i against the (already DP) discriminator. This step
+    never reads ``images`` or ``labels``: G_i inherits D's privacy by post-processing.
+
+The loss, with D(x, y) = sigmoid(logit):
+    L_D = -[ sum_real log D(x, y) + sum_fake log(1 - D(G_i(z, y), y)) ] / normaliser
+    L_G = -mean_fake log D(G_i(z, y), y)                           (non-saturating)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .clipping import PerExampleClipper
+from .models import Generator
+from .privacy import ClientBudget, privatize
+
+
+@dataclass
+class Client:
+    cid: int
+    images: torch.Tensor  # (N_i, C, H, W) in [-1, 1]; never leaves this object
+    labels: torch.Tensor  # (N_i,)
+    generator: Generator
+    g_optimizer: torch.optim.Optimizer
+    budget: ClientBudget | None  # None when training without DP
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.labels)
+
+
+def sample_rate(batch_size: int, n_examples: int) -> float:
+    """Poisson sampling rate q_i = B / N_i: each record joins a batch with probability q_i."""
+    return min(1.0, batch_size / n_examples)
+
+
+def poisson_batch(client: Client, q: float) -> tuple[torch.Tensor, torch.Tensor]:
+    mask = torch.rand(client.n_examples) < q  # every record independently: the amplification the accountant assumes
+    return client.images[mask], client.labels[mask]  # (~q N_i, C, H, W), (~q N_i,)
+
+
+def discriminator_upload(client: Client, discriminator: nn.Module, clipper: PerExampleClipper | None, *,
+                         batch_size: int, max_grad_norm: float) -> tuple[list[torch.Tensor], float]:
+    """The noisy, normalised D gradient this client sends, and D's mean loss on its fakes.
+
+    The number of fakes is ``batch_size`` whatever the real batch size turned out to be: tying
+    it to the realised real count would let one record add a second clipped term. The
+    normaliser (expected real count + fakes) is fixed for the same reason.
+    """
+    q = sample_rate(batch_size, client.n_examples)
+    x_real, y_real = poisson_batch(client, q)
+    with torch.no_grad():
+        x_fake, y_fake = client.generator.sample(batch_size)  # (B, C, H, W), labels uniform
+    x = torch.cat([x_real, x_fake])  # (n_real + B, C, H, W)
+    y = torch.cat([y_real, y_fake])
+    target = torch.cat([torch.ones(len(y_real)), torch.zeros(batch_size)])
+    normaliser = q * client.n_examples + batch_size
+    params = list(discriminator.parameters())
+
+    if clipper is None:  # no DP: the plain gradient with the same normaliser
+        losses = F.binary_cross_entropy_with_logits(discriminator(x, y), target, reduction="none")
+        grads = torch.autograd.grad(losses.sum() / normaliser, params)
+    else:
+        with clipper.capture():
+            losses = F.binary_cross_entropy_with_logits(discriminator(x, y), target, reduction="none")  # (n+B,)
+        sums, _ = clipper.clipped_grad_sum(losses)
+        grads = privatize(sums, noise_multiplier=client.budget.noise_multiplier, max_grad_norm=max_grad_norm,
+                          normaliser=normaliser)
+    # Only the loss on fakes is reported: a loss on real images would be an un-noised release.
+    return [g.detach() for g in grads], float(losses.detach()[len(y_real):].mean())
+
+
+def generator_step(client: Client, discriminator: nn.Module, *, batch_size: int) -> float:
+    """One non-saturating step of G_i against D; D's parameters are not touched."""
+    x_fake, y_fake = client.generator.sample(batch_size)  # (B, C, H, W)
+    logits = discriminator(x_fake, y_fake)  # (B,)
+    loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+    client.g_optimizer.zero_grad(set_to_none=True)
+    loss.backward(inputs=list(client.generator.parameters()))
+    client.g_optimizer.step()
+    return float(loss)

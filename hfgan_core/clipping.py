@@ -1,0 +1,164 @@
+"""Per-example gradient clipping at the cost of about one backward pass.
+
+DP-SGD needs  sum_i clip_C(grad l_i)  with  clip_C(g) = g * min(1, C / ||g||).
+Opacus materialises every per-example gradient (0.2x the speed of a plain step here).
+We follow the "book-keeping" idea (Bu et al., 2023): a layer's per-example weight
+gradient is a product of its input activations a_i and output gradients g_i, so
+
+1. one forward pass stores a_i for every Linear / Conv2d / Embedding layer;
+2. one backward pass to the layer *outputs* gives g_i (no weight gradients yet);
+3. each layer's per-example squared norm comes from (a_i, g_i) alone, either by the
+   "ghost norm" <a a^T, g g^T> or by forming the per-example gradient, whichever
+   costs fewer flops for that layer;
+4. with the clip factors c_i known, the clipped sum per layer is one matmul
+   sum_i c_i g_i^T a_i.
+
+The model must be a composition of those layers and parameter-free modules, with
+no layer mixing examples (no BatchNorm) and no in-place op on a layer's output.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED = (nn.Linear, nn.Conv2d, nn.Embedding)
+
+
+class PerExampleClipper:
+    """Computes the sum of per-example clipped gradients of ``model``'s parameters."""
+
+    def __init__(self, model: nn.Module, *, max_grad_norm: float) -> None:
+        if not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be positive, got {max_grad_norm}")
+        self.model, self.max_grad_norm = model, max_grad_norm
+        self.layers = self._prepare_layers(model)
+        self._records: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._capturing = False
+        for layer in self.layers:
+            layer.register_forward_hook(self._store)
+
+    @staticmethod
+    def _prepare_layers(model: nn.Module) -> list[nn.Module]:
+        layers = []
+        for name, m in model.named_modules():
+            own = [p for p in m.parameters(recurse=False) if p.requires_grad]
+            if not own:
+                continue
+            if type(m) not in SUPPORTED:
+                raise ValueError(f"layer '{name}' ({type(m).__name__}) has trainable parameters but per-example "
+                                 f"clipping supports only {', '.join(t.__name__ for t in SUPPORTED)}; "
+                                 "batch-mixing layers such as BatchNorm break per-example privacy")
+            if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.padding_mode != "zeros"):
+                raise ValueError(f"layer '{name}': only Conv2d with groups=1 and zero padding is supported")
+            layers.append(m)
+        return layers
+
+    def _store(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if not self._capturing:
+            return
+        if module in self._records:
+            raise RuntimeError("a layer ran twice in one forward pass; shared weights are not supported")
+        self._records[module] = (inputs[0].detach(), output)
+
+    @contextmanager
+    def capture(self) -> Iterator[None]:
+        """Record activations of the forward pass run inside this block."""
+        self._records.clear()
+        self._capturing = True
+        try:
+            yield
+        finally:
+            self._capturing = False
+
+    def clipped_grad_sum(self, losses: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Sum over examples of clipped gradients, in ``model.parameters()`` order, and the
+        unclipped per-example gradient norms. ``losses`` is (B,), one loss per example."""
+        missing = [m for m in self.layers if m not in self._records]
+        if missing:
+            raise RuntimeError("run the forward pass inside `with clipper.capture():` before clipping")
+        outputs = [self._records[m][1] for m in self.layers]
+        out_grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)  # (2) g_i per layer
+        batch = losses.shape[0]
+        sq_norms = losses.new_zeros(batch)
+        prepared = []
+        for m, g in zip(self.layers, out_grads):
+            if g is None:  # layer unused by this loss: zero gradient
+                g = torch.zeros_like(self._records[m][1])
+            a = self._records[m][0]
+            kind, a3, g3 = _as_matrices(m, a, g)
+            sq, per_example = _weight_sq_norms(kind, a3, g3)  # (3)
+            bias_g = g3.sum(dim=2) if getattr(m, "bias", None) is not None else None  # (B, out)
+            if bias_g is not None:
+                sq = sq + bias_g.pow(2).sum(dim=1)
+            sq_norms += sq
+            prepared.append((m, kind, a, g, a3, g3, per_example, bias_g))
+        self._records.clear()
+        norms = sq_norms.sqrt()
+        factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)  # (B,)
+
+        grads: dict[torch.nn.Parameter, torch.Tensor] = {}
+        for m, kind, a, g, a3, g3, per_example, bias_g in prepared:  # (4)
+            if per_example is not None:
+                grads[m.weight] = torch.einsum("b,bok->ok", factors, per_example).view_as(m.weight)
+            else:
+                grads[m.weight] = _clipped_weight_sum(m, kind, a, g, a3, g3, factors)
+            if bias_g is not None:
+                grads[m.bias] = factors @ bias_g
+        return [grads.get(p, torch.zeros_like(p)) for p in self.model.parameters()], norms
+
+
+def _as_matrices(m: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """Rewrite a layer as  out_i[:, t] = W a_i[:, t]  over T positions: a3 (B, k, T), g3 (B, out, T).
+
+    The layouts are the ones unfold and flatten produce, so nothing is copied; for a
+    convolution, g3 is a view of the (B, out, H', W') output gradient.
+    """
+    b = a.shape[0]
+    if isinstance(m, nn.Embedding):
+        if a.dim() != 1:
+            raise ValueError("Embedding inputs must be one index per example, shape (B,)")
+        return "embedding", a, g.unsqueeze(2)  # a: (B,) indices, g3: (B, d, 1)
+    if isinstance(m, nn.Conv2d):
+        return "conv", _unfold(a, m, g.shape[2:]), g.flatten(2)
+    return "linear", a.reshape(b, -1, a.shape[-1]).transpose(1, 2), g.reshape(b, -1, g.shape[-1]).transpose(1, 2)
+
+
+def _unfold(a: torch.Tensor, m: nn.Conv2d, out_hw: torch.Size) -> torch.Tensor:
+    """Patches (B, C*kh*kw, T) as a strided view of the padded input (3x faster than F.unfold on CPU)."""
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = m.kernel_size, m.stride, m.dilation, m.padding
+    a = F.pad(a, (pw, pw, ph, ph)) if ph or pw else a
+    b, c = a.shape[:2]
+    s = a.stride()
+    patches = a.as_strided((b, c, kh, kw, *out_hw), (s[0], s[1], dh * s[2], dw * s[3], sh * s[2], sw * s[3]))
+    return patches.reshape(b, c * kh * kw, -1)
+
+
+def _weight_sq_norms(kind: str, a3: torch.Tensor, g3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-example ||dL_i/dW||^2, and the per-example gradients when they were cheaper to form."""
+    if kind == "embedding":
+        return g3.pow(2).sum(dim=(1, 2)), None
+    _, k, t = a3.shape
+    out = g3.shape[1]
+    if t == 1:  # ||g a^T||_F^2 = ||g||^2 ||a||^2
+        return g3.pow(2).sum(dim=(1, 2)) * a3.pow(2).sum(dim=(1, 2)), None
+    if t * t * (k + out) < t * k * out:  # ghost norm <a^T a, g^T g>: never forms the (out, k) gradient
+        gram_a = a3.transpose(1, 2) @ a3  # (B, T, T)
+        gram_g = g3.transpose(1, 2) @ g3
+        return (gram_a * gram_g).sum(dim=(1, 2)), None
+    per_example = g3 @ a3.transpose(1, 2)  # (B, out, k)
+    return per_example.pow(2).sum(dim=(1, 2)), per_example
+
+
+def _clipped_weight_sum(m: nn.Module, kind: str, a: torch.Tensor, g: torch.Tensor, a3: torch.Tensor,
+                        g3: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """sum_i c_i dL_i/dW without forming per-example gradients."""
+    if kind == "embedding":
+        return torch.zeros_like(m.weight).index_add_(0, a, g * factors[:, None])
+    scaled = g * factors.view(-1, *([1] * (g.dim() - 1)))
+    if kind == "conv":  # the convolution's own weight-gradient kernel, on output gradients scaled by c_i
+        return torch.nn.grad.conv2d_weight(a, m.weight.shape, scaled, m.stride, m.padding, m.dilation, m.groups)
+    return scaled.reshape(-1, scaled.shape[-1]).T @ a.reshape(-1, a.shape[-1])  # Linear: (out, in)

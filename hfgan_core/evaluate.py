@@ -1,0 +1,56 @@
+"""Judge trained generators on held-out *validation* data (never test).
+
+* train-on-synthetic: a classifier trained only on the generators' images, scored on
+  real validation images (does each G_i carry the label signal?);
+* in-domain Fréchet distance: features from a CNN trained on the real training split.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .classifier import predict_proba, train_classifier
+from .data import MedicalDataset
+from .metrics import classification_metrics, extract_features, frechet_distance
+from .models import Generator
+
+
+@torch.no_grad()
+def synthesize(generators: list[Generator], per_class: int, num_classes: int, seed: int = 0
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` images of every class from every generator, pooled: (n, C, H, W), (n,)."""
+    gen = torch.Generator().manual_seed(seed)
+    xs, ys = [], []
+    for g in generators:
+        g.eval()
+        y = torch.arange(num_classes).repeat_interleave(per_class)
+        xs.append(g(torch.randn(len(y), g.nz, generator=gen), y))
+        ys.append(y)
+        g.train()
+    return torch.cat(xs), torch.cat(ys)
+
+
+def train_on_synthetic(generators: list[Generator], ds: MedicalDataset, *, per_class: int = 500,
+                       epochs: int = 5, seed: int = 0) -> dict[str, float]:
+    """Classifier trained on synthetic images only; metrics on the real validation split."""
+    x, y = synthesize(generators, per_class // max(1, len(generators)) or 1, ds.num_classes, seed)
+    model, _ = train_classifier(x, y, num_classes=ds.num_classes, epochs=epochs, seed=seed)
+    xv, yv = ds.val.tensors()
+    scores = classification_metrics(yv.numpy(), predict_proba(model, xv))
+    scores["majority_rate"] = float(np.bincount(yv.numpy()).max() / len(yv))
+    return scores
+
+
+def feature_extractor(ds: MedicalDataset, *, epochs: int = 3, seed: int = 0, max_images: int | None = None):
+    """In-domain CNN trained on the real training split only."""
+    x, y = ds.train.tensors()
+    if max_images is not None:
+        x, y = x[:max_images], y[:max_images]
+    model, _ = train_classifier(x, y, num_classes=ds.num_classes, epochs=epochs, seed=seed)
+    return model
+
+
+def in_domain_fd(extractor, generators: list[Generator], real: torch.Tensor, num_classes: int,
+                 per_class: int, seed: int = 0) -> float:
+    fake, _ = synthesize(generators, per_class, num_classes, seed)
+    return frechet_distance(extract_features(extractor, fake), extract_features(extractor, real))

@@ -1,0 +1,42 @@
+"""Classification scores and the Fréchet distance between two feature sets."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import linalg
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro-F1 and AUC (binary, or macro one-vs-rest) from class probabilities (N, K)."""
+    y_true = np.asarray(y_true)
+    pred = proba.argmax(axis=1)
+    k = proba.shape[1]
+    present = np.unique(y_true)
+    if len(present) < 2:
+        auc = float("nan")
+    elif k == 2:
+        auc = roc_auc_score(y_true, proba[:, 1])
+    else:
+        auc = roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=np.arange(k))
+    return {"accuracy": float(accuracy_score(y_true, pred)),
+            "macro_f1": float(f1_score(y_true, pred, average="macro", labels=np.arange(k), zero_division=0)),
+            "auc": float(auc)}
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of Gaussians fitted to two (N, d) sets."""
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(s_a @ s_b, disp=False)
+    if not np.isfinite(covmean).all():  # near-singular product: regularise as the FID reference code does
+        eps = 1e-6 * np.eye(len(s_a))
+        covmean = linalg.sqrtm((s_a + eps) @ (s_b + eps))
+    covmean = covmean.real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean))
+
+
+@torch.no_grad()
+def extract_features(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    model.eval()
+    return torch.cat([model.features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).double().numpy()

@@ -1,0 +1,328 @@
+"""The HF-GAN training loop: set-up, rounds, logging, checkpoints, resume.
+
+Each round:
+  (1) the server sends D to the selected hospitals; each returns a DP gradient of L_D
+      (``client.discriminator_upload``), the server averages them by N_i and takes an
+      Adam step -- ``d_steps`` times;
+  (2) each selected hospital takes ``g_steps`` generator steps against the new D.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import client as cl
+from . import server as sv
+from .clipping import PerExampleClipper
+from .data import MedicalDataset, load_dataset
+from .errors import UserError
+from .models import build_models
+from .partition import class_counts, format_class_counts, partition
+from .privacy import ClientBudget, calibrate_noise, max_steps_within
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "pneumoniamnist"
+    data_dir: str | None = None
+    clients: int = 5
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    min_client_size: int = 64
+    client_fraction: float = 1.0
+    rounds: int = 200
+    d_steps: int = 1  # D updates per round (each one is a DP step for every selected client)
+    g_steps: int = 1  # generator steps per selected client per round
+    batch_size: int = 64  # expected real examples per client batch, and the number of fakes
+    max_grad_norm: float = 1.0
+    epsilon: float = 10.0  # per-record, per-hospital target; inf trains without DP
+    delta: float = 1e-5
+    accountant: str = "prv"
+    noise_multiplier: float | None = None  # fixed sigma instead of calibration; training stops at epsilon
+    lr_d: float = 2e-4
+    lr_g: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    nz: int = 64
+    ngf: int = 32
+    ndf: int = 32
+    seed: int = 0
+    device: str = "cpu"
+    eps_every: int = 10  # rounds between accountant evaluations (PRV takes ~0.2 s a client)
+    checkpoint_every: int = 25
+    download: bool = False
+
+    @property
+    def private(self) -> bool:
+        return not math.isinf(self.epsilon)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Run:
+    """Everything a training run holds; checkpoints save all of it."""
+    config: TrainConfig
+    dataset: MedicalDataset
+    parts: list[np.ndarray]
+    clients: list[cl.Client]
+    discriminator: torch.nn.Module
+    d_optimizer: torch.optim.Optimizer
+    clipper: PerExampleClipper | None
+    schedule: list[list[int]]
+    round: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def setup(config: TrainConfig, dataset: MedicalDataset | None = None) -> Run:
+    """Load data, split hospitals, build models, calibrate each hospital's noise."""
+    _check_config(config)
+    ds = dataset or load_dataset(config.dataset, config.data_dir, download=config.download)
+    torch.manual_seed(config.seed)
+    device = torch.device(config.device)
+    parts = partition(ds.train.labels, config.clients, scheme=config.partition, alpha=config.alpha,
+                      min_size=config.min_client_size, seed=config.seed)
+    x_all, y_all = ds.train.tensors()
+    schedule = sv.selection_schedule(config.seed, config.clients, config.rounds, fraction=config.client_fraction)
+    planned = np.zeros(config.clients, dtype=int)
+    for chosen in schedule:
+        planned[chosen] += config.d_steps
+
+    _, discriminator = build_models(num_classes=ds.num_classes, channels=ds.channels, image_size=ds.image_size,
+                                    nz=config.nz, ngf=config.ngf, ndf=config.ndf)
+    discriminator = discriminator.to(device)
+    betas = (config.beta1, config.beta2)
+    clients = []
+    for cid, idx in enumerate(parts):
+        if len(idx) < config.batch_size:
+            raise UserError(f"client {cid} holds {len(idx)} images, fewer than --batch-size {config.batch_size}; "
+                            "lower the batch size, use fewer clients or raise --min-client-size")
+        gen, _ = build_models(num_classes=ds.num_classes, channels=ds.channels, image_size=ds.image_size,
+                              nz=config.nz, ngf=config.ngf, ndf=config.ndf)
+        gen = gen.to(device)
+        budget = _budget(config, len(idx), int(planned[cid])) if config.private else None
+        clients.append(cl.Client(cid, x_all[idx].to(device), y_all[idx].to(device), gen,
+                                 torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=betas), budget))
+    d_opt = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=betas)
+    clipper = PerExampleClipper(discriminator, max_grad_norm=config.max_grad_norm) if config.private else None
+    return Run(config, ds, parts, clients, discriminator, d_opt, clipper, schedule)
+
+
+def _check_config(c: TrainConfig) -> None:
+    checks = [(c.rounds >= 1, f"--rounds must be at least 1 (got {c.rounds})"),
+              (c.d_steps >= 1 and c.g_steps >= 0, "--d-steps must be >= 1 and --g-steps >= 0"),
+              (c.batch_size >= 1, f"--batch-size must be at least 1 (got {c.batch_size})"),
+              (c.max_grad_norm > 0, f"--max-grad-norm must be positive (got {c.max_grad_norm})"),
+              (c.epsilon > 0, f"--epsilon must be positive (got {c.epsilon}); use inf to train without DP"),
+              (0 < c.delta < 1, f"--delta must lie in (0, 1) (got {c.delta})"),
+              (c.noise_multiplier is None or c.noise_multiplier > 0,
+               f"--noise-multiplier must be positive (got {c.noise_multiplier})"),
+              (c.eps_every >= 1 and c.checkpoint_every >= 1, "--eps-every and --checkpoint-every must be >= 1")]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    if c.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {c.device} asked for, but this machine has no CUDA GPU; use --device cpu")
+
+
+def _budget(c: TrainConfig, n: int, planned_steps: int) -> ClientBudget:
+    q = cl.sample_rate(c.batch_size, n)
+    if c.noise_multiplier is None:
+        sigma = calibrate_noise(target_epsilon=c.epsilon, delta=c.delta, sample_rate=q,
+                                steps=max(planned_steps, 1), accountant=c.accountant)
+        allowed = max(planned_steps, 1)
+    else:
+        sigma = c.noise_multiplier
+        allowed = max_steps_within(target_epsilon=c.epsilon, delta=c.delta, noise_multiplier=sigma,
+                                   sample_rate=q, upper=planned_steps, accountant=c.accountant)
+    return ClientBudget(n_examples=n, sample_rate=q, noise_multiplier=sigma, delta=c.delta,
+                        accountant=c.accountant, max_steps=allowed)
+
+
+def train_round(run: Run) -> dict:
+    """One HF-GAN round; returns its metrics line."""
+    c, chosen = run.config, run.schedule[run.round]
+    selected = [run.clients[i] for i in chosen]
+    for client in selected:
+        if client.budget is not None and not client.budget.can_spend(c.d_steps):
+            raise BudgetExhausted(f"round {run.round + 1}: client {client.cid} would exceed epsilon={c.epsilon} "
+                                  f"(delta={c.delta}); stopping with the budget intact")
+    started = time.perf_counter()
+    d_fake = []
+    for _ in range(c.d_steps):  # (1) update D with DP gradients from the selected clients
+        uploads = []
+        for client in selected:
+            grads, loss_fake = cl.discriminator_upload(client, run.discriminator, run.clipper,
+                                                       batch_size=c.batch_size, max_grad_norm=c.max_grad_norm)
+            uploads.append(grads)
+            d_fake.append(loss_fake)
+            if client.budget is not None:
+                client.budget.spend()
+        sv.apply_gradient(run.discriminator, run.d_optimizer,
+                          sv.aggregate(uploads, [cl_.n_examples for cl_ in selected]))
+    g_losses = [cl.generator_step(client, run.discriminator, batch_size=c.batch_size)  # (2) update each G_i
+                for client in selected for _ in range(c.g_steps)]
+    run.round += 1
+    line = {"round": run.round, "selected": chosen, "d_loss_fake": float(np.mean(d_fake)),
+            "g_loss": float(np.mean(g_losses)) if g_losses else None,
+            "steps": {str(cl_.cid): cl_.budget.steps for cl_ in run.clients if cl_.budget is not None},
+            "round_time_s": time.perf_counter() - started}
+    if run.clients[0].budget is not None and (run.round % c.eps_every == 0 or run.round == c.rounds):
+        line["epsilon"] = {str(cl_.cid): cl_.budget.update_epsilon() for cl_ in run.clients}
+    return line
+
+
+class BudgetExhausted(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs and checkpoints
+
+def _save_checkpoint(run: Run, out: Path) -> None:
+    state = {"round": run.round,
+             "discriminator": run.discriminator.state_dict(), "d_optimizer": run.d_optimizer.state_dict(),
+             "generators": [c.generator.state_dict() for c in run.clients],
+             "g_optimizers": [c.g_optimizer.state_dict() for c in run.clients],
+             "budgets": [c.budget.steps if c.budget else 0 for c in run.clients],
+             "epsilons": [c.budget.epsilon if c.budget else 0.0 for c in run.clients],
+             "torch_rng": torch.get_rng_state()}
+    tmp = out / "checkpoint.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(out / "checkpoint.pt")
+
+
+def _load_checkpoint(run: Run, out: Path) -> None:
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    run.round = state["round"]
+    run.discriminator.load_state_dict(state["discriminator"])
+    run.d_optimizer.load_state_dict(state["d_optimizer"])
+    for c, g, o, steps, eps in zip(run.clients, state["generators"], state["g_optimizers"], state["budgets"],
+                                   state["epsilons"]):
+        c.generator.load_state_dict(g)
+        c.g_optimizer.load_state_dict(o)
+        if c.budget is not None:
+            c.budget.steps, c.budget.epsilon = steps, eps
+    torch.set_rng_state(state["torch_rng"])
+
+
+def write_privacy(run: Run, out: Path) -> dict:
+    c = run.config
+    report = {"unit": "one training record (image + label) of one hospital",
+              "mechanism": "Poisson-subsampled Gaussian on per-example clipped D gradients, noised on the client",
+              "accountant": c.accountant if c.private else None, "delta": c.delta if c.private else None,
+              "target_epsilon": c.epsilon if c.private else None, "max_grad_norm": c.max_grad_norm,
+              "rounds_completed": run.round,
+              "clients": {str(cl_.cid): (cl_.budget.to_json() if cl_.budget else
+                                         {"n_examples": cl_.n_examples, "epsilon": math.inf})
+                          for cl_ in run.clients}}
+    if c.private:
+        report["max_epsilon"] = max(v["epsilon"] for v in report["clients"].values())
+    (out / "privacy.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def save_sample_grids(run: Run, out: Path, per_class: int = 8) -> list[Path]:
+    """One PNG per client: row r holds class r, from fixed noise."""
+    from torchvision.utils import save_image
+    paths = []
+    k = run.dataset.num_classes
+    gen = torch.Generator().manual_seed(1234)
+    z = torch.randn(k * per_class, run.config.nz, generator=gen)
+    y = torch.arange(k).repeat_interleave(per_class)
+    for c in run.clients:
+        c.generator.eval()
+        with torch.no_grad():
+            images = c.generator(z.to(c.images.device), y.to(c.images.device)).cpu()
+        c.generator.train()
+        path = out / f"samples_client{c.cid}.png"
+        save_image(images, path, nrow=per_class, normalize=True, value_range=(-1, 1))
+        paths.append(path)
+    return paths
+
+
+def train(config: TrainConfig, out: str | Path, *, resume: bool = False, stop_after: int | None = None,
+          progress: bool = True, dataset: MedicalDataset | None = None) -> Run:
+    """Run (or resume) HF-GAN training and write config.json, metrics.jsonl, privacy.json,
+    sample grids and checkpoint.pt under ``out``."""
+    out = Path(out)
+    if resume:
+        if not (out / "checkpoint.pt").exists():
+            raise UserError(f"--resume: no checkpoint.pt in {out}; start without --resume")
+        config = TrainConfig.from_dict(json.loads((out / "config.json").read_text())["config"])
+    elif (out / "checkpoint.pt").exists():
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    run = setup(config, dataset)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.jsonl"
+    if resume:
+        _load_checkpoint(run, out)
+        kept = [l for l in metrics_path.read_text().splitlines() if json.loads(l)["round"] <= run.round]
+        metrics_path.write_text("".join(l + "\n" for l in kept))
+    else:
+        _write_config(run, out)
+        metrics_path.write_text("")
+    _train_loop(run, out, metrics_path, stop_after=stop_after, progress=progress)
+    return run
+
+
+def _train_loop(run: Run, out: Path, metrics_path: Path, *, stop_after: int | None, progress: bool) -> None:
+    c = run.config
+    bar = tqdm(total=c.rounds, initial=run.round, disable=not progress, desc="HF-GAN rounds", unit="round")
+    max_eps = max((cl_.budget.epsilon for cl_ in run.clients if cl_.budget), default=math.inf)
+    try:
+        with metrics_path.open("a") as log:
+            while run.round < c.rounds:
+                try:
+                    line = train_round(run)
+                except BudgetExhausted as exc:
+                    tqdm.write(f"stopped: {exc}")
+                    break
+                if "epsilon" in line:
+                    max_eps = max(line["epsilon"].values())
+                log.write(json.dumps(line) + "\n")
+                log.flush()
+                bar.update(1)
+                bar.set_postfix(d_fake=f"{line['d_loss_fake']:.3f}", g=f"{line['g_loss']:.3f}",
+                                eps=f"{max_eps:.2f}")
+                if run.round % c.checkpoint_every == 0 or run.round == c.rounds:
+                    _save_checkpoint(run, out)
+                if stop_after is not None and run.round >= stop_after:
+                    _save_checkpoint(run, out)
+                    break
+    finally:
+        bar.close()
+    for cl_ in run.clients:
+        if cl_.budget is not None:
+            cl_.budget.update_epsilon()
+    write_privacy(run, out)
+    save_sample_grids(run, out)
+
+
+def _write_config(run: Run, out: Path) -> None:
+    ds = run.dataset
+    counts = class_counts(ds.train.labels, run.parts, ds.num_classes)
+    info = {"config": asdict(run.config),
+            "dataset": {"name": ds.name, "path": str(ds.path), "image_size": ds.image_size,
+                        "channels": ds.channels, "class_names": list(ds.class_names)},
+            "client_class_counts": counts.tolist(),
+            "versions": _versions()}
+    (out / "config.json").write_text(json.dumps(info, indent=2))
+    tqdm.write(format_class_counts(counts, ds.class_names))
+
+
+def _versions() -> dict[str, str]:
+    import platform
+    import opacus
+    return {"python": platform.python_version(), "torch": torch.__version__, "opacus": opacus.__version__,
+            "numpy": np.__version__, "machine": platform.machine(), "threads": str(torch.get_num_threads())}

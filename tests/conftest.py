@@ -1,0 +1,34 @@
+"""Shared fixtures: where the real data lives, and tiny MedMNIST-format files made on the fly."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("HFGAN_DATA_DIR", ROOT / "data"))
+
+
+def real_data(name: str) -> Path:
+    """Path of a shared data file, or skip the test saying how to provide it."""
+    path = DATA_DIR / name
+    if not path.exists():
+        pytest.skip(f"{path} absent: run .ci/run (links ../shared/data into data/) or set HFGAN_DATA_DIR")
+    return path
+
+
+def write_npz(path: Path, *, n=(40, 12, 12), size=28, channels=1, classes=3, seed=0, **override) -> Path:
+    """A valid MedMNIST-format archive with random pixels; ``override`` replaces arrays by key."""
+    rng = np.random.default_rng(seed)
+    shape = (size, size) if channels == 1 else (size, size, channels)
+    arrays = {}
+    for split, count in zip(("train", "val", "test"), n):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(count) % classes).astype(np.uint8).reshape(-1, 1)
+    arrays.update(override)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
