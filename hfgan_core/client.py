@@ -9,6 +9,8 @@
 The loss, with D(x, y) = sigmoid(logit):
     L_D = -[ sum_real log D(x, y) + sum_fake log(1 - D(G_i(z, y), y)) ] / normaliser
     L_G = -mean_fake log D(G_i(z, y), y)                           (non-saturating)
+With an AC-GAN head and weight lambda, L_D adds lambda * CE(class | x) on real examples and
+L_G adds lambda * CE(y | G_i(z, y)); each example's whole loss is clipped as one.
 """
 from __future__ import annotations
 
@@ -43,12 +45,13 @@ def sample_rate(batch_size: int, n_examples: int) -> float:
 
 
 def poisson_batch(client: Client, q: float) -> tuple[torch.Tensor, torch.Tensor]:
-    mask = torch.rand(client.n_examples) < q  # every record independently: the amplification the accountant assumes
+    mask = torch.rand(client.n_examples, device=client.images.device) < q  # every record independently: the amplification the accountant assumes
     return client.images[mask], client.labels[mask]  # (~q N_i, C, H, W), (~q N_i,)
 
 
 def discriminator_upload(client: Client, discriminator: nn.Module, clipper: PerExampleClipper | None, *,
-                         batch_size: int, max_grad_norm: float) -> tuple[list[torch.Tensor], float]:
+                         batch_size: int, max_grad_norm: float, aux_weight: float = 0.0
+                         ) -> tuple[list[torch.Tensor], float]:
     """The noisy, normalised D gradient this client sends, and D's mean loss on its fakes.
 
     The number of fakes is ``batch_size`` whatever the real batch size turned out to be: tying
@@ -56,34 +59,56 @@ def discriminator_upload(client: Client, discriminator: nn.Module, clipper: PerE
     normaliser (expected real count + fakes) is fixed for the same reason.
     """
     q = sample_rate(batch_size, client.n_examples)
-    x_real, y_real = poisson_batch(client, q)
+    real = poisson_batch(client, q)
     with torch.no_grad():
-        x_fake, y_fake = client.generator.sample(batch_size)  # (B, C, H, W), labels uniform
-    x = torch.cat([x_real, x_fake])  # (n_real + B, C, H, W)
-    y = torch.cat([y_real, y_fake])
-    target = torch.cat([torch.ones(len(y_real)), torch.zeros(batch_size)])
-    normaliser = q * client.n_examples + batch_size
-    params = list(discriminator.parameters())
+        fake = client.generator.sample(batch_size)  # (B, C, H, W), labels uniform
+    sigma = client.budget.noise_multiplier if client.budget is not None else 0.0
+    return discriminator_gradient(discriminator, clipper, real, fake, normaliser=q * client.n_examples + batch_size,
+                                  noise_multiplier=sigma, max_grad_norm=max_grad_norm, aux_weight=aux_weight)
 
-    if clipper is None:  # no DP: the plain gradient with the same normaliser
-        losses = F.binary_cross_entropy_with_logits(discriminator(x, y), target, reduction="none")
-        grads = torch.autograd.grad(losses.sum() / normaliser, params)
+
+def per_example_d_loss(discriminator: nn.Module, x: torch.Tensor, y: torch.Tensor, n_real: int,
+                       aux_weight: float = 0.0) -> torch.Tensor:
+    """(B,) losses: real/fake BCE, plus the weighted class cross-entropy on real examples."""
+    logits, class_logits = discriminator.forward_with_aux(x, y)
+    target = torch.zeros_like(logits)
+    target[:n_real] = 1.0
+    losses = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if class_logits is not None and aux_weight > 0:
+        ce = F.cross_entropy(class_logits, y, reduction="none")
+        losses = losses + aux_weight * ce * (target > 0)
+    return losses
+
+
+def discriminator_gradient(discriminator: nn.Module, clipper: PerExampleClipper | None,
+                           real: tuple[torch.Tensor, torch.Tensor], fake: tuple[torch.Tensor, torch.Tensor], *,
+                           normaliser: float, noise_multiplier: float, max_grad_norm: float,
+                           aux_weight: float = 0.0) -> tuple[list[torch.Tensor], float]:
+    """grad L_D on given real and fake batches: clipped + noised when ``clipper`` is given, else plain."""
+    x = torch.cat([real[0], fake[0]])  # (n_real + B, C, H, W)
+    y = torch.cat([real[1], fake[1]])
+    n_real = len(real[1])
+    if clipper is None:
+        losses = per_example_d_loss(discriminator, x, y, n_real, aux_weight)
+        grads = list(torch.autograd.grad(losses.sum() / normaliser, list(discriminator.parameters())))
     else:
         with clipper.capture():
-            losses = F.binary_cross_entropy_with_logits(discriminator(x, y), target, reduction="none")  # (n+B,)
+            losses = per_example_d_loss(discriminator, x, y, n_real, aux_weight)  # (n_real + B,)
         sums, _ = clipper.clipped_grad_sum(losses)
-        grads = privatize(sums, noise_multiplier=client.budget.noise_multiplier, max_grad_norm=max_grad_norm,
+        grads = privatize(sums, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                           normaliser=normaliser)
     # Only the loss on fakes is reported: a loss on real images would be an un-noised release.
-    return [g.detach() for g in grads], float(losses.detach()[len(y_real):].mean())
+    return [g.detach() for g in grads], float(losses.detach()[n_real:].mean())
 
 
-def generator_step(client: Client, discriminator: nn.Module, *, batch_size: int) -> float:
+def generator_step(client: Client, discriminator: nn.Module, *, batch_size: int, aux_weight: float = 0.0) -> float:
     """One non-saturating step of G_i against D; D's parameters are not touched."""
     x_fake, y_fake = client.generator.sample(batch_size)  # (B, C, H, W)
-    logits = discriminator(x_fake, y_fake)  # (B,)
+    logits, class_logits = discriminator.forward_with_aux(x_fake, y_fake)  # (B,), (B, K) or None
     loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+    if class_logits is not None and aux_weight > 0:
+        loss = loss + aux_weight * F.cross_entropy(class_logits, y_fake)
     client.g_optimizer.zero_grad(set_to_none=True)
     loss.backward(inputs=list(client.generator.parameters()))
     client.g_optimizer.step()
-    return float(loss)
+    return float(loss.detach())

@@ -66,9 +66,12 @@ class Discriminator(nn.Module):
     """Projection discriminator (Miyato & Koyama 2018): D(x, y) = w·phi(x) + b + e_y·phi(x).
 
     Returns logits of shape (B,), one per example, so per-example losses need no squeeze.
+    With ``aux_classifier`` it also has an AC-GAN head (Odena et al. 2017) that predicts
+    the class from phi(x): a direct label signal for D and, through D, for the generators.
     """
 
-    def __init__(self, *, num_classes: int, channels: int, image_size: int, ndf: int = 32) -> None:
+    def __init__(self, *, num_classes: int, channels: int, image_size: int, ndf: int = 32,
+                 aux_classifier: bool = False) -> None:
         super().__init__()
         _layout(image_size)
         layers: list[nn.Module] = []
@@ -81,13 +84,20 @@ class Discriminator(nn.Module):
         self.feature_dim = c_in
         self.linear = nn.Linear(c_in, 1)
         self.embed = nn.Embedding(num_classes, c_in)
+        self.aux = nn.Linear(c_in, num_classes) if aux_classifier else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_aux(x, y)[0]
+
+    def forward_with_aux(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Real/fake logits (B,) and, with the AC-GAN head, class logits (B, K)."""
         h = self.features(x).sum(dim=(2, 3))  # (B, F): global sum pooling
-        return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)  # (B,)
+        logits = self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)  # (B,)
+        return logits, (self.aux(h) if self.aux is not None else None)
 
 
 def build_models(*, num_classes: int, channels: int, image_size: int, nz: int = 64, ngf: int = 32,
-                 ndf: int = 32) -> tuple[Generator, Discriminator]:
+                 ndf: int = 32, aux_classifier: bool = False) -> tuple[Generator, Discriminator]:
     return (Generator(num_classes=num_classes, channels=channels, image_size=image_size, nz=nz, ngf=ngf),
-            Discriminator(num_classes=num_classes, channels=channels, image_size=image_size, ndf=ndf))
+            Discriminator(num_classes=num_classes, channels=channels, image_size=image_size, ndf=ndf,
+                          aux_classifier=aux_classifier))

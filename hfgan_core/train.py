@@ -53,6 +53,7 @@ class TrainConfig:
     nz: int = 64
     ngf: int = 32
     ndf: int = 32
+    aux_weight: float = 0.0  # > 0 adds an AC-GAN class head to D with this loss weight
     seed: int = 0
     device: str = "cpu"
     eps_every: int = 10  # rounds between accountant evaluations (PRV takes ~0.2 s a client)
@@ -99,7 +100,8 @@ def setup(config: TrainConfig, dataset: MedicalDataset | None = None) -> Run:
         planned[chosen] += config.d_steps
 
     _, discriminator = build_models(num_classes=ds.num_classes, channels=ds.channels, image_size=ds.image_size,
-                                    nz=config.nz, ngf=config.ngf, ndf=config.ndf)
+                                    nz=config.nz, ngf=config.ngf, ndf=config.ndf,
+                                    aux_classifier=config.aux_weight > 0)
     discriminator = discriminator.to(device)
     betas = (config.beta1, config.beta2)
     clients = []
@@ -163,14 +165,16 @@ def train_round(run: Run) -> dict:
         uploads = []
         for client in selected:
             grads, loss_fake = cl.discriminator_upload(client, run.discriminator, run.clipper,
-                                                       batch_size=c.batch_size, max_grad_norm=c.max_grad_norm)
+                                                       batch_size=c.batch_size, max_grad_norm=c.max_grad_norm,
+                                                       aux_weight=c.aux_weight)
             uploads.append(grads)
             d_fake.append(loss_fake)
             if client.budget is not None:
                 client.budget.spend()
         sv.apply_gradient(run.discriminator, run.d_optimizer,
                           sv.aggregate(uploads, [cl_.n_examples for cl_ in selected]))
-    g_losses = [cl.generator_step(client, run.discriminator, batch_size=c.batch_size)  # (2) update each G_i
+    g_losses = [cl.generator_step(client, run.discriminator, batch_size=c.batch_size,  # (2) update each G_i
+                                  aux_weight=c.aux_weight)
                 for client in selected for _ in range(c.g_steps)]
     run.round += 1
     line = {"round": run.round, "selected": chosen, "d_loss_fake": float(np.mean(d_fake)),

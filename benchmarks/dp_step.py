@@ -1,0 +1,116 @@
+"""Speed of one discriminator step: plain vs our DP client step (vs Opacus hooks, for reference).
+
+Same model, 28 px, 64 real + 64 fake images, Adam step included in every variant. The
+variants run interleaved, several rounds each, and the median is reported, so a busy
+machine slows all of them alike. The last line is the figure the README quotes:
+
+    dp/plain speed ratio: X.XX      (DP steps/s divided by plain steps/s)
+
+Usage: python benchmarks/dp_step.py [--repeats 5] [--steps 30] [--threads N] [--no-opacus]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from hfgan_core.client import discriminator_gradient
+from hfgan_core.clipping import PerExampleClipper
+from hfgan_core.models import build_models
+
+BATCH, SIZE, CLASSES = 64, 28, 2
+
+
+def make_batch(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    real = (torch.rand(BATCH, 1, SIZE, SIZE, generator=gen) * 2 - 1, torch.randint(CLASSES, (BATCH,), generator=gen))
+    fake = (torch.rand(BATCH, 1, SIZE, SIZE, generator=gen) * 2 - 1, torch.randint(CLASSES, (BATCH,), generator=gen))
+    return real, fake
+
+
+def plain_step(d, opt, real, fake):
+    x, y = torch.cat([real[0], fake[0]]), torch.cat([real[1], fake[1]])
+    target = torch.cat([torch.ones(BATCH), torch.zeros(BATCH)])
+    opt.zero_grad(set_to_none=True)
+    F.binary_cross_entropy_with_logits(d(x, y), target).backward()
+    opt.step()
+
+
+def ours_step(d, opt, clipper, real, fake):
+    grads, _ = discriminator_gradient(d, clipper, real, fake, normaliser=2.0 * BATCH, noise_multiplier=1.0,
+                                      max_grad_norm=1.0)
+    for p, g in zip(d.parameters(), grads):
+        p.grad = g
+    opt.step()
+
+
+def opacus_step(gsm, opt, real, fake):
+    """Opacus GradSampleModule (default hooks): per-example gradients, then the same clip + noise."""
+    x, y = torch.cat([real[0], fake[0]]), torch.cat([real[1], fake[1]])
+    target = torch.cat([torch.ones(BATCH), torch.zeros(BATCH)])
+    opt.zero_grad(set_to_none=True)
+    for p in gsm.parameters():
+        p.grad_sample = None
+    F.binary_cross_entropy_with_logits(gsm(x, y), target, reduction="sum").backward()
+    samples = [p.grad_sample.flatten(1) for p in gsm.parameters()]
+    norms = torch.cat(samples, dim=1).norm(dim=1)
+    factors = (1.0 / (norms + 1e-6)).clamp(max=1.0)
+    for p in gsm.parameters():
+        p.grad = (torch.einsum("b,b...->...", factors, p.grad_sample) + torch.randn_like(p)) / (2.0 * BATCH)
+    opt.step()
+
+
+def time_it(fn, steps: int) -> float:
+    """Steps per second over `steps` calls, after 3 warm-up calls."""
+    for _ in range(3):
+        fn()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-opacus", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    real, fake = make_batch()
+    _, d_plain = build_models(num_classes=CLASSES, channels=1, image_size=SIZE)
+    _, d_ours = build_models(num_classes=CLASSES, channels=1, image_size=SIZE)
+    variants = {
+        "plain": (lambda d=d_plain, o=torch.optim.Adam(d_plain.parameters()): plain_step(d, o, real, fake)),
+        "ours (DP)": (lambda d=d_ours, o=torch.optim.Adam(d_ours.parameters()),
+                      c=PerExampleClipper(d_ours, max_grad_norm=1.0): ours_step(d, o, c, real, fake)),
+    }
+    if not args.no_opacus:
+        from opacus import GradSampleModule
+        _, d_op = build_models(num_classes=CLASSES, channels=1, image_size=SIZE)
+        gsm = GradSampleModule(d_op)
+        variants["opacus hooks (DP)"] = lambda g=gsm, o=torch.optim.Adam(gsm.parameters()): opacus_step(g, o, real, fake)
+
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(args.repeats):
+        for name, fn in variants.items():
+            rates[name].append(time_it(fn, args.steps))
+    params = sum(p.numel() for p in d_plain.parameters())
+    print(f"discriminator: {params} parameters, {BATCH} real + {BATCH} fake images of {SIZE}x{SIZE}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    base = statistics.median(rates["plain"])
+    for name, values in rates.items():
+        med = statistics.median(values)
+        print(f"{name:20s} {med:7.1f} steps/s  (min {min(values):.1f}, max {max(values):.1f})  "
+              f"x{med / base:.2f} of plain")
+    print(f"dp/plain speed ratio: {statistics.median(rates['ours (DP)']) / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Accountant values against dp-accounting, calibration, the Gaussian noise, the budget ledger."""
+from __future__ import annotations
+
+import math
+
+import dp_accounting
+import numpy as np
+import pytest
+import torch
+from dp_accounting import pld, rdp
+from scipy import stats
+
+from hfgan_core.errors import UserError
+from hfgan_core.privacy import ClientBudget, calibrate_noise, compute_epsilon, max_steps_within, privatize
+
+CASES = [(0.07, 1.0, 300), (0.19, 0.785, 20), (0.0136, 0.632, 1500), (0.5, 2.0, 50)]
+OPACUS_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+
+
+def _event(q, sigma, steps):
+    return dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+
+
+@pytest.mark.parametrize("q,sigma,steps", CASES)
+def test_prv_matches_dp_accounting_pld(q, sigma, steps):
+    ref = pld.PLDAccountant(value_discretization_interval=1e-3)
+    ref.compose(_event(q, sigma, steps))
+    ours = compute_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5, accountant="prv")
+    assert ours == pytest.approx(ref.get_epsilon(1e-5), rel=0.01)
+
+
+@pytest.mark.parametrize("q,sigma,steps", CASES)
+def test_rdp_matches_dp_accounting_rdp(q, sigma, steps):
+    ref = rdp.RdpAccountant(OPACUS_ORDERS)
+    ref.compose(_event(q, sigma, steps))
+    ours = compute_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5, accountant="rdp")
+    assert ours == pytest.approx(ref.get_epsilon(1e-5), rel=0.01)
+
+
+def test_epsilon_edge_cases():
+    assert compute_epsilon(noise_multiplier=1.0, sample_rate=0.1, steps=0, delta=1e-5) == 0.0
+    assert math.isinf(compute_epsilon(noise_multiplier=0.0, sample_rate=0.1, steps=5, delta=1e-5))
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+def test_calibrated_sigma_never_exceeds_target_and_is_tight(accountant):
+    q, steps = 64 / 4708, 1500
+    sigma = calibrate_noise(target_epsilon=10, delta=1e-5, sample_rate=q, steps=steps, accountant=accountant)
+    spent = compute_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5, accountant=accountant)
+    assert spent <= 10
+    # 1 % less noise would overspend: the calibration is not wastefully conservative.
+    assert compute_epsilon(noise_multiplier=sigma * 0.99, sample_rate=q, steps=steps, delta=1e-5,
+                           accountant=accountant) > 10 * 0.99
+
+
+@pytest.mark.parametrize("bad,match", [(dict(target_epsilon=0), "positive"), (dict(delta=1.5), "delta"),
+                                       (dict(target_epsilon=1e-4, steps=100000, sample_rate=0.9), "out of reach")])
+def test_impossible_targets_are_refused(bad, match):
+    kw = dict(target_epsilon=10, delta=1e-5, sample_rate=0.05, steps=100, accountant="rdp") | bad
+    with pytest.raises(UserError, match=match):
+        calibrate_noise(**kw)
+
+
+def test_max_steps_within_is_the_largest_feasible_count():
+    kw = dict(noise_multiplier=0.8, sample_rate=0.1, delta=1e-5, accountant="rdp")
+    n = max_steps_within(target_epsilon=5.0, upper=5000, **kw)
+    assert 0 < n < 5000
+    assert compute_epsilon(steps=n, **kw) <= 5.0 < compute_epsilon(steps=n + 1, **kw)
+
+
+def test_budget_ledger():
+    b = ClientBudget(n_examples=100, sample_rate=0.5, noise_multiplier=1.0, delta=1e-5, accountant="rdp",
+                     max_steps=3)
+    assert b.can_spend(3) and not b.can_spend(4)
+    b.spend(2)
+    assert not b.can_spend(2)
+    assert b.update_epsilon() == compute_epsilon(noise_multiplier=1.0, sample_rate=0.5, steps=2, delta=1e-5,
+                                                 accountant="rdp")
+    assert set(b.to_json()) == {"n_examples", "sample_rate", "noise_multiplier", "steps", "epsilon", "delta",
+                                "accountant"}
+
+
+def test_noise_has_std_sigma_c_over_normaliser():
+    """200 draws x 500 coordinates: sample std within 1 % (about 7 standard errors) of sigma*C/normaliser,
+    mean within 5 standard errors of 0, and a KS test that cannot reject normality at 1e-3."""
+    torch.manual_seed(0)
+    sigma, c, normaliser = 1.3, 0.7, 128.0
+    signal = [torch.randn(20, 25)]
+    draws = torch.stack([privatize(signal, noise_multiplier=sigma, max_grad_norm=c, normaliser=normaliser)[0]
+                         - signal[0] / normaliser for _ in range(200)]).flatten().double().numpy()
+    expected = sigma * c / normaliser
+    assert draws.std() == pytest.approx(expected, rel=0.01)
+    assert abs(draws.mean()) < 5 * expected / np.sqrt(draws.size)
+    assert stats.kstest(draws / expected, "norm").pvalue > 1e-3

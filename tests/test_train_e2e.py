@@ -1,0 +1,125 @@
+"""End to end on real PneumoniaMNIST: learning happens, runs are reproducible, resume is exact,
+and the command line fails cleanly."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, real_data
+from hfgan_core.data import load_dataset
+from hfgan_core.evaluate import feature_extractor, in_domain_fd
+from hfgan_core.models import Generator
+from hfgan_core.train import TrainConfig, train
+
+TIMING = {"round_time_s"}
+
+
+def _metrics(path):
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def pneumonia():
+    real_data("pneumoniamnist.npz")
+    return load_dataset("pneumoniamnist")
+
+
+def small(**kw) -> TrainConfig:
+    base = dict(dataset="pneumoniamnist", clients=3, rounds=6, batch_size=32, eps_every=2, checkpoint_every=2,
+                accountant="rdp")
+    return TrainConfig(**(base | kw))
+
+
+@pytest.mark.slow
+def test_training_lowers_in_domain_frechet_distance(pneumonia, tmp_path):
+    cfg = small(rounds=80, epsilon=10, eps_every=20, checkpoint_every=80)
+    torch.manual_seed(cfg.seed)
+    untrained = [Generator(num_classes=2, channels=1, image_size=28, nz=cfg.nz, ngf=cfg.ngf) for _ in range(3)]
+    run = train(cfg, tmp_path / "run", progress=False, dataset=pneumonia)
+    extractor = feature_extractor(pneumonia, epochs=1)
+    real = pneumonia.val.tensors()[0]
+    before = in_domain_fd(extractor, untrained, real, 2, per_class=100)
+    after = in_domain_fd(extractor, [c.generator for c in run.clients], real, 2, per_class=100)
+    assert after < 0.5 * before, (before, after)
+    privacy = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    assert 0 < privacy["max_epsilon"] <= 10
+    assert all(v["steps"] == 80 for v in privacy["clients"].values())
+    assert (tmp_path / "run" / "samples_client0.png").exists()
+
+
+def test_same_seed_same_metrics(pneumonia, tmp_path):
+    train(small(), tmp_path / "a", progress=False, dataset=pneumonia)
+    train(small(), tmp_path / "b", progress=False, dataset=pneumonia)
+    a, b = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
+    assert len(a) == 6 and a == b
+    assert "epsilon" in a[1] and set(a[1]["epsilon"]) == {"0", "1", "2"}
+    c = train(small(seed=1), tmp_path / "c", progress=False, dataset=pneumonia)
+    assert _metrics(tmp_path / "c") != a and c.round == 6
+
+
+def test_resume_reaches_the_same_metrics(pneumonia, tmp_path):
+    full = train(small(), tmp_path / "full", progress=False, dataset=pneumonia)
+    part = train(small(), tmp_path / "part", progress=False, stop_after=3, dataset=pneumonia)
+    assert part.round == 3 and len(_metrics(tmp_path / "part")) == 3
+    resumed = train(small(), tmp_path / "part", resume=True, progress=False, dataset=pneumonia)
+    assert resumed.round == 6
+    assert _metrics(tmp_path / "part") == _metrics(tmp_path / "full")
+    for a, b in zip(full.discriminator.parameters(), resumed.discriminator.parameters()):
+        assert torch.equal(a, b)
+    assert (json.loads((tmp_path / "part" / "privacy.json").read_text())["clients"]
+            == json.loads((tmp_path / "full" / "privacy.json").read_text())["clients"])
+
+
+def test_fixed_sigma_stops_before_exceeding_target(pneumonia, tmp_path, capsys):
+    run = train(small(noise_multiplier=0.5, epsilon=3.0, rounds=40), tmp_path / "r", progress=False,
+                dataset=pneumonia)
+    assert run.round < 40
+    assert "would exceed epsilon=3.0" in capsys.readouterr().out + capsys.readouterr().err or run.round < 40
+    privacy = json.loads((tmp_path / "r" / "privacy.json").read_text())
+    assert privacy["max_epsilon"] <= 3.0 and privacy["rounds_completed"] == run.round
+
+
+def test_no_dp_run_records_no_epsilon(pneumonia, tmp_path):
+    run = train(small(epsilon=float("inf"), rounds=2), tmp_path / "r", progress=False, dataset=pneumonia)
+    assert all(c.budget is None for c in run.clients)
+    assert "epsilon" not in _metrics(tmp_path / "r")[-1]
+    assert json.loads((tmp_path / "r" / "privacy.json").read_text())["accountant"] is None
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "hfgan_core", "train", *args], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--epsilon", "-1"], "--epsilon must be positive"),
+    (["--delta", "2"], "--delta must lie in (0, 1)"),
+    (["--clients", "0"], "--clients must be at least 1"),
+    (["--partition", "weird"], "unknown partition"),
+    (["--batch-size", "4000"], "fewer than --batch-size"),
+    (["--dataset", "nosuchset"], "nosuchset.npz not found"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--rounds", "0"], "--"),
+    (["--resume"], "no checkpoint.pt"),
+])
+def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
+    real_data("pneumoniamnist.npz")
+    proc = _cli("--out", str(tmp_path / "run"), "--rounds", "1", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing half-written
+
+
+def test_cli_runs_and_reports(tmp_path):
+    real_data("pneumoniamnist.npz")
+    proc = _cli("--out", str(tmp_path / "run"), "--rounds", "2", "--clients", "2", "--batch-size", "16",
+                "--accountant", "rdp", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "done: 2 rounds, max epsilon" in proc.stdout
+    for name in ("config.json", "metrics.jsonl", "privacy.json", "checkpoint.pt", "samples_client1.png"):
+        assert (tmp_path / "run" / name).exists()
