@@ -9,6 +9,7 @@ epsilon, wall time and the machine, so the README table can be rebuilt from it.
 Usage:
     python benchmarks/recipe_search.py --list
     python benchmarks/recipe_search.py NAME [NAME ...] [--threads 1] [--seed 0]
+    python benchmarks/recipe_search.py --table      # markdown table of everything recorded
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def run_recipe(name: str, seed: int, out_root: Path) -> dict:
     config = TrainConfig(**(BASE | RECIPES[name] | {"seed": seed}))
     started = time.time()
     run = train(config, out_root / f"{name}-seed{seed}", progress=False)
-    scores = train_on_synthetic([c.generator for c in run.clients], run.dataset, seed=seed)
+    scores = train_on_synthetic([c.sampler for c in run.clients], run.dataset, seed=seed)
     eps = [c.budget.epsilon for c in run.clients if c.budget]
     return {"recipe": name, "seed": seed, "config": {k: v for k, v in vars(config).items()},
             "val": scores, "max_epsilon": max(eps) if eps else None, "wall_time_s": time.time() - started,
@@ -46,14 +47,31 @@ def run_recipe(name: str, seed: int, out_root: Path) -> dict:
             "torch": torch.__version__}
 
 
+def table(path: Path) -> str:
+    rows = ["| recipe | settings | val accuracy | val macro-F1 | val AUC | max epsilon | wall time |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for line in map(json.loads, path.read_text().splitlines()):
+        v = line["val"]
+        eps = "inf (no DP)" if line["max_epsilon"] is None else f"{line['max_epsilon']:.2f}"
+        settings = ", ".join(f"{k}={val}" for k, val in RECIPES.get(line["recipe"], {}).items())
+        rows.append(f"| {line['recipe']} (seed {line['seed']}) | {settings} | {v['accuracy']:.3f} ± "
+                    f"{v['accuracy_sd']:.3f} | {v['macro_f1']:.3f} ± {v['macro_f1_sd']:.3f} | {v['auc']:.3f} ± "
+                    f"{v['auc_sd']:.3f} | {eps} | {line['wall_time_s'] / 60:.1f} min |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*")
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--table", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="results/recipe_search")
     args = parser.parse_args()
+    if args.table:
+        print(table(Path(args.out) / "pneumoniamnist.jsonl"))
+        return
     if args.list or not args.names:
         for name, recipe in RECIPES.items():
             print(f"{name:22s} {recipe}")

@@ -33,15 +33,31 @@ class Client:
     generator: Generator
     g_optimizer: torch.optim.Optimizer
     budget: ClientBudget | None  # None when training without DP
+    ema: Generator | None = None  # exponential moving average of G_i's weights, used for sampling
+    ema_decay: float = 0.0
+    fake_label_probs: torch.Tensor | None = None  # released (noisy) label frequencies; None = uniform
 
     @property
     def n_examples(self) -> int:
         return len(self.labels)
 
+    @property
+    def sampler(self) -> Generator:
+        """The generator whose images this hospital releases: the EMA copy when kept."""
+        return self.ema if self.ema is not None else self.generator
+
 
 def sample_rate(batch_size: int, n_examples: int) -> float:
     """Poisson sampling rate q_i = B / N_i: each record joins a batch with probability q_i."""
     return min(1.0, batch_size / n_examples)
+
+
+def fake_labels(client: Client, n: int) -> torch.Tensor | None:
+    """Labels for D's fakes: the hospital's released label frequencies, so that real and fake
+    batches share one label marginal and D cannot score a pair by its label alone."""
+    if client.fake_label_probs is None:
+        return None
+    return torch.multinomial(client.fake_label_probs, n, replacement=True).to(client.images.device)
 
 
 def poisson_batch(client: Client, q: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +77,7 @@ def discriminator_upload(client: Client, discriminator: nn.Module, clipper: PerE
     q = sample_rate(batch_size, client.n_examples)
     real = poisson_batch(client, q)
     with torch.no_grad():
-        fake = client.generator.sample(batch_size)  # (B, C, H, W), labels uniform
+        fake = client.generator.sample(batch_size, y=fake_labels(client, batch_size))  # (B, C, H, W), (B,)
     sigma = client.budget.noise_multiplier if client.budget is not None else 0.0
     return discriminator_gradient(discriminator, clipper, real, fake, normaliser=q * client.n_examples + batch_size,
                                   noise_multiplier=sigma, max_grad_norm=max_grad_norm, aux_weight=aux_weight)
@@ -111,4 +127,15 @@ def generator_step(client: Client, discriminator: nn.Module, *, batch_size: int,
     client.g_optimizer.zero_grad(set_to_none=True)
     loss.backward(inputs=list(client.generator.parameters()))
     client.g_optimizer.step()
+    if client.ema is not None:
+        update_ema(client.ema, client.generator, client.ema_decay)
     return float(loss.detach())
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model for weights; BatchNorm statistics are copied."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)

@@ -30,8 +30,11 @@ def _layout(size: int) -> tuple[int, int]:
 class Generator(nn.Module):
     """G(z, y): noise plus a learned class embedding -> image in [-1, 1]."""
 
-    def __init__(self, *, num_classes: int, channels: int, image_size: int, nz: int = 64, ngf: int = 32) -> None:
+    def __init__(self, *, num_classes: int, channels: int, image_size: int, nz: int = 64, ngf: int = 32,
+                 upsample: str = "deconv") -> None:
         super().__init__()
+        if upsample not in ("deconv", "nearest"):
+            raise UserError(f"unknown generator upsampling '{upsample}'; choose deconv or nearest")
         base, ups = _layout(image_size)
         self.nz, self.num_classes = nz, num_classes
         width = ngf * 2 ** (ups - 1)
@@ -42,10 +45,15 @@ class Generator(nn.Module):
             nn.BatchNorm2d(width), nn.ReLU(),
         )
         layers: list[nn.Module] = []
-        for i in range(ups - 1):  # each block doubles H and W, halves the channels
-            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU()]
-            width //= 2
-        layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]  # (B, C, S, S)
+        for i in range(ups):  # each block doubles H and W and halves the channels; the last one outputs C
+            last = i == ups - 1
+            c_out = channels if last else width // 2
+            if upsample == "deconv":
+                layers.append(nn.ConvTranspose2d(width, c_out, 4, 2, 1, bias=last))
+            else:  # nearest-neighbour upsampling + 3x3 conv: no checkerboard artefacts (Odena et al. 2016)
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, c_out, 3, 1, 1, bias=last)]
+            layers += [nn.Tanh()] if last else [nn.BatchNorm2d(c_out), nn.ReLU()]
+            width = c_out
         self.upsample = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -97,7 +105,9 @@ class Discriminator(nn.Module):
 
 
 def build_models(*, num_classes: int, channels: int, image_size: int, nz: int = 64, ngf: int = 32,
-                 ndf: int = 32, aux_classifier: bool = False) -> tuple[Generator, Discriminator]:
-    return (Generator(num_classes=num_classes, channels=channels, image_size=image_size, nz=nz, ngf=ngf),
+                 ndf: int = 32, aux_classifier: bool = False, upsample: str = "deconv"
+                 ) -> tuple[Generator, Discriminator]:
+    return (Generator(num_classes=num_classes, channels=channels, image_size=image_size, nz=nz, ngf=ngf,
+                      upsample=upsample),
             Discriminator(num_classes=num_classes, channels=channels, image_size=image_size, ndf=ndf,
                           aux_classifier=aux_classifier))

@@ -19,6 +19,7 @@ import functools
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
 
@@ -30,16 +31,24 @@ _PRV_EPS_ERROR = 0.01  # PRV returns an upper bound within this error; the same 
 
 @functools.lru_cache(maxsize=65536)  # a pure function; calibration and resumed runs ask the same questions
 def compute_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float,
-                    accountant: str = "prv") -> float:
-    """epsilon(delta) after `steps` Poisson-subsampled Gaussian steps."""
-    if steps == 0 or math.isinf(noise_multiplier):
+                    accountant: str = "prv", histogram_sigma: float | None = None) -> float:
+    """epsilon(delta) after `steps` Poisson-subsampled Gaussian steps, composed with one release
+    of the label histogram through a Gaussian mechanism of noise multiplier `histogram_sigma`
+    (sensitivity 1; a sample rate of 1 in the accountant's terms) when given."""
+    history = []
+    if steps > 0 and not math.isinf(noise_multiplier):
+        if noise_multiplier <= 0:
+            return math.inf
+        history.append((noise_multiplier, sample_rate, steps))
+    if histogram_sigma:
+        history.append((histogram_sigma, 1.0, 1))
+    if not history:
         return 0.0
-    if noise_multiplier <= 0:
-        return math.inf
     acc = _accountant(accountant)
-    acc.history = [(noise_multiplier, sample_rate, steps)]
+    acc.history = history
     kwargs = {"eps_error": _PRV_EPS_ERROR} if accountant == "prv" else {}
-    return float(acc.get_epsilon(delta, **kwargs))
+    with np.errstate(divide="ignore"):  # PRV evaluates log(1 - q) on both branches of a where; q = 1 is fine
+        return float(acc.get_epsilon(delta, **kwargs))
 
 
 def _accountant(name: str):
@@ -49,7 +58,7 @@ def _accountant(name: str):
 
 
 def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
-                    accountant: str = "prv", rel_tol: float = 0.005) -> float:
+                    accountant: str = "prv", rel_tol: float = 0.005, histogram_sigma: float | None = None) -> float:
     """Smallest sigma (to rel_tol) whose accounted epsilon after `steps` is <= target_epsilon."""
     if not target_epsilon > 0:
         raise UserError(f"--epsilon must be positive (got {target_epsilon}); use 'inf' to train without DP")
@@ -60,8 +69,11 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
 
     def eps(sigma: float) -> float:
         return compute_epsilon(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta,
-                               accountant=accountant)
+                               accountant=accountant, histogram_sigma=histogram_sigma)
 
+    if histogram_sigma and eps(math.inf) >= target_epsilon:
+        raise UserError(f"the label histogram alone (noise multiplier {histogram_sigma}) spends "
+                        f"{eps(math.inf):.3f} >= epsilon={target_epsilon}; raise --histogram-sigma or --epsilon")
     hi = 1.0
     while eps(hi) > target_epsilon:
         hi *= 2
@@ -80,11 +92,11 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
 
 
 def max_steps_within(*, target_epsilon: float, delta: float, noise_multiplier: float, sample_rate: float,
-                     upper: int, accountant: str = "prv") -> int:
+                     upper: int, accountant: str = "prv", histogram_sigma: float | None = None) -> int:
     """Largest step count <= upper whose epsilon stays within the target (binary search)."""
     def ok(s: int) -> bool:
         return compute_epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=s,
-                               delta=delta, accountant=accountant) <= target_epsilon
+                               delta=delta, accountant=accountant, histogram_sigma=histogram_sigma) <= target_epsilon
     if math.isinf(target_epsilon) or ok(upper):
         return upper
     lo, hi = 0, upper  # ok(lo) holds, ok(hi) fails
@@ -104,6 +116,7 @@ class ClientBudget:
     accountant: str
     steps: int = 0
     epsilon: float = 0.0
+    histogram_sigma: float | None = None  # noise multiplier of the one label-histogram release, if any
     max_steps: int = field(default=0, repr=False)  # steps allowed before the target is exceeded
 
     def spend(self, steps: int = 1) -> None:
@@ -114,13 +127,24 @@ class ClientBudget:
 
     def update_epsilon(self) -> float:
         self.epsilon = compute_epsilon(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
-                                       steps=self.steps, delta=self.delta, accountant=self.accountant)
+                                       steps=self.steps, delta=self.delta, accountant=self.accountant,
+                                       histogram_sigma=self.histogram_sigma)
         return self.epsilon
 
     def to_json(self) -> dict:
         out = asdict(self)
         out.pop("max_steps")
         return out
+
+
+def noisy_label_histogram(labels: np.ndarray, num_classes: int, sigma: float | None,
+                          rng: np.random.Generator) -> np.ndarray:
+    """Class frequencies from counts + N(0, sigma^2) (a Gaussian mechanism: one record moves one
+    count by 1), clipped at zero and normalised; exact when sigma is None (no DP)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(float)
+    if sigma:
+        counts = np.clip(counts + rng.normal(0.0, sigma, num_classes), 0.0, None)
+    return counts / counts.sum() if counts.sum() > 0 else np.full(num_classes, 1.0 / num_classes)
 
 
 def gaussian_noise_like(t: torch.Tensor, std: float, generator: torch.Generator | None) -> torch.Tensor:

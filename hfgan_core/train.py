@@ -8,6 +8,7 @@ Each round:
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -25,7 +26,7 @@ from .data import MedicalDataset, load_dataset
 from .errors import UserError
 from .models import build_models
 from .partition import class_counts, format_class_counts, partition
-from .privacy import ClientBudget, calibrate_noise, max_steps_within
+from .privacy import ClientBudget, calibrate_noise, max_steps_within, noisy_label_histogram
 
 
 @dataclass
@@ -54,6 +55,10 @@ class TrainConfig:
     ngf: int = 32
     ndf: int = 32
     aux_weight: float = 0.0  # > 0 adds an AC-GAN class head to D with this loss weight
+    upsample: str = "deconv"  # generator upsampling: deconv (DCGAN) or nearest (+ 3x3 conv)
+    g_ema: float = 0.0  # > 0 keeps an EMA of each G_i's weights (this decay) and samples from it
+    fake_labels: str = "uniform"  # labels of D's fakes: uniform, or histogram (a DP label histogram per client)
+    histogram_sigma: float = 10.0  # noise multiplier of that histogram release (counted in epsilon)
     seed: int = 0
     device: str = "cpu"
     eps_every: int = 10  # rounds between accountant evaluations (PRV takes ~0.2 s a client)
@@ -110,11 +115,19 @@ def setup(config: TrainConfig, dataset: MedicalDataset | None = None) -> Run:
             raise UserError(f"client {cid} holds {len(idx)} images, fewer than --batch-size {config.batch_size}; "
                             "lower the batch size, use fewer clients or raise --min-client-size")
         gen, _ = build_models(num_classes=ds.num_classes, channels=ds.channels, image_size=ds.image_size,
-                              nz=config.nz, ngf=config.ngf, ndf=config.ndf)
+                              nz=config.nz, ngf=config.ngf, ndf=config.ndf, upsample=config.upsample)
         gen = gen.to(device)
         budget = _budget(config, len(idx), int(planned[cid])) if config.private else None
+        ema = copy.deepcopy(gen) if config.g_ema > 0 else None
+        probs = None
+        if config.fake_labels == "histogram":
+            sigma_h = config.histogram_sigma if config.private else None
+            probs = torch.as_tensor(noisy_label_histogram(ds.train.labels[idx], ds.num_classes, sigma_h,
+                                                          np.random.default_rng([config.seed, 2, cid])),
+                                    dtype=torch.float32)
         clients.append(cl.Client(cid, x_all[idx].to(device), y_all[idx].to(device), gen,
-                                 torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=betas), budget))
+                                 torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=betas), budget,
+                                 ema, config.g_ema, probs))
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=betas)
     clipper = PerExampleClipper(discriminator, max_grad_norm=config.max_grad_norm) if config.private else None
     return Run(config, ds, parts, clients, discriminator, d_opt, clipper, schedule)
@@ -129,7 +142,10 @@ def _check_config(c: TrainConfig) -> None:
               (0 < c.delta < 1, f"--delta must lie in (0, 1) (got {c.delta})"),
               (c.noise_multiplier is None or c.noise_multiplier > 0,
                f"--noise-multiplier must be positive (got {c.noise_multiplier})"),
-              (c.eps_every >= 1 and c.checkpoint_every >= 1, "--eps-every and --checkpoint-every must be >= 1")]
+              (c.eps_every >= 1 and c.checkpoint_every >= 1, "--eps-every and --checkpoint-every must be >= 1"),
+              (c.fake_labels in ("uniform", "histogram"),
+               f"--fake-labels must be uniform or histogram (got {c.fake_labels})"),
+              (c.histogram_sigma > 0, f"--histogram-sigma must be positive (got {c.histogram_sigma})")]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
@@ -139,16 +155,17 @@ def _check_config(c: TrainConfig) -> None:
 
 def _budget(c: TrainConfig, n: int, planned_steps: int) -> ClientBudget:
     q = cl.sample_rate(c.batch_size, n)
+    hist = c.histogram_sigma if c.fake_labels == "histogram" else None
+    common = dict(target_epsilon=c.epsilon, delta=c.delta, sample_rate=q, accountant=c.accountant,
+                  histogram_sigma=hist)
     if c.noise_multiplier is None:
-        sigma = calibrate_noise(target_epsilon=c.epsilon, delta=c.delta, sample_rate=q,
-                                steps=max(planned_steps, 1), accountant=c.accountant)
+        sigma = calibrate_noise(steps=max(planned_steps, 1), **common)
         allowed = max(planned_steps, 1)
     else:
         sigma = c.noise_multiplier
-        allowed = max_steps_within(target_epsilon=c.epsilon, delta=c.delta, noise_multiplier=sigma,
-                                   sample_rate=q, upper=planned_steps, accountant=c.accountant)
+        allowed = max_steps_within(noise_multiplier=sigma, upper=planned_steps, **common)
     return ClientBudget(n_examples=n, sample_rate=q, noise_multiplier=sigma, delta=c.delta,
-                        accountant=c.accountant, max_steps=allowed)
+                        accountant=c.accountant, histogram_sigma=hist, max_steps=allowed)
 
 
 def train_round(run: Run) -> dict:
@@ -197,6 +214,7 @@ def _save_checkpoint(run: Run, out: Path) -> None:
     state = {"round": run.round,
              "discriminator": run.discriminator.state_dict(), "d_optimizer": run.d_optimizer.state_dict(),
              "generators": [c.generator.state_dict() for c in run.clients],
+             "ema_generators": [c.ema.state_dict() if c.ema is not None else None for c in run.clients],
              "g_optimizers": [c.g_optimizer.state_dict() for c in run.clients],
              "budgets": [c.budget.steps if c.budget else 0 for c in run.clients],
              "epsilons": [c.budget.epsilon if c.budget else 0.0 for c in run.clients],
@@ -211,9 +229,11 @@ def _load_checkpoint(run: Run, out: Path) -> None:
     run.round = state["round"]
     run.discriminator.load_state_dict(state["discriminator"])
     run.d_optimizer.load_state_dict(state["d_optimizer"])
-    for c, g, o, steps, eps in zip(run.clients, state["generators"], state["g_optimizers"], state["budgets"],
-                                   state["epsilons"]):
+    for c, g, ema, o, steps, eps in zip(run.clients, state["generators"], state["ema_generators"],
+                                        state["g_optimizers"], state["budgets"], state["epsilons"]):
         c.generator.load_state_dict(g)
+        if c.ema is not None:
+            c.ema.load_state_dict(ema)
         c.g_optimizer.load_state_dict(o)
         if c.budget is not None:
             c.budget.steps, c.budget.epsilon = steps, eps
@@ -229,6 +249,8 @@ def write_privacy(run: Run, out: Path) -> dict:
               "rounds_completed": run.round,
               "clients": {str(cl_.cid): (cl_.budget.to_json() if cl_.budget else
                                          {"n_examples": cl_.n_examples, "epsilon": math.inf})
+                          | ({"released_label_frequencies": cl_.fake_label_probs.tolist()}
+                             if cl_.fake_label_probs is not None else {})
                           for cl_ in run.clients}}
     if c.private:
         report["max_epsilon"] = max(v["epsilon"] for v in report["clients"].values())
@@ -245,10 +267,10 @@ def save_sample_grids(run: Run, out: Path, per_class: int = 8) -> list[Path]:
     z = torch.randn(k * per_class, run.config.nz, generator=gen)
     y = torch.arange(k).repeat_interleave(per_class)
     for c in run.clients:
-        c.generator.eval()
+        c.sampler.eval()
         with torch.no_grad():
-            images = c.generator(z.to(c.images.device), y.to(c.images.device)).cpu()
-        c.generator.train()
+            images = c.sampler(z.to(c.images.device), y.to(c.images.device)).cpu()
+        c.sampler.train()
         path = out / f"samples_client{c.cid}.png"
         save_image(images, path, nrow=per_class, normalize=True, value_range=(-1, 1))
         paths.append(path)

@@ -11,7 +11,8 @@ from dp_accounting import pld, rdp
 from scipy import stats
 
 from hfgan_core.errors import UserError
-from hfgan_core.privacy import ClientBudget, calibrate_noise, compute_epsilon, max_steps_within, privatize
+from hfgan_core.privacy import (ClientBudget, calibrate_noise, compute_epsilon, max_steps_within,
+                                 noisy_label_histogram, privatize)
 
 CASES = [(0.07, 1.0, 300), (0.19, 0.785, 20), (0.0136, 0.632, 1500), (0.5, 2.0, 50)]
 OPACUS_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
@@ -78,7 +79,7 @@ def test_budget_ledger():
     assert b.update_epsilon() == compute_epsilon(noise_multiplier=1.0, sample_rate=0.5, steps=2, delta=1e-5,
                                                  accountant="rdp")
     assert set(b.to_json()) == {"n_examples", "sample_rate", "noise_multiplier", "steps", "epsilon", "delta",
-                                "accountant"}
+                                "accountant", "histogram_sigma"}
 
 
 def test_noise_has_std_sigma_c_over_normaliser():
@@ -93,3 +94,40 @@ def test_noise_has_std_sigma_c_over_normaliser():
     assert draws.std() == pytest.approx(expected, rel=0.01)
     assert abs(draws.mean()) < 5 * expected / np.sqrt(draws.size)
     assert stats.kstest(draws / expected, "norm").pvalue > 1e-3
+
+
+@pytest.mark.parametrize("hist_sigma,q,sigma,steps", [(10.0, 0.07, 1.0, 300), (3.0, 0.19, 0.8, 20)])
+def test_histogram_release_composes_as_dp_accounting_says(hist_sigma, q, sigma, steps):
+    """One Gaussian label-histogram release (sensitivity 1) plus the training steps."""
+    event = dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(hist_sigma), _event(q, sigma, steps)])
+    ref_pld = pld.PLDAccountant(value_discretization_interval=1e-3)
+    ref_pld.compose(event)
+    ref_rdp = rdp.RdpAccountant(OPACUS_ORDERS)
+    ref_rdp.compose(event)
+    kw = dict(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5, histogram_sigma=hist_sigma)
+    assert compute_epsilon(**kw) == pytest.approx(ref_pld.get_epsilon(1e-5), rel=0.01)
+    assert compute_epsilon(accountant="rdp", **kw) == pytest.approx(ref_rdp.get_epsilon(1e-5), rel=0.01)
+    assert compute_epsilon(**kw) > compute_epsilon(**(kw | {"histogram_sigma": None}))
+
+
+def test_histogram_alone_and_calibration_with_it():
+    ref = pld.PLDAccountant(value_discretization_interval=1e-3)
+    ref.compose(dp_accounting.GaussianDpEvent(10.0))
+    alone = compute_epsilon(noise_multiplier=1.0, sample_rate=0.1, steps=0, delta=1e-5, histogram_sigma=10.0)
+    assert alone == pytest.approx(ref.get_epsilon(1e-5), abs=0.02)  # PRV's absolute eps_error is 0.01
+    kw = dict(target_epsilon=10, delta=1e-5, sample_rate=0.05, steps=300, accountant="rdp")
+    with_hist = calibrate_noise(histogram_sigma=2.0, **kw)
+    assert with_hist > 1.01 * calibrate_noise(**kw)  # the histogram's share leaves less for training
+    assert compute_epsilon(noise_multiplier=with_hist, sample_rate=0.05, steps=300, delta=1e-5, accountant="rdp",
+                           histogram_sigma=2.0) <= 10
+    with pytest.raises(UserError, match="label histogram alone"):
+        calibrate_noise(histogram_sigma=0.1, **kw)
+
+
+def test_noisy_label_histogram():
+    labels = np.repeat([0, 1, 2], [700, 200, 100])
+    exact = noisy_label_histogram(labels, 4, None, np.random.default_rng(0))
+    assert np.allclose(exact, [0.7, 0.2, 0.1, 0.0])
+    draws = np.stack([noisy_label_histogram(labels, 4, 5.0, np.random.default_rng(s)) for s in range(400)])
+    assert np.allclose(draws.sum(1), 1.0) and (draws >= 0).all()
+    assert np.allclose(draws.mean(0)[:3], [0.7, 0.2, 0.1], atol=0.01)
