@@ -22,7 +22,7 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m hfgan_core train --dataset pneumoniamnist --clients 5 --partition dirichlet --alpha 0.5 \
-		--rounds 200 --epsilon 10 --delta 1e-5 --seed 0 --device cpu --out results/runs/demo
+		--rounds 300 --epsilon 10 --delta 1e-5 --seed 0 --device cpu --out results/runs/demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/dp_step.py

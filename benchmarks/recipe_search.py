@@ -25,13 +25,19 @@ from hfgan_core.evaluate import train_on_synthetic
 from hfgan_core.train import TrainConfig, train
 
 BASE = dict(dataset="pneumoniamnist", clients=5, partition="dirichlet", alpha=0.5, epsilon=10.0, delta=1e-5)
+# The chosen recipe is TrainConfig's default ("chosen"); the others change one or two things.
 RECIPES: dict[str, dict] = {
-    "no-dp": dict(rounds=300, epsilon=float("inf")),
-    "default": dict(rounds=300),
-    "ndf16": dict(rounds=300, ndf=16),
-    "batch128": dict(rounds=300, batch_size=128),
-    "d5-r150": dict(rounds=150, d_steps=5),
-    "ndf16-b128-d2-r200": dict(rounds=200, batch_size=128, ndf=16, d_steps=2),
+    "chosen": dict(),  # AC-GAN head (aux_weight=1), generator EMA 0.99, batch 64, 1 D step per round, 300 rounds
+    "chosen-no-dp": dict(epsilon=float("inf")),
+    "dcgan-projection": dict(aux_weight=0.0, g_ema=0.0),  # the plain method: projection D, no EMA
+    "no-ema": dict(g_ema=0.0),
+    "no-aux": dict(aux_weight=0.0),
+    "ndf16": dict(aux_weight=0.0, g_ema=0.0, ndf=16),
+    "batch128": dict(aux_weight=0.0, g_ema=0.0, batch_size=128),
+    "d5-r150": dict(aux_weight=0.0, g_ema=0.0, d_steps=5, rounds=150),
+    "r600": dict(aux_weight=0.0, g_ema=0.0, rounds=600),
+    "nearest-upsampling": dict(g_ema=0.0, upsample="nearest"),
+    "histogram-labels": dict(g_ema=0.0, fake_labels="histogram"),
 }
 
 

@@ -38,7 +38,7 @@ class TrainConfig:
     alpha: float = 0.5
     min_client_size: int = 64
     client_fraction: float = 1.0
-    rounds: int = 200
+    rounds: int = 300
     d_steps: int = 1  # D updates per round (each one is a DP step for every selected client)
     g_steps: int = 1  # generator steps per selected client per round
     batch_size: int = 64  # expected real examples per client batch, and the number of fakes
@@ -54,9 +54,9 @@ class TrainConfig:
     nz: int = 64
     ngf: int = 32
     ndf: int = 32
-    aux_weight: float = 0.0  # > 0 adds an AC-GAN class head to D with this loss weight
+    aux_weight: float = 1.0  # > 0 adds an AC-GAN class head to D with this loss weight (0 = plain projection D)
     upsample: str = "deconv"  # generator upsampling: deconv (DCGAN) or nearest (+ 3x3 conv)
-    g_ema: float = 0.0  # > 0 keeps an EMA of each G_i's weights (this decay) and samples from it
+    g_ema: float = 0.99  # > 0 keeps an EMA of each G_i's weights (this decay) and samples from it
     fake_labels: str = "uniform"  # labels of D's fakes: uniform, or histogram (a DP label histogram per client)
     histogram_sigma: float = 10.0  # noise multiplier of that histogram release (counted in epsilon)
     seed: int = 0
