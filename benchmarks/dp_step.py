@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +94,7 @@ def main() -> None:
     }
     if not args.no_opacus:
         from opacus import GradSampleModule
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus's hooks, harmless here
         _, d_op = build_models(num_classes=CLASSES, channels=1, image_size=SIZE)
         gsm = GradSampleModule(d_op)
         variants["opacus hooks (DP)"] = lambda g=gsm, o=torch.optim.Adam(gsm.parameters()): opacus_step(g, o, real, fake)

@@ -11,7 +11,7 @@ import torch
 
 from .classifier import predict_proba, train_classifier
 from .data import MedicalDataset
-from .metrics import classification_metrics, extract_features, frechet_distance
+from .metrics import classification_metrics, crossfit_threshold_accuracy, extract_features, frechet_distance
 from .models import Generator
 
 
@@ -34,13 +34,17 @@ def train_on_synthetic(generators: list[Generator], ds: MedicalDataset, *, per_c
                        epochs: int = 5, seed: int = 0, repeats: int = 3) -> dict[str, float]:
     """Classifiers trained on synthetic images only (``per_class`` images of every class, pooled
     over generators), scored on the real validation split; mean over ``repeats`` synthetic sets
-    and classifier seeds, since one small classifier run is noisy."""
+    and classifier seeds, since one small classifier run is noisy. For binary tasks
+    ``accuracy_crossfit`` also reports accuracy with a threshold cross-fitted on halves of val."""
     xv, yv = ds.val.tensors()
     runs = []
     for r in range(repeats):
         x, y = synthesize(generators, max(1, per_class // len(generators)), ds.num_classes, seed + 100 * r)
         model, _ = train_classifier(x, y, num_classes=ds.num_classes, epochs=epochs, seed=seed + r)
-        runs.append(classification_metrics(yv.numpy(), predict_proba(model, xv)))
+        proba = predict_proba(model, xv)
+        runs.append(classification_metrics(yv.numpy(), proba))
+        if ds.num_classes == 2:
+            runs[-1]["accuracy_crossfit"] = crossfit_threshold_accuracy(yv.numpy(), proba[:, 1], seed=seed + r)
     scores = {k: float(np.mean([s[k] for s in runs])) for k in runs[0]}
     scores |= {f"{k}_sd": float(np.std([s[k] for s in runs])) for k in runs[0]}
     scores["majority_rate"] = float(np.bincount(yv.numpy()).max() / len(yv))
