@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from hfgan_core.errors import UserError
 from hfgan_core.evaluate import train_on_synthetic
 from hfgan_core.train import TrainConfig, train
 
@@ -91,7 +93,12 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in args.names:
-        line = run_recipe(name, args.seed, Path("results/runs/recipe_search"))
+        if name not in RECIPES:
+            sys.exit(f"error: unknown recipe '{name}'; --list shows them")
+        try:
+            line = run_recipe(name, args.seed, Path("results/runs/recipe_search"))
+        except UserError as exc:
+            sys.exit(f"error: {exc}")
         with open(out / "pneumoniamnist.jsonl", "a") as f:
             f.write(json.dumps(line, default=str) + "\n")
         v = line["val"]

@@ -83,10 +83,12 @@ def test_resume_reaches_the_same_metrics(pneumonia, tmp_path):
 
 
 def test_fixed_sigma_stops_before_exceeding_target(pneumonia, tmp_path, capsys):
-    run = train(small(noise_multiplier=0.5, epsilon=3.0, rounds=40), tmp_path / "r", progress=False,
+    run = train(small(noise_multiplier=1.5, epsilon=3.0, rounds=40), tmp_path / "r", progress=False,
                 dataset=pneumonia)
-    assert run.round < 40
-    assert "would exceed epsilon=3.0" in capsys.readouterr().out + capsys.readouterr().err or run.round < 40
+    assert 0 < run.round < 40
+    out = capsys.readouterr()
+    assert f"stopped: round {run.round + 1}: client" in out.out + out.err
+    assert "would exceed epsilon=3.0" in out.out + out.err
     privacy = json.loads((tmp_path / "r" / "privacy.json").read_text())
     assert privacy["max_epsilon"] <= 3.0 and privacy["rounds_completed"] == run.round
 
