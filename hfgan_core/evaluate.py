@@ -51,11 +51,9 @@ def train_on_synthetic(generators: list[Generator], ds: MedicalDataset, *, per_c
     return scores
 
 
-def feature_extractor(ds: MedicalDataset, *, epochs: int = 3, seed: int = 0, max_images: int | None = None):
+def feature_extractor(ds: MedicalDataset, *, epochs: int = 3, seed: int = 0):
     """In-domain CNN trained on the real training split only."""
     x, y = ds.train.tensors()
-    if max_images is not None:
-        x, y = x[:max_images], y[:max_images]
     model, _ = train_classifier(x, y, num_classes=ds.num_classes, epochs=epochs, seed=seed)
     return model
 

@@ -12,7 +12,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +87,6 @@ class Run:
     clipper: PerExampleClipper | None
     schedule: list[list[int]]
     round: int = 0
-    history: list[dict] = field(default_factory=list)
 
 
 def setup(config: TrainConfig, dataset: MedicalDataset | None = None) -> Run:
