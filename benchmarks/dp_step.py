@@ -1,6 +1,7 @@
 """Speed of one discriminator step: plain vs our DP client step (vs Opacus hooks, for reference).
 
-Same model, 28 px, 64 real + 64 fake images, Adam step included in every variant. The
+Same model (the default projection D with its AC-GAN head, the same loss), 28 px, 64 real +
+64 fake images, Adam step included in every variant. The
 variants run interleaved, several rounds each, and the median is reported, so a busy
 machine slows all of them alike. The last line is the figure the README quotes:
 
@@ -16,13 +17,12 @@ import time
 import warnings
 
 import torch
-import torch.nn.functional as F
 
-from hfgan_core.client import discriminator_gradient
+from hfgan_core.client import discriminator_gradient, per_example_d_loss
 from hfgan_core.clipping import PerExampleClipper
 from hfgan_core.models import build_models
 
-BATCH, SIZE, CLASSES = 64, 28, 2
+BATCH, SIZE, CLASSES, AUX = 64, 28, 2, 1.0
 
 
 def make_batch(seed: int = 0):
@@ -34,15 +34,14 @@ def make_batch(seed: int = 0):
 
 def plain_step(d, opt, real, fake):
     x, y = torch.cat([real[0], fake[0]]), torch.cat([real[1], fake[1]])
-    target = torch.cat([torch.ones(BATCH), torch.zeros(BATCH)])
     opt.zero_grad(set_to_none=True)
-    F.binary_cross_entropy_with_logits(d(x, y), target).backward()
+    per_example_d_loss(d, x, y, BATCH, AUX).mean().backward()
     opt.step()
 
 
 def ours_step(d, opt, clipper, real, fake):
     grads, _ = discriminator_gradient(d, clipper, real, fake, normaliser=2.0 * BATCH, noise_multiplier=1.0,
-                                      max_grad_norm=1.0)
+                                      max_grad_norm=1.0, aux_weight=AUX)
     for p, g in zip(d.parameters(), grads):
         p.grad = g
     opt.step()
@@ -51,11 +50,10 @@ def ours_step(d, opt, clipper, real, fake):
 def opacus_step(gsm, opt, real, fake):
     """Opacus GradSampleModule (default hooks): per-example gradients, then the same clip + noise."""
     x, y = torch.cat([real[0], fake[0]]), torch.cat([real[1], fake[1]])
-    target = torch.cat([torch.ones(BATCH), torch.zeros(BATCH)])
     opt.zero_grad(set_to_none=True)
     for p in gsm.parameters():
         p.grad_sample = None
-    F.binary_cross_entropy_with_logits(gsm(x, y), target, reduction="sum").backward()
+    per_example_d_loss(gsm._module, x, y, BATCH, AUX).sum().backward()
     samples = [p.grad_sample.flatten(1) for p in gsm.parameters()]
     norms = torch.cat(samples, dim=1).norm(dim=1)
     factors = (1.0 / (norms + 1e-6)).clamp(max=1.0)
@@ -85,8 +83,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     real, fake = make_batch()
-    _, d_plain = build_models(num_classes=CLASSES, channels=1, image_size=SIZE)
-    _, d_ours = build_models(num_classes=CLASSES, channels=1, image_size=SIZE)
+    _, d_plain = build_models(num_classes=CLASSES, channels=1, image_size=SIZE, aux_classifier=True)
+    _, d_ours = build_models(num_classes=CLASSES, channels=1, image_size=SIZE, aux_classifier=True)
     variants = {
         "plain": (lambda d=d_plain, o=torch.optim.Adam(d_plain.parameters()): plain_step(d, o, real, fake)),
         "ours (DP)": (lambda d=d_ours, o=torch.optim.Adam(d_ours.parameters()),
@@ -95,7 +93,7 @@ def main() -> None:
     if not args.no_opacus:
         from opacus import GradSampleModule
         warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus's hooks, harmless here
-        _, d_op = build_models(num_classes=CLASSES, channels=1, image_size=SIZE)
+        _, d_op = build_models(num_classes=CLASSES, channels=1, image_size=SIZE, aux_classifier=True)
         gsm = GradSampleModule(d_op)
         variants["opacus hooks (DP)"] = lambda g=gsm, o=torch.optim.Adam(gsm.parameters()): opacus_step(g, o, real, fake)
 

@@ -49,7 +49,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of Gaussians fitted to two (N, d) sets."""
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s_a @ s_b, disp=False)
+    covmean = linalg.sqrtm(s_a @ s_b)
     if not np.isfinite(covmean).all():  # near-singular product: regularise as the FID reference code does
         eps = 1e-6 * np.eye(len(s_a))
         covmean = linalg.sqrtm((s_a + eps) @ (s_b + eps))
