@@ -61,7 +61,8 @@ def fake_labels(client: Client, n: int) -> torch.Tensor | None:
 
 
 def poisson_batch(client: Client, q: float) -> tuple[torch.Tensor, torch.Tensor]:
-    mask = torch.rand(client.n_examples, device=client.images.device) < q  # every record independently: the amplification the accountant assumes
+    """Each record joins independently with probability q: the sampling the accountant assumes."""
+    mask = torch.rand(client.n_examples, device=client.images.device) < q
     return client.images[mask], client.labels[mask]  # (~q N_i, C, H, W), (~q N_i,)
 
 
