@@ -17,16 +17,82 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
-from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis.prv import (Domain, PoissonSubsampledGaussianPRV, TruncatedPrivacyRandomVariable,
+                                             compose_heterogeneous, compute_safe_domain_size, discretize)
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+from scipy.fft import next_fast_len
 
 from .errors import UserError
 
-ACCOUNTANTS = {"prv": PRVAccountant, "rdp": RDPAccountant}
-_PRV_EPS_ERROR = 0.01  # PRV returns an upper bound within this error; the same value everywhere
+ACCOUNTANTS = ("prv", "rdp")  # Opacus's PRV and RDP analyses
+PRV_EPS_ERROR = 0.01  # PRV returns an upper bound within this error; the same value everywhere
+RDP_ORDERS = RDPAccountant.DEFAULT_ALPHAS
+
+
+class PrivacyCurve:
+    """epsilon(delta) of one hospital as a function of its D step count, for any count up to
+    ``max_steps``, from one accountant set-up -- so metrics.jsonl can carry epsilon every round.
+
+    PRV: the PRV is discretised once on the domain Opacus builds for ``max_steps`` (its safe
+    truncation size L and mesh), widened symmetrically to a fast FFT length; that domain is
+    safe for every smaller count too (the truncation bound and the mesh condition of Gopi et
+    al. only loosen with fewer compositions). Each query is then one FFT power (Opacus's
+    ``compose_heterogeneous``) and one epsilon read-out: ~10 ms instead of ~0.2 s for a fresh
+    accountant. RDP is additive in steps: one RDP curve, scaled.
+    """
+
+    def __init__(self, *, noise_multiplier: float, sample_rate: float, max_steps: int, delta: float,
+                 accountant: str = "prv", histogram_sigma: float | None = None) -> None:
+        if accountant not in ACCOUNTANTS:
+            raise UserError(f"unknown accountant '{accountant}'; choose one of {', '.join(ACCOUNTANTS)}")
+        self.noise_multiplier, self.max_steps, self.delta, self.accountant = noise_multiplier, max_steps, delta, accountant
+        history = []  # (sigma, q, most compositions): Opacus's history format
+        self._noisy_steps = 0 < noise_multiplier < math.inf and max_steps > 0  # sigma = inf: no DP steps to count
+        if self._noisy_steps:
+            history.append((noise_multiplier, sample_rate, max_steps))
+        if histogram_sigma:
+            history.append((histogram_sigma, 1.0, 1))
+        if accountant == "rdp":
+            self._parts = [compute_rdp(q=q, noise_multiplier=s, steps=1, orders=RDP_ORDERS) for s, q, _ in history]
+        else:
+            self._parts = self._discretise(history) if history else []
+
+    def epsilon(self, steps: int) -> float:
+        if not 0 <= steps <= self.max_steps:
+            raise ValueError(f"this curve covers 0..{self.max_steps} steps, not {steps}")
+        if steps > 0 and self.noise_multiplier <= 0:
+            return math.inf
+        counts = ([steps] if self._noisy_steps else []) + [1] * (len(self._parts) - self._noisy_steps)
+        used = [(part, k) for part, k in zip(self._parts, counts) if k > 0]
+        if not used:
+            return 0.0
+        if self.accountant == "rdp":
+            rdp = sum(part * k for part, k in used)
+            return float(get_privacy_spent(orders=RDP_ORDERS, rdp=rdp, delta=self.delta)[0])
+        composed = compose_heterogeneous([part for part, _ in used], [k for _, k in used])
+        return float(composed.compute_epsilon(self.delta, self._delta_error, PRV_EPS_ERROR)[2])  # the upper bound
+
+    @property
+    def _delta_error(self) -> float:
+        return self.delta / 1000  # Opacus's default
+
+    def _discretise(self, history: list[tuple[float, float, int]]) -> list:
+        prvs = [PoissonSubsampledGaussianPRV(q, s) for s, q, _ in history]
+        counts = [k for _, _, k in history]
+        size = compute_safe_domain_size(prvs=prvs, max_self_compositions=counts, eps_error=PRV_EPS_ERROR,
+                                        delta_error=self._delta_error)
+        dt = PRV_EPS_ERROR / math.sqrt(sum(counts) * math.log(12 / self._delta_error) / 2)  # Opacus's mesh
+        n = math.ceil(size / dt)
+        points = next_fast_len(2 * n + 2, real=True)
+        n = (points + points % 2) // 2 - 1  # Opacus's aligned layout: t_min = -n dt, t_max = (n + 1) dt
+        domain = Domain(t_min=-n * dt, t_max=(n + 1) * dt, size=2 * n + 2)
+        with np.errstate(divide="ignore"):  # log(1 - q) is evaluated on both branches of a where; q = 1 is fine
+            return [discretize(TruncatedPrivacyRandomVariable(p, domain.t_min, domain.t_max), domain) for p in prvs]
 
 
 @functools.lru_cache(maxsize=65536)  # a pure function; calibration and resumed runs ask the same questions
@@ -35,26 +101,8 @@ def compute_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, 
     """epsilon(delta) after `steps` Poisson-subsampled Gaussian steps, composed with one release
     of the label histogram through a Gaussian mechanism of noise multiplier `histogram_sigma`
     (sensitivity 1; a sample rate of 1 in the accountant's terms) when given."""
-    history = []
-    if steps > 0 and not math.isinf(noise_multiplier):
-        if noise_multiplier <= 0:
-            return math.inf
-        history.append((noise_multiplier, sample_rate, steps))
-    if histogram_sigma:
-        history.append((histogram_sigma, 1.0, 1))
-    if not history:
-        return 0.0
-    acc = _accountant(accountant)
-    acc.history = history
-    kwargs = {"eps_error": _PRV_EPS_ERROR} if accountant == "prv" else {}
-    with np.errstate(divide="ignore"):  # PRV evaluates log(1 - q) on both branches of a where; q = 1 is fine
-        return float(acc.get_epsilon(delta, **kwargs))
-
-
-def _accountant(name: str):
-    if name not in ACCOUNTANTS:
-        raise UserError(f"unknown accountant '{name}'; choose one of {', '.join(ACCOUNTANTS)}")
-    return ACCOUNTANTS[name]()
+    return PrivacyCurve(noise_multiplier=noise_multiplier, sample_rate=sample_rate, max_steps=steps, delta=delta,
+                        accountant=accountant, histogram_sigma=histogram_sigma).epsilon(steps)
 
 
 def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
@@ -91,18 +139,14 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
     return hi
 
 
-def max_steps_within(*, target_epsilon: float, delta: float, noise_multiplier: float, sample_rate: float,
-                     upper: int, accountant: str = "prv", histogram_sigma: float | None = None) -> int:
-    """Largest step count <= upper whose epsilon stays within the target (binary search)."""
-    def ok(s: int) -> bool:
-        return compute_epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=s,
-                               delta=delta, accountant=accountant, histogram_sigma=histogram_sigma) <= target_epsilon
-    if math.isinf(target_epsilon) or ok(upper):
-        return upper
-    lo, hi = 0, upper  # ok(lo) holds, ok(hi) fails
+def max_steps_within(curve: PrivacyCurve, target_epsilon: float) -> int:
+    """Largest step count the curve covers whose epsilon stays within the target (binary search)."""
+    if math.isinf(target_epsilon) or curve.epsilon(curve.max_steps) <= target_epsilon:
+        return curve.max_steps
+    lo, hi = 0, curve.max_steps  # epsilon(lo) <= target < epsilon(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+        lo, hi = (mid, hi) if curve.epsilon(mid) <= target_epsilon else (lo, mid)
     return lo
 
 
@@ -118,6 +162,13 @@ class ClientBudget:
     epsilon: float = 0.0
     histogram_sigma: float | None = None  # noise multiplier of the one label-histogram release, if any
     max_steps: int = field(default=0, repr=False)  # steps allowed before the target is exceeded
+    curve: PrivacyCurve | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.curve is None:
+            self.curve = PrivacyCurve(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
+                                      max_steps=self.max_steps, delta=self.delta, accountant=self.accountant,
+                                      histogram_sigma=self.histogram_sigma)
 
     def spend(self, steps: int = 1) -> None:
         self.steps += steps
@@ -126,15 +177,11 @@ class ClientBudget:
         return self.steps + steps <= self.max_steps
 
     def update_epsilon(self) -> float:
-        self.epsilon = compute_epsilon(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
-                                       steps=self.steps, delta=self.delta, accountant=self.accountant,
-                                       histogram_sigma=self.histogram_sigma)
+        self.epsilon = self.curve.epsilon(self.steps)
         return self.epsilon
 
     def to_json(self) -> dict:
-        out = asdict(self)
-        out.pop("max_steps")
-        return out
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("max_steps", "curve")}
 
 
 def noisy_label_histogram(labels: np.ndarray, num_classes: int, sigma: float | None,

@@ -26,7 +26,7 @@ from .data import MedicalDataset, load_dataset
 from .errors import UserError
 from .models import build_models
 from .partition import class_counts, format_class_counts, partition
-from .privacy import ClientBudget, calibrate_noise, max_steps_within, noisy_label_histogram
+from .privacy import ClientBudget, PrivacyCurve, calibrate_noise, max_steps_within, noisy_label_histogram
 
 
 @dataclass
@@ -61,7 +61,6 @@ class TrainConfig:
     histogram_sigma: float = 10.0  # noise multiplier of that histogram release (counted in epsilon)
     seed: int = 0
     device: str = "cpu"
-    eps_every: int = 10  # rounds between accountant evaluations (PRV takes ~0.2 s a client)
     checkpoint_every: int = 25
     download: bool = False
 
@@ -141,7 +140,7 @@ def _check_config(c: TrainConfig) -> None:
               (0 < c.delta < 1, f"--delta must lie in (0, 1) (got {c.delta})"),
               (c.noise_multiplier is None or c.noise_multiplier > 0,
                f"--noise-multiplier must be positive (got {c.noise_multiplier})"),
-              (c.eps_every >= 1 and c.checkpoint_every >= 1, "--eps-every and --checkpoint-every must be >= 1"),
+              (c.checkpoint_every >= 1, f"--checkpoint-every must be >= 1 (got {c.checkpoint_every})"),
               (c.fake_labels in ("uniform", "histogram"),
                f"--fake-labels must be uniform or histogram (got {c.fake_labels})"),
               (c.histogram_sigma > 0, f"--histogram-sigma must be positive (got {c.histogram_sigma})")]
@@ -153,18 +152,17 @@ def _check_config(c: TrainConfig) -> None:
 
 
 def _budget(c: TrainConfig, n: int, planned_steps: int) -> ClientBudget:
+    """Calibrate sigma for the planned steps (or take --noise-multiplier and find how many steps
+    it allows); the budget's curve then reports epsilon every round with the same accountant."""
     q = cl.sample_rate(c.batch_size, n)
     hist = c.histogram_sigma if c.fake_labels == "histogram" else None
-    common = dict(target_epsilon=c.epsilon, delta=c.delta, sample_rate=q, accountant=c.accountant,
-                  histogram_sigma=hist)
-    if c.noise_multiplier is None:
-        sigma = calibrate_noise(steps=max(planned_steps, 1), **common)
-        allowed = max(planned_steps, 1)
-    else:
-        sigma = c.noise_multiplier
-        allowed = max_steps_within(noise_multiplier=sigma, upper=planned_steps, **common)
-    return ClientBudget(n_examples=n, sample_rate=q, noise_multiplier=sigma, delta=c.delta,
-                        accountant=c.accountant, histogram_sigma=hist, max_steps=allowed)
+    planned_steps = max(planned_steps, 1)
+    sigma = c.noise_multiplier or calibrate_noise(target_epsilon=c.epsilon, delta=c.delta, sample_rate=q,
+                                                  steps=planned_steps, accountant=c.accountant, histogram_sigma=hist)
+    curve = PrivacyCurve(noise_multiplier=sigma, sample_rate=q, max_steps=planned_steps, delta=c.delta,
+                         accountant=c.accountant, histogram_sigma=hist)
+    return ClientBudget(n_examples=n, sample_rate=q, noise_multiplier=sigma, delta=c.delta, accountant=c.accountant,
+                        histogram_sigma=hist, max_steps=max_steps_within(curve, c.epsilon), curve=curve)
 
 
 def train_round(run: Run) -> dict:
@@ -197,7 +195,7 @@ def train_round(run: Run) -> dict:
             "g_loss": float(np.mean(g_losses)) if g_losses else None,
             "steps": {str(cl_.cid): cl_.budget.steps for cl_ in run.clients if cl_.budget is not None},
             "round_time_s": time.perf_counter() - started}
-    if run.clients[0].budget is not None and (run.round % c.eps_every == 0 or run.round == c.rounds):
+    if run.clients[0].budget is not None:
         line["epsilon"] = {str(cl_.cid): cl_.budget.update_epsilon() for cl_ in run.clients}
     return line
 

@@ -11,7 +11,9 @@ from dp_accounting import pld, rdp
 from scipy import stats
 
 from hfgan_core.errors import UserError
-from hfgan_core.privacy import (ClientBudget, calibrate_noise, compute_epsilon, max_steps_within,
+from opacus.accountants import PRVAccountant, RDPAccountant
+
+from hfgan_core.privacy import (ClientBudget, PrivacyCurve, calibrate_noise, compute_epsilon, max_steps_within,
                                  noisy_label_histogram, privatize)
 
 CASES = [(0.07, 1.0, 300), (0.19, 0.785, 20), (0.0136, 0.632, 1500), (0.5, 2.0, 50)]
@@ -63,11 +65,31 @@ def test_impossible_targets_are_refused(bad, match):
         calibrate_noise(**kw)
 
 
-def test_max_steps_within_is_the_largest_feasible_count():
-    kw = dict(noise_multiplier=0.8, sample_rate=0.1, delta=1e-5, accountant="rdp")
-    n = max_steps_within(target_epsilon=5.0, upper=5000, **kw)
-    assert 0 < n < 5000
-    assert compute_epsilon(steps=n, **kw) <= 5.0 < compute_epsilon(steps=n + 1, **kw)
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+def test_max_steps_within_is_the_largest_feasible_count(accountant):
+    curve = PrivacyCurve(noise_multiplier=0.8, sample_rate=0.1, max_steps=3000, delta=1e-5, accountant=accountant)
+    n = max_steps_within(curve, 5.0)
+    assert 0 < n < 3000
+    assert curve.epsilon(n) <= 5.0 < curve.epsilon(n + 1)
+    assert max_steps_within(curve, 1e3) == 3000
+
+
+@pytest.mark.parametrize("q,sigma,steps,hist", [(0.07, 1.0, 300, None), (0.19, 0.785, 40, 10.0)])
+def test_privacy_curve_matches_fresh_opacus_accountants_at_every_count(q, sigma, steps, hist):
+    """The per-round curve (one discretisation for the largest count) against a fresh Opacus
+    accountant per count: PRV within its own error bound, RDP exactly."""
+    history = [(hist, 1.0, 1)] if hist else []
+    for accountant, cls, tol in (("prv", PRVAccountant, 0.01), ("rdp", RDPAccountant, 1e-9)):
+        curve = PrivacyCurve(noise_multiplier=sigma, sample_rate=q, max_steps=steps, delta=1e-5,
+                             accountant=accountant, histogram_sigma=hist)
+        values = [curve.epsilon(k) for k in range(steps + 1)]
+        assert all(b >= a - 1e-9 for a, b in zip(values, values[1:]))  # more steps never cost less
+        for k in (1, 2, steps // 3, steps - 1, steps):
+            fresh = cls()
+            fresh.history = [(sigma, q, k)] + history
+            assert values[k] == pytest.approx(fresh.get_epsilon(1e-5), abs=tol)
+    with pytest.raises(ValueError):
+        curve.epsilon(steps + 1)
 
 
 def test_budget_ledger():

@@ -30,14 +30,14 @@ def pneumonia():
 
 
 def small(**kw) -> TrainConfig:
-    base = dict(dataset="pneumoniamnist", clients=3, rounds=6, batch_size=32, eps_every=2, checkpoint_every=2,
+    base = dict(dataset="pneumoniamnist", clients=3, rounds=6, batch_size=32, checkpoint_every=2,
                 accountant="rdp")
     return TrainConfig(**(base | kw))
 
 
 def test_training_lowers_in_domain_frechet_distance(pneumonia, tmp_path):
     """Without DP (at epsilon = 10 our samples are still noisy: see README, 'Known limits')."""
-    cfg = small(rounds=150, epsilon=float("inf"), g_ema=0.0, eps_every=50, checkpoint_every=150)
+    cfg = small(rounds=150, epsilon=float("inf"), g_ema=0.0, checkpoint_every=150)
     torch.manual_seed(cfg.seed)
     untrained = [Generator(num_classes=2, channels=1, image_size=28, nz=cfg.nz, ngf=cfg.ngf) for _ in range(3)]
     run = train(cfg, tmp_path / "run", progress=False, dataset=pneumonia)
@@ -55,6 +55,11 @@ def test_dp_run_accounts_every_step(pneumonia, tmp_path):
     assert privacy["accountant"] == "prv" and privacy["delta"] == 1e-5
     assert all(v["steps"] == 8 for v in privacy["clients"].values())
     assert 9 < privacy["max_epsilon"] <= 10  # calibrated to the target, never over it
+    lines = _metrics(tmp_path / "run")
+    for cid, budget in privacy["clients"].items():  # epsilon every round, rising to what privacy.json reports
+        trajectory = [line["epsilon"][cid] for line in lines]
+        assert len(trajectory) == 8 and trajectory == sorted(trajectory) and 0 < trajectory[0]
+        assert trajectory[-1] == budget["epsilon"]
     for c in run.clients:
         assert c.budget.noise_multiplier > 0 and c.budget.sample_rate == 32 / c.n_examples
 
