@@ -5,6 +5,7 @@ import argparse
 import sys
 from dataclasses import fields
 
+from .benchmark import METHODS, BenchmarkConfig, run_benchmark
 from .errors import UserError
 from .train import TrainConfig, train
 
@@ -41,11 +42,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--stop-after", type=int, default=None, help="stop after this round (resume later)")
     p.add_argument("--no-progress", action="store_true")
+
+    b = sub.add_parser("benchmark", help="every method on identical hospitals: table.csv, table.md, runs.json")
+    b.add_argument("--dataset", required=True, help=_HELP["dataset"])
+    b.add_argument("--data-dir", default=None, help=_HELP["data_dir"])
+    b.add_argument("--methods", nargs="+", default=["all"], help="'all' or any of: " + ", ".join(METHODS))
+    b.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    b.add_argument("--profile", default="quick", help="smoke (tests), quick (2-core CPU) or paper (GPU)")
+    b.add_argument("--epsilon", nargs="+", type=float, default=[10.0],
+                   help="one or more per-record epsilons for the private rows ('inf' allowed)")
+    b.add_argument("--alpha", type=float, default=0.5, help=_HELP["alpha"])
+    b.add_argument("--clients", type=int, default=5, help=_HELP["clients"])
+    b.add_argument("--partition", default="dirichlet", help=_HELP["partition"])
+    b.add_argument("--delta", type=float, default=1e-5, help=_HELP["delta"])
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--out", required=True, help="folder for table.csv, table.md, runs.json")
+    b.add_argument("--no-progress", action="store_true")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "benchmark":
+        return _benchmark(args)
     try:
         config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
         run = train(config, args.out, resume=args.resume, stop_after=args.stop_after,
@@ -56,6 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     eps = [c.budget.epsilon for c in run.clients if c.budget]
     summary = f"max epsilon {max(eps):.3f} (delta={run.config.delta})" if eps else "no DP (epsilon = inf)"
     print(f"done: {run.round} rounds, {summary}; outputs in {args.out}")
+    return 0
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    methods = list(METHODS) if args.methods == ["all"] else args.methods
+    config = BenchmarkConfig(dataset=args.dataset, methods=methods, seeds=args.seeds, profile=args.profile,
+                             epsilons=args.epsilon, alpha=args.alpha, clients=args.clients, partition=args.partition,
+                             delta=args.delta, data_dir=args.data_dir, device=args.device)
+    try:
+        report = run_benchmark(config, args.out, progress=not args.no_progress)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"done: {len(report['runs'])} runs in {report['wall_time_s'] / 60:.1f} min; table in {args.out}/table.md")
     return 0
 
 

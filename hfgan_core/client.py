@@ -118,13 +118,20 @@ def discriminator_gradient(discriminator: nn.Module, clipper: PerExampleClipper 
     return [g.detach() for g in grads], float(losses.detach()[n_real:].mean())
 
 
-def generator_step(client: Client, discriminator: nn.Module, *, batch_size: int, aux_weight: float = 0.0) -> float:
-    """One non-saturating step of G_i against D; D's parameters are not touched."""
-    x_fake, y_fake = client.generator.sample(batch_size)  # (B, C, H, W)
+def generator_loss(generator: Generator, discriminator: nn.Module, *, batch_size: int,
+                   aux_weight: float = 0.0) -> torch.Tensor:
+    """Non-saturating loss of G on a fresh batch of fakes (+ the AC-GAN class term); no real data."""
+    x_fake, y_fake = generator.sample(batch_size)  # (B, C, H, W), (B,)
     logits, class_logits = discriminator.forward_with_aux(x_fake, y_fake)  # (B,), (B, K) or None
     loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
     if class_logits is not None and aux_weight > 0:
         loss = loss + aux_weight * F.cross_entropy(class_logits, y_fake)
+    return loss
+
+
+def generator_step(client: Client, discriminator: nn.Module, *, batch_size: int, aux_weight: float = 0.0) -> float:
+    """One step of G_i against D; D's parameters are not touched."""
+    loss = generator_loss(client.generator, discriminator, batch_size=batch_size, aux_weight=aux_weight)
     client.g_optimizer.zero_grad(set_to_none=True)
     loss.backward(inputs=list(client.generator.parameters()))
     client.g_optimizer.step()

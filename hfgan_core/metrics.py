@@ -1,6 +1,8 @@
 """Classification scores and the Fréchet distance between two feature sets."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from scipy import linalg
@@ -61,3 +63,47 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 def extract_features(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
     model.eval()
     return torch.cat([model.features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).double().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# FID and Inception Score through torchmetrics, with any feature module
+
+class _Head(torch.nn.Module):
+    """Adapts a classifier with ``features``/``head`` to what torchmetrics calls: features or logits."""
+
+    def __init__(self, model: torch.nn.Module, *, logits: bool) -> None:
+        super().__init__()
+        self.model, self.logits = model.eval(), logits
+        self.num_features = model.head.in_features  # saves torchmetrics a 299 px dummy pass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.model.features(x)
+        return self.model.head(f) if self.logits else f
+
+
+@torch.no_grad()
+def fid(extractor: torch.nn.Module, fake: torch.Tensor, real: torch.Tensor, batch_size: int = 512) -> float:
+    """Fréchet distance between ``extractor`` features of two image sets (torchmetrics)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    metric = FrechetInceptionDistance(feature=_Head(extractor, logits=False))
+    for images, is_real in ((real, True), (fake, False)):
+        for i in range(0, len(images), batch_size):
+            metric.update(images[i:i + batch_size], real=is_real)
+    return float(metric.compute())
+
+
+@torch.no_grad()
+def inception_score(extractor: torch.nn.Module, images: torch.Tensor, *, splits: int = 10,
+                    seed: int = 0) -> tuple[float, float]:
+    """exp(E KL(p(y|x) || p(y))) from the extractor's class logits (torchmetrics): mean, sd over splits."""
+    from torchmetrics.image.inception import InceptionScore
+    with warnings.catch_warnings():  # "features kept in a buffer": a few thousand 2-5 class logits
+        warnings.simplefilter("ignore", UserWarning)
+        metric = InceptionScore(feature=_Head(extractor, logits=True), splits=splits)
+    for i in range(0, len(images), 512):
+        metric.update(images[i:i + 512])
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)  # compute() permutes the images before splitting
+    mean, sd = metric.compute()
+    torch.random.set_rng_state(state)
+    return float(mean), float(sd)

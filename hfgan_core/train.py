@@ -293,7 +293,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, stop_af
         kept = [l for l in metrics_path.read_text().splitlines() if json.loads(l)["round"] <= run.round]
         metrics_path.write_text("".join(l + "\n" for l in kept))
     else:
-        _write_config(run, out)
+        _write_config(run, out, echo=progress)
         metrics_path.write_text("")
     _train_loop(run, out, metrics_path, stop_after=stop_after, progress=progress)
     return run
@@ -332,7 +332,7 @@ def _train_loop(run: Run, out: Path, metrics_path: Path, *, stop_after: int | No
     save_sample_grids(run, out)
 
 
-def _write_config(run: Run, out: Path) -> None:
+def _write_config(run: Run, out: Path, *, echo: bool = True) -> None:
     ds = run.dataset
     counts = class_counts(ds.train.labels, run.parts, ds.num_classes)
     info = {"config": asdict(run.config),
@@ -341,7 +341,8 @@ def _write_config(run: Run, out: Path) -> None:
             "client_class_counts": counts.tolist(),
             "versions": _versions()}
     (out / "config.json").write_text(json.dumps(info, indent=2))
-    tqdm.write(format_class_counts(counts, ds.class_names))
+    if echo:
+        tqdm.write(format_class_counts(counts, ds.class_names))
 
 
 def _versions() -> dict[str, str]:

@@ -1,0 +1,399 @@
+"""The benchmark: every method on identical hospitals, seeds and classifier; one table per dataset.
+
+    python -m hfgan_core benchmark --dataset pneumoniamnist --methods all --seeds 0 1 2 \\
+        --profile quick --epsilon 10 --alpha 0.5 --out results/pneumoniamnist
+
+For each seed the hospitals are drawn once and shared by every method. The GANs train once
+per (seed, epsilon) and feed all rows that use them. Methods see the training split (as
+hospitals) and the validation split (model selection) only; the test split sits in a
+``SealedTest`` that hands it out once per (method, seed, epsilon), for the final numbers.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .classifier import predict_proba
+from .data import MedicalDataset, Split, load_dataset, resolve_data_dir
+from .dpfedavg_gan import DPFedAvgGANConfig, train_dpfedavg_gan
+from .errors import UserError
+from .extractor import load_or_train_extractor
+from .federated import DPSpec, FedConfig, train_federated
+from .metrics import classification_metrics, fid, inception_score
+from .partition import partition
+from .train import TrainConfig, train
+
+Arrays = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str
+    gan: str | None = None  # which GAN feeds it: "hfgan", "dpfedavg_gan" or None
+    classifier_dp: bool = False
+    released: str = "classifier"  # what its epsilon column covers
+
+
+METHODS: dict[str, Method] = {
+    "local": Method("Local only (mean over hospitals)"),
+    "fedavg": Method("FedAvg"),
+    "fedprox": Method("FedProx"),
+    "fedavg_aug": Method("FedAvg + classical augmentation"),
+    "hfgan": Method("HF-GAN (own synthetic images)", gan="hfgan"),
+    "hfgan_shared": Method("HF-GAN, shared synthetic pool", gan="hfgan"),
+    "hfgan_synth_only": Method("HF-GAN, synthetic only", gan="hfgan"),
+    "dpfedavg_gan": Method("DP-FedAvg-GAN (+ its synthetic images)", gan="dpfedavg_gan"),
+    "dp_fedavg": Method("DP classifier (DP-SGD FedAvg)", classifier_dp=True),
+    "centralized": Method("Centralized (pooled, non-private)"),
+}
+PRIVATE_ROWS = {"hfgan", "hfgan_shared", "hfgan_synth_only", "dpfedavg_gan", "dp_fedavg"}  # one row per epsilon
+
+
+@dataclass
+class Profile:
+    gan: dict  # TrainConfig overrides
+    gan_epochs: float | None  # if set, HF-GAN rounds = epochs x median N_i / batch
+    fed: FedConfig
+    dpgan: dict  # DPFedAvgGANConfig overrides
+    synthetic_ratio: float = 1.0  # synthetic images per real image a hospital adds
+    extractor_epochs: int = 5
+    prefer_64px: bool = False
+    mu: float = 0.01  # FedProx
+    max_train: int | None = None  # smoke only: a seeded, stratified subset of the training split
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(gan=dict(rounds=3, batch_size=16, nz=16, ngf=8, ndf=8), gan_epochs=None,
+                     fed=FedConfig(rounds=2, batch_size=32, width=8), dpgan=dict(rounds=3, local_steps=1,
+                     batch_size=16, nz=16, ngf=8, ndf=8), synthetic_ratio=0.2, extractor_epochs=1,
+                     max_train=600),
+    "quick": Profile(gan=dict(rounds=150), gan_epochs=None, fed=FedConfig(rounds=8, width=16),
+                     dpgan=dict(rounds=150, local_steps=2)),
+    "paper": Profile(gan=dict(lr_d=2e-4, lr_g=2e-4, batch_size=64), gan_epochs=100,
+                     fed=FedConfig(rounds=100, width=32), dpgan=dict(rounds=1000, local_steps=5, lr_d=2e-4,
+                     lr_g=2e-4), extractor_epochs=20, prefer_64px=True),
+}
+
+
+class SealedTest:
+    """The test split, handed out once per result key, never to a training function."""
+
+    def __init__(self, ds: MedicalDataset) -> None:
+        self._x, self._y = ds.test.tensors()
+        self.reads: list[tuple] = []
+
+    def read(self, key: tuple) -> Arrays:
+        if key in self.reads:
+            raise RuntimeError(f"the test split was already read for {key}: one final evaluation per result")
+        self.reads.append(key)
+        return self._x, self._y
+
+
+@dataclass
+class BenchmarkConfig:
+    dataset: str
+    methods: list[str]
+    seeds: list[int]
+    profile: str = "quick"
+    epsilons: list[float] = field(default_factory=lambda: [10.0])
+    alpha: float = 0.5
+    clients: int = 5
+    partition: str = "dirichlet"
+    delta: float = 1e-5
+    data_dir: str | None = None
+    device: str = "cpu"
+
+
+def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = True) -> dict:
+    """Run every (method, seed, epsilon), then write table.csv, table.md and runs.json under ``out``."""
+    _check(config)
+    prof = PROFILES[config.profile]
+    ds = _load(config, prof)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    extractor, extractor_info = load_or_train_extractor(ds, epochs=prof.extractor_epochs)
+    test = SealedTest(ds)
+    started, records = time.time(), []
+    for seed in config.seeds:
+        records += _run_seed(config, prof, ds, seed, extractor, test, out, progress)
+    report = {"dataset": ds.name, "data_file": str(ds.path), "image_size": ds.image_size,
+              "config": asdict(config), "profile": {"name": config.profile, **_profile_json(prof)},
+              "extractor": extractor_info, "reference": _reference(extractor, ds, test),
+              "runs": records, "wall_time_s": time.time() - started, "provenance": provenance(config.device)}
+    (out / "runs.json").write_text(json.dumps(_jsonable(report), indent=2))
+    rows = summarise(records, config.methods)
+    (out / "table.csv").write_text(table_csv(rows))
+    (out / "table.md").write_text(table_markdown(rows, report))
+    return report
+
+
+def _check(c: BenchmarkConfig) -> None:
+    if c.profile not in PROFILES:
+        raise UserError(f"unknown profile '{c.profile}'; choose one of {', '.join(PROFILES)}")
+    unknown = [m for m in c.methods if m not in METHODS]
+    if unknown:
+        raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from all, {', '.join(METHODS)}")
+    if not c.seeds:
+        raise UserError("--seeds needs at least one seed")
+    bad = [e for e in c.epsilons if not e > 0]
+    if bad:
+        raise UserError(f"--epsilon values must be positive or inf (got {bad[0]})")
+
+
+def _load(c: BenchmarkConfig, prof: Profile) -> MedicalDataset:
+    name = c.dataset
+    if prof.prefer_64px and not name.endswith("_64") and (resolve_data_dir(c.data_dir) / f"{name}_64.npz").exists():
+        name = f"{name}_64"
+    ds = load_dataset(name, c.data_dir)
+    if prof.max_train and len(ds.train) > prof.max_train:
+        keep = np.sort(np.random.default_rng(0).permutation(len(ds.train))[:prof.max_train])
+        ds = replace(ds, train=Split(ds.train.images[keep], ds.train.labels[keep]))
+    return ds
+
+
+def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, extractor, test: SealedTest,
+              out: Path, progress: bool) -> list[dict]:
+    gan_cfg = _gan_config(c, prof, ds, seed, epsilon=math.inf)
+    parts = partition(ds.train.labels, c.clients, scheme=c.partition, alpha=c.alpha,
+                      min_size=gan_cfg.min_client_size, seed=seed)
+    x, y = ds.train.tensors()
+    hospitals = [(x[idx], y[idx]) for idx in parts]
+    val = ds.val.tensors()
+    fed = replace(prof.fed, seed=seed)
+    k = ds.num_classes
+    records = []
+
+    def n_synth(h: Arrays) -> int:
+        return round(prof.synthetic_ratio * len(h[1]))
+
+    def fed_run(clients=hospitals, config=fed, **kw):
+        return train_federated(clients, val, num_classes=k, config=config, **kw)
+
+    def log(method: str, eps: float, models: list, started: float, privacy: dict, generators=None) -> None:
+        tx, ty = test.read((method, seed, eps))
+        scores = [classification_metrics(ty.numpy(), predict_proba(m, tx)) for m in models]
+        m = {"method": method, "seed": seed, "epsilon": eps, **privacy,
+             **{key: float(np.mean([s[key] for s in scores])) for key in scores[0]}}
+        if len(models) > 1:  # local only: the mean over hospitals, and each one
+            m["per_hospital_accuracy"] = [s["accuracy"] for s in scores]
+        if generators is not None:
+            fakes = _synthesize(generators, ty, seed + 1000)[0]  # the test split's classes and counts
+            m["fid"] = fid(extractor, fakes, tx)
+            m["inception_score"], m["inception_score_sd"] = inception_score(extractor, fakes, seed=seed)
+            m["fid_samples"] = [len(fakes), len(tx)]
+        m["wall_time_s"] = time.time() - started
+        records.append(m)
+        if progress:
+            tqdm.write(f"[{ds.name}] seed {seed} eps={eps} {method}: acc {m['accuracy']:.3f} "
+                       f"macro-F1 {m['macro_f1']:.3f} AUC {m['auc']:.3f} ({m['wall_time_s']:.0f} s)")
+
+    plain = {"unit": None, "gan_epsilon": None, "classifier_dp": False, "released_epsilon": math.inf}
+    for method in [m for m in c.methods if m not in PRIVATE_ROWS]:
+        t0 = time.time()
+        if method == "local":
+            log(method, math.inf, [fed_run(clients=[h]).model for h in hospitals], t0, plain)
+        elif method == "centralized":
+            pooled = (torch.cat([h[0] for h in hospitals]), torch.cat([h[1] for h in hospitals]))
+            log(method, math.inf, [fed_run(clients=[pooled]).model], t0, plain)
+        else:
+            cfg = replace(fed, mu=prof.mu if method == "fedprox" else 0.0, augment=method == "fedavg_aug")
+            log(method, math.inf, [fed_run(config=cfg).model], t0, plain)
+
+    for eps in c.epsilons:
+        wanted = [m for m in c.methods if m in PRIVATE_ROWS]
+        hf_rows = [m for m in wanted if METHODS[m].gan == "hfgan"]
+        if hf_rows:
+            t0 = time.time()
+            run_dir = out / "gan_runs" / f"hfgan-seed{seed}-eps{eps}"
+            shutil.rmtree(run_dir, ignore_errors=True)  # our own output from an earlier benchmark
+            run = train(_gan_config(c, prof, ds, seed, epsilon=eps), run_dir, progress=progress, dataset=ds)
+            gens = [h.sampler for h in run.clients]
+            gan_eps = max((h.budget.epsilon for h in run.clients if h.budget), default=math.inf)
+            gan_time = time.time() - t0
+            own = [_synthesize([g], _balanced(n_synth(h), k), seed + i) for i, (g, h) in enumerate(zip(gens, hospitals))]
+            shared = [_synthesize(gens, _balanced(n_synth(h), k), seed + 50 + i) for i, h in enumerate(hospitals)]
+            privacy = {"unit": "record" if math.isfinite(gan_eps) else None, "gan_epsilon": gan_eps, "classifier_dp": False, "released_epsilon": math.inf}
+            for method in hf_rows:
+                t0 = time.time() - gan_time  # each row that uses the GAN carries its training time
+                if method == "hfgan":
+                    log(method, eps, [fed_run(synthetic=own).model], t0, privacy, gens)
+                elif method == "hfgan_shared":
+                    log(method, eps, [fed_run(synthetic=shared).model], t0, privacy, gens)
+                else:  # synthetic only: post-processing of the DP generators, private end to end
+                    empty = [(h[0][:0], h[1][:0]) for h in hospitals]
+                    log(method, eps, [fed_run(clients=empty, synthetic=own).model], t0,
+                        privacy | {"released_epsilon": gan_eps}, gens)
+        if "dpfedavg_gan" in wanted:
+            t0 = time.time()
+            res = train_dpfedavg_gan(hospitals, num_classes=k, config=DPFedAvgGANConfig(
+                **(prof.dpgan | {"epsilon": eps, "delta": c.delta, "seed": seed})))
+            synth = [_synthesize([res.generator], _balanced(n_synth(h), k), seed + 80 + i)
+                     for i, h in enumerate(hospitals)]
+            log("dpfedavg_gan", eps, [fed_run(synthetic=synth).model], t0,
+                {"unit": "hospital" if math.isfinite(res.epsilon) else None, "gan_epsilon": res.epsilon, "classifier_dp": False,
+                 "released_epsilon": math.inf}, [res.generator])
+        if "dp_fedavg" in wanted:
+            t0 = time.time()
+            res = fed_run(dp=DPSpec(epsilon=eps, delta=c.delta)) if not math.isinf(eps) else fed_run()
+            spent = max(res.epsilons) if res.epsilons else math.inf
+            log("dp_fedavg", eps, [res.model], t0, {"unit": "record" if res.epsilons else None, "gan_epsilon": None,
+                                                     "classifier_dp": not math.isinf(eps), "released_epsilon": spent})
+    return records
+
+
+def _gan_config(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, *, epsilon: float) -> TrainConfig:
+    gan = TrainConfig(dataset=ds.name, data_dir=c.data_dir, clients=c.clients, partition=c.partition, alpha=c.alpha,
+                      epsilon=epsilon, delta=c.delta, seed=seed, device=c.device, **prof.gan)
+    if prof.gan_epochs:  # "100 epochs": rounds that show a median hospital its data that many times
+        sizes = [len(p) for p in partition(ds.train.labels, c.clients, scheme=c.partition, alpha=c.alpha,
+                                           min_size=gan.min_client_size, seed=seed)]
+        gan = replace(gan, rounds=max(1, round(prof.gan_epochs * float(np.median(sizes)) / gan.batch_size)))
+    return gan
+
+
+def _balanced(n: int, num_classes: int) -> torch.Tensor:
+    return torch.arange(n) % num_classes
+
+
+@torch.no_grad()
+def _synthesize(generators: list, labels: torch.Tensor, seed: int) -> Arrays:
+    """One image per label, the generators taking turns."""
+    gen = torch.Generator().manual_seed(seed)
+    owner = torch.arange(len(labels)) % len(generators)
+    parts = []
+    for i, g in enumerate(generators):
+        g.eval()
+        y = labels[owner == i]
+        parts.append((torch.nonzero(owner == i).flatten(), g(torch.randn(len(y), g.nz, generator=gen), y)))
+        g.train()
+    x = torch.empty(len(labels), *parts[0][1].shape[1:])
+    for idx, images in parts:
+        x[idx] = images
+    return x, labels
+
+
+def _reference(extractor, ds: MedicalDataset, test: SealedTest) -> dict:
+    """What real images score: FID(real val, real test) is the floor a perfect generator approaches."""
+    tx, _ = test.read(("reference",))
+    vx, _ = ds.val.tensors()
+    mean, sd = inception_score(extractor, tx)
+    return {"fid_val_vs_test": fid(extractor, vx, tx), "inception_score_test": mean,
+            "inception_score_test_sd": sd, "samples": [len(vx), len(tx)]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables and provenance
+
+METRICS = ("accuracy", "macro_f1", "auc", "inception_score", "fid")
+
+
+def summarise(records: list[dict], methods: list[str]) -> list[dict]:
+    """One row per (method, epsilon): mean and sd over seeds of every metric."""
+    rows = []
+    for method in methods:
+        for eps in sorted({r["epsilon"] for r in records if r["method"] == method}):
+            runs = [r for r in records if r["method"] == method and r["epsilon"] == eps]
+            row = {"method": method, "label": METHODS[method].label, "epsilon_target": eps,
+                   "unit": runs[0]["unit"], "classifier_dp": runs[0]["classifier_dp"], "seeds": len(runs),
+                   "gan_epsilon": _max(r["gan_epsilon"] for r in runs),
+                   "released_epsilon": _max(r["released_epsilon"] for r in runs),
+                   "wall_time_s": float(np.mean([r["wall_time_s"] for r in runs]))}
+            for m in METRICS:
+                values = [r[m] for r in runs if r.get(m) is not None]
+                row[m] = float(np.mean(values)) if values else None
+                row[f"{m}_sd"] = float(np.std(values)) if values else None
+            rows.append(row)
+    return rows
+
+
+def _max(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def table_csv(rows: list[dict]) -> str:
+    import csv
+    import io
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _eps(v: float | None) -> str:
+    return "—" if v is None else ("∞" if math.isinf(v) else f"{v:.2f}")
+
+
+def table_markdown(rows: list[dict], report: dict) -> str:
+    head = ("| method | ε target | GAN ε (unit) | classifier DP | ε of released classifier | accuracy | macro-F1 "
+            "| AUC | IS | FID |")
+    lines = [head, "|" + " --- |" * 10]
+    for r in rows:
+        def cell(m: str) -> str:
+            return "—" if r[m] is None else f"{r[m]:.3f} ± {r[m + '_sd']:.3f}"
+        gan = "—" if r["gan_epsilon"] is None else _eps(r["gan_epsilon"]) + (f" ({r['unit']})" if r["unit"] else "")
+        target = _eps(r["epsilon_target"]) if r["method"] in PRIVATE_ROWS else "—"
+        lines.append(f"| {r['label']} | {target} | {gan} | {'yes' if r['classifier_dp'] else 'no'} | "
+                     f"{_eps(r['released_epsilon'])} | {cell('accuracy')} | {cell('macro_f1')} | {cell('auc')} | "
+                     f"{cell('inception_score')} | {cell('fid')} |")
+    return "\n".join(lines) + "\n\n" + footnotes(report) + "\n"
+
+
+def footnotes(report: dict) -> str:
+    c, ex, ref, prov = report["config"], report["extractor"], report["reference"], report["provenance"]
+    n_fid = next((r["fid_samples"] for r in report["runs"] if "fid_samples" in r), None)
+    return "\n".join([
+        f"Dataset `{report['dataset']}` ({report['image_size']} px), {c['clients']} hospitals, {c['partition']} "
+        f"partition (α = {c['alpha']}), profile `{report['profile']['name']}`, seeds {c['seeds']}; mean ± sd over seeds, "
+        "test split read once per row and seed; model and round selection on the validation split.",
+        f"ε: per record of one hospital (unit 'record') or per whole hospital ('hospital', DP-FedAvg-GAN), δ = {c['delta']}, "
+        "Opacus PRV accountant, max over hospitals. Only rows whose classifier is DP or trained on DP synthetic "
+        "images alone release a private classifier; the others train on real images without DP (ε = ∞).",
+        f"IS and FID: in-domain extractor `{ex['name']}` (SmallCNN trained on the real training split only, "
+        f"{ex['epochs']} epochs; its test accuracy {ex['test_accuracy']:.3f}), not Inception-v3; not comparable to "
+        f"published FIDs. FID between generated images with the test split's labels and the real test images "
+        f"({n_fid[0] if n_fid else '?'} vs {n_fid[1] if n_fid else '?'} images). Real-image reference: "
+        f"FID(val, test) = {ref['fid_val_vs_test']:.3f}, IS(test) = {ref['inception_score_test']:.3f}.",
+        f"Hardware: {prov['hardware']}; total wall time {report['wall_time_s'] / 60:.1f} min; git {prov['git_sha']}."])
+
+
+def provenance(device: str) -> dict:
+    import importlib.metadata as md
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                    text=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        sha, dirty = "unknown", False
+    packages = ("torch", "torchvision", "opacus", "numpy", "scikit-learn", "torchmetrics")
+    return {"git_sha": sha + ("+dirty" if dirty else ""), "device": device,
+            "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                        f"{torch.cuda.get_device_name() if device.startswith('cuda') else 'CPU'}",
+            "python": platform.python_version(), "versions": {p: md.version(p) for p in packages}}
+
+
+def _profile_json(prof: Profile) -> dict:
+    return {"gan": prof.gan, "gan_epochs": prof.gan_epochs, "fed": asdict(prof.fed), "dpgan": prof.dpgan,
+            "synthetic_ratio": prof.synthetic_ratio, "extractor_epochs": prof.extractor_epochs, "mu": prof.mu}
+
+
+def _jsonable(o):
+    """inf -> "inf" (JSON has no infinity); containers recursively; paths and the like as text."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return str(o)
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    return o if isinstance(o, (str, int, float, bool, type(None))) else str(o)
