@@ -27,9 +27,10 @@ from .classifier import predict_proba
 from .data import MedicalDataset, Split, load_dataset, resolve_data_dir
 from .dpfedavg_gan import DPFedAvgGANConfig, train_dpfedavg_gan
 from .errors import UserError
+from .evaluate import balanced_labels, images_for_labels
 from .extractor import load_or_train_extractor
 from .federated import DPSpec, FedConfig, train_federated
-from .metrics import classification_metrics, fid, inception_score
+from .metrics import classification_metrics, fid, inception_score, inception_weights, standard_fid_is
 from .partition import partition
 from .train import TrainConfig, train
 
@@ -118,23 +119,45 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
     """Run every (method, seed, epsilon), then write table.csv, table.md and runs.json under ``out``."""
     _check(config)
     prof = PROFILES[config.profile]
+    weights = inception_weights()  # standard FID/IS too, when the Inception-v3 weights are on disk
     ds = _load(config, prof)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    extractor, extractor_info = load_or_train_extractor(ds, epochs=prof.extractor_epochs)
     test = SealedTest(ds)
+    dev = replace(ds, test=None)  # from here on only `test.read` reaches the test split
+    extractor, extractor_info = load_or_train_extractor(dev, epochs=prof.extractor_epochs)
+    tx, ty = test.read(("extractor",))
+    extractor_info = extractor_info | {"test_accuracy": float((predict_proba(extractor, tx).argmax(1) == ty.numpy()).mean())}
     started, records = time.time(), []
     for seed in config.seeds:
-        records += _run_seed(config, prof, ds, seed, extractor, test, out, progress)
+        records += _run_seed(config, prof, dev, seed, extractor, test, out, progress, weights)
     report = {"dataset": ds.name, "data_file": str(ds.path), "image_size": ds.image_size,
               "config": asdict(config), "profile": {"name": config.profile, **_profile_json(prof)},
-              "extractor": extractor_info, "reference": _reference(extractor, ds, test),
+              "extractor": extractor_info, "reference": _reference(extractor, dev, test),
               "runs": records, "wall_time_s": time.time() - started, "provenance": provenance(config.device)}
     (out / "runs.json").write_text(json.dumps(_jsonable(report), indent=2))
-    rows = summarise(records, config.methods)
-    (out / "table.csv").write_text(table_csv(rows))
-    (out / "table.md").write_text(table_markdown(rows, report))
+    write_tables(out)
     return report
+
+
+def load_runs(out: str | Path) -> dict:
+    """runs.json with its "inf" strings turned back into floats."""
+    def number(v):
+        return math.inf if v == "inf" else v
+    report = json.loads((Path(out) / "runs.json").read_text())
+    for r in report["runs"]:
+        for key in ("epsilon", "gan_epsilon", "released_epsilon"):
+            r[key] = number(r[key])
+    return report
+
+
+def write_tables(out: str | Path) -> list[dict]:
+    """table.csv and table.md, rendered from runs.json alone; returns the rows."""
+    report = load_runs(out)
+    rows = summarise(report["runs"], report["config"]["methods"])
+    Path(out, "table.csv").write_text(table_csv(rows))
+    Path(out, "table.md").write_text(table_markdown(rows, report))
+    return rows
 
 
 def _check(c: BenchmarkConfig) -> None:
@@ -162,7 +185,7 @@ def _load(c: BenchmarkConfig, prof: Profile) -> MedicalDataset:
 
 
 def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, extractor, test: SealedTest,
-              out: Path, progress: bool) -> list[dict]:
+              out: Path, progress: bool, inception: str | None = None) -> list[dict]:
     gan_cfg = _gan_config(c, prof, ds, seed, epsilon=math.inf)
     parts = partition(ds.train.labels, c.clients, scheme=c.partition, alpha=c.alpha,
                       min_size=gan_cfg.min_client_size, seed=seed)
@@ -187,10 +210,12 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
         if len(models) > 1:  # local only: the mean over hospitals, and each one
             m["per_hospital_accuracy"] = [s["accuracy"] for s in scores]
         if generators is not None:
-            fakes = _synthesize(generators, ty, seed + 1000)[0]  # the test split's classes and counts
+            fakes = images_for_labels(generators, ty, seed + 1000)[0]  # the test split's classes and counts
             m["fid"] = fid(extractor, fakes, tx)
             m["inception_score"], m["inception_score_sd"] = inception_score(extractor, fakes, seed=seed)
             m["fid_samples"] = [len(fakes), len(tx)]
+            if inception:
+                m |= standard_fid_is(fakes, tx, inception, seed=seed)
         m["wall_time_s"] = time.time() - started
         records.append(m)
         if progress:
@@ -220,8 +245,10 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             gens = [h.sampler for h in run.clients]
             gan_eps = max((h.budget.epsilon for h in run.clients if h.budget), default=math.inf)
             gan_time = time.time() - t0
-            own = [_synthesize([g], _balanced(n_synth(h), k), seed + i) for i, (g, h) in enumerate(zip(gens, hospitals))]
-            shared = [_synthesize(gens, _balanced(n_synth(h), k), seed + 50 + i) for i, h in enumerate(hospitals)]
+            own = [images_for_labels([g], balanced_labels(n_synth(h), k), seed + i)
+                   for i, (g, h) in enumerate(zip(gens, hospitals))]
+            shared = [images_for_labels(gens, balanced_labels(n_synth(h), k), seed + 50 + i)
+                      for i, h in enumerate(hospitals)]
             privacy = {"unit": "record" if math.isfinite(gan_eps) else None, "gan_epsilon": gan_eps, "classifier_dp": False, "released_epsilon": math.inf}
             for method in hf_rows:
                 t0 = time.time() - gan_time  # each row that uses the GAN carries its training time
@@ -237,7 +264,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             t0 = time.time()
             res = train_dpfedavg_gan(hospitals, num_classes=k, config=DPFedAvgGANConfig(
                 **(prof.dpgan | {"epsilon": eps, "delta": c.delta, "seed": seed})))
-            synth = [_synthesize([res.generator], _balanced(n_synth(h), k), seed + 80 + i)
+            synth = [images_for_labels([res.generator], balanced_labels(n_synth(h), k), seed + 80 + i)
                      for i, h in enumerate(hospitals)]
             log("dpfedavg_gan", eps, [fed_run(synthetic=synth).model], t0,
                 {"unit": "hospital" if math.isfinite(res.epsilon) else None, "gan_epsilon": res.epsilon, "classifier_dp": False,
@@ -261,27 +288,6 @@ def _gan_config(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int
     return gan
 
 
-def _balanced(n: int, num_classes: int) -> torch.Tensor:
-    return torch.arange(n) % num_classes
-
-
-@torch.no_grad()
-def _synthesize(generators: list, labels: torch.Tensor, seed: int) -> Arrays:
-    """One image per label, the generators taking turns."""
-    gen = torch.Generator().manual_seed(seed)
-    owner = torch.arange(len(labels)) % len(generators)
-    parts = []
-    for i, g in enumerate(generators):
-        g.eval()
-        y = labels[owner == i]
-        parts.append((torch.nonzero(owner == i).flatten(), g(torch.randn(len(y), g.nz, generator=gen), y)))
-        g.train()
-    x = torch.empty(len(labels), *parts[0][1].shape[1:])
-    for idx, images in parts:
-        x[idx] = images
-    return x, labels
-
-
 def _reference(extractor, ds: MedicalDataset, test: SealedTest) -> dict:
     """What real images score: FID(real val, real test) is the floor a perfect generator approaches."""
     tx, _ = test.read(("reference",))
@@ -294,7 +300,7 @@ def _reference(extractor, ds: MedicalDataset, test: SealedTest) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Tables and provenance
 
-METRICS = ("accuracy", "macro_f1", "auc", "inception_score", "fid")
+METRICS = ("accuracy", "macro_f1", "auc", "inception_score", "fid", "inception_score_inception", "fid_inception")
 
 
 def summarise(records: list[dict], methods: list[str]) -> list[dict]:
@@ -336,9 +342,10 @@ def _eps(v: float | None) -> str:
 
 
 def table_markdown(rows: list[dict], report: dict) -> str:
+    standard = any(r["fid_inception"] is not None for r in rows)
     head = ("| method | ε target | GAN ε (unit) | classifier DP | ε of released classifier | accuracy | macro-F1 "
-            "| AUC | IS | FID |")
-    lines = [head, "|" + " --- |" * 10]
+            "| AUC | IS | FID |" + (" IS (Inception-v3) | FID (Inception-v3) |" if standard else ""))
+    lines = [head, "|" + " --- |" * (12 if standard else 10)]
     for r in rows:
         def cell(m: str) -> str:
             return "—" if r[m] is None else f"{r[m]:.3f} ± {r[m + '_sd']:.3f}"
@@ -346,14 +353,15 @@ def table_markdown(rows: list[dict], report: dict) -> str:
         target = _eps(r["epsilon_target"]) if r["method"] in PRIVATE_ROWS else "—"
         lines.append(f"| {r['label']} | {target} | {gan} | {'yes' if r['classifier_dp'] else 'no'} | "
                      f"{_eps(r['released_epsilon'])} | {cell('accuracy')} | {cell('macro_f1')} | {cell('auc')} | "
-                     f"{cell('inception_score')} | {cell('fid')} |")
+                     f"{cell('inception_score')} | {cell('fid')} |"
+                     + (f" {cell('inception_score_inception')} | {cell('fid_inception')} |" if standard else ""))
     return "\n".join(lines) + "\n\n" + footnotes(report) + "\n"
 
 
 def footnotes(report: dict) -> str:
     c, ex, ref, prov = report["config"], report["extractor"], report["reference"], report["provenance"]
     n_fid = next((r["fid_samples"] for r in report["runs"] if "fid_samples" in r), None)
-    return "\n".join([
+    return "\n\n".join([
         f"Dataset `{report['dataset']}` ({report['image_size']} px), {c['clients']} hospitals, {c['partition']} "
         f"partition (α = {c['alpha']}), profile `{report['profile']['name']}`, seeds {c['seeds']}; mean ± sd over seeds, "
         "test split read once per row and seed; model and round selection on the validation split.",
@@ -361,8 +369,10 @@ def footnotes(report: dict) -> str:
         "Opacus PRV accountant, max over hospitals. Only rows whose classifier is DP or trained on DP synthetic "
         "images alone release a private classifier; the others train on real images without DP (ε = ∞).",
         f"IS and FID: in-domain extractor `{ex['name']}` (SmallCNN trained on the real training split only, "
-        f"{ex['epochs']} epochs; its test accuracy {ex['test_accuracy']:.3f}), not Inception-v3; not comparable to "
-        f"published FIDs. FID between generated images with the test split's labels and the real test images "
+        f"{ex['epochs']} epochs; its test accuracy {ex['test_accuracy']:.3f}), not comparable to published FIDs"
+        + ("; Inception-v3 columns: torchmetrics with the standard FID weights, images upscaled to 299 px"
+           if any("fid_inception" in r for r in report["runs"]) else " (no Inception-v3 weights given: "
+           "set HFGAN_INCEPTION_WEIGHTS for standard FID/IS)") + ". FID between generated images with the test split's labels and the real test images "
         f"({n_fid[0] if n_fid else '?'} vs {n_fid[1] if n_fid else '?'} images). Real-image reference: "
         f"FID(val, test) = {ref['fid_val_vs_test']:.3f}, IS(test) = {ref['inception_score_test']:.3f}.",
         f"Hardware: {prov['hardware']}; total wall time {report['wall_time_s'] / 60:.1f} min; git {prov['git_sha']}."])

@@ -30,6 +30,27 @@ def synthesize(generators: list[Generator], per_class: int, num_classes: int, se
     return torch.cat(xs), torch.cat(ys)
 
 
+def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
+    return torch.arange(n) % num_classes
+
+
+@torch.no_grad()
+def images_for_labels(generators: list[Generator], labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One synthetic image per label (N, C, H, W), the generators taking turns."""
+    gen = torch.Generator().manual_seed(seed)
+    owner = torch.arange(len(labels)) % len(generators)
+    parts = []
+    for i, g in enumerate(generators):
+        g.eval()
+        y = labels[owner == i]
+        parts.append((torch.nonzero(owner == i).flatten(), g(torch.randn(len(y), g.nz, generator=gen), y)))
+        g.train()
+    x = torch.empty(len(labels), *parts[0][1].shape[1:])
+    for idx, images in parts:
+        x[idx] = images
+    return x, labels
+
+
 def train_on_synthetic(generators: list[Generator], ds: MedicalDataset, *, per_class: int = 1000,
                        epochs: int = 5, seed: int = 0, repeats: int = 3) -> dict[str, float]:
     """Classifiers trained on synthetic images only (``per_class`` images of every class, pooled

@@ -1,12 +1,16 @@
 """Classification scores and the Fréchet distance between two feature sets."""
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import linalg
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+from .errors import UserError
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
@@ -107,3 +111,51 @@ def inception_score(extractor: torch.nn.Module, images: torch.Tensor, *, splits:
     mean, sd = metric.compute()
     torch.random.set_rng_state(state)
     return float(mean), float(sd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Standard (Inception-v3) FID and IS, only when the weights are on disk
+
+INCEPTION_ENV = "HFGAN_INCEPTION_WEIGHTS"
+
+
+def inception_weights() -> str | None:
+    """Path of the standard FID Inception-v3 weights (torch-fidelity's
+    ``pt_inception-2015-12-05`` file) from $HFGAN_INCEPTION_WEIGHTS, or None when unset."""
+    path = os.environ.get(INCEPTION_ENV)
+    if not path:
+        return None
+    if not Path(path).is_file():
+        raise UserError(f"{INCEPTION_ENV}={path}: no such file; point it at the FID Inception-v3 weights "
+                        "(pt_inception-2015-12-05-6726825d.pth) or unset it")
+    return path
+
+
+def _rgb01(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images with 1 or 3 channels -> 3-channel [0, 1], what torchmetrics' Inception expects."""
+    x = (x.clamp(-1, 1) + 1) / 2
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+@torch.no_grad()
+def standard_fid_is(fake: torch.Tensor, real: torch.Tensor, weights: str, *, seed: int = 0) -> dict[str, float]:
+    """FID and IS with the standard Inception-v3 (images resized to 299 px by torchmetrics)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
+    from torchmetrics.image.inception import InceptionScore
+    fid_metric = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=weights)
+    logits = NoTrainInceptionV3(name="inception-v3-compat", features_list=["logits_unbiased"],
+                                feature_extractor_weights_path=weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        is_metric = InceptionScore(feature=logits, normalize=True)
+    for images, is_real in ((real, True), (fake, False)):
+        for i in range(0, len(images), 100):
+            fid_metric.update(_rgb01(images[i:i + 100]), real=is_real)
+            if not is_real:
+                is_metric.update(_rgb01(images[i:i + 100]))
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    is_mean, is_sd = is_metric.compute()
+    torch.random.set_rng_state(state)
+    return {"fid_inception": float(fid_metric.compute()), "inception_score_inception": float(is_mean),
+            "inception_score_inception_sd": float(is_sd)}

@@ -1,0 +1,167 @@
+"""The benchmark runner on the smoke profile: every method, the tables, the sealed test split,
+and clean failures; plus the federated classifier's aggregation, FedProx and DP-SGD."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import hfgan_core.benchmark as bm
+from conftest import ROOT, real_data
+from hfgan_core.classifier import SmallCNN
+from hfgan_core.dpfedavg_gan import DPFedAvgGANConfig, train_dpfedavg_gan
+from hfgan_core.federated import DPSpec, FedConfig, _average, _planned_steps, train_federated
+from hfgan_core.privacy import compute_epsilon
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One smoke benchmark (all methods, one seed) shared by the tests below; records test reads."""
+    real_data("pneumoniamnist.npz")
+    out = tmp_path_factory.mktemp("bench")
+    reads = []
+    original = bm.SealedTest.read
+
+    def spy(self, key):
+        reads.append(key)
+        return original(self, key)
+    bm.SealedTest.read = spy
+    try:
+        report = bm.run_benchmark(bm.BenchmarkConfig(dataset="pneumoniamnist", methods=list(bm.METHODS), seeds=[0],
+                                                     profile="smoke"), out, progress=False)
+    finally:
+        bm.SealedTest.read = original
+    return out, report, reads
+
+
+def test_tables_hold_every_method_and_metric(smoke):
+    out, report, _ = smoke
+    rows = list(csv.DictReader((out / "table.csv").open()))
+    assert [r["method"] for r in rows] == list(bm.METHODS)
+    for r in rows:
+        for m in ("accuracy", "macro_f1", "auc"):
+            assert 0.0 <= float(r[m]) <= 1.0
+        if bm.METHODS[r["method"]].gan:
+            assert float(r["fid"]) >= 0 and float(r["inception_score"]) >= 1.0 - 1e-6
+    md = (out / "table.md").read_text()
+    for method in bm.METHODS.values():
+        assert f"| {method.label} |" in md
+    assert "in-domain extractor" in md and "δ = 1e-05" in md
+
+
+def test_runs_json_has_provenance_and_privacy(smoke):
+    out, _, _ = smoke
+    report = json.loads((out / "runs.json").read_text())
+    prov = report["provenance"]
+    assert prov["git_sha"] and torch.__version__.startswith(prov["versions"]["torch"]) and prov["hardware"]
+    by = {r["method"]: r for r in report["runs"]}
+    assert all(r["wall_time_s"] > 0 for r in report["runs"])
+    assert by["hfgan"]["unit"] == "record" and float(by["hfgan"]["gan_epsilon"]) <= 10
+    assert by["hfgan"]["released_epsilon"] == "inf"  # its classifier saw real images without DP
+    assert float(by["hfgan_synth_only"]["released_epsilon"]) == float(by["hfgan"]["gan_epsilon"])
+    assert by["dpfedavg_gan"]["unit"] == "hospital" and float(by["dpfedavg_gan"]["gan_epsilon"]) <= 10
+    assert by["dp_fedavg"]["classifier_dp"] and float(by["dp_fedavg"]["released_epsilon"]) <= 10
+    assert len(by["local"]["per_hospital_accuracy"]) == 5
+
+
+def test_test_split_is_read_once_per_result(smoke):
+    _, report, reads = smoke
+    expected = {(r["method"], r["seed"], r["epsilon"] if r["epsilon"] != "inf" else math.inf) for r in report["runs"]}
+    results = [k for k in reads if len(k) == 3]
+    assert len(results) == len(set(results)) == len(expected)
+    assert set(results) == expected
+    assert sorted(k for k in reads if len(k) == 1) == [("extractor",), ("reference",)]
+
+
+def test_sealed_test_refuses_a_second_read():
+    class Fake:
+        class test:
+            @staticmethod
+            def tensors():
+                return torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long)
+    sealed = bm.SealedTest(Fake())
+    sealed.read(("fedavg", 0, 10.0))
+    with pytest.raises(RuntimeError, match="already read"):
+        sealed.read(("fedavg", 0, 10.0))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--methods", "nosuch"], "unknown method"),
+    (["--profile", "huge"], "unknown profile"),
+    (["--epsilon", "0"], "must be positive"),
+    (["--dataset", "nosuchset"], "nosuchset.npz not found"),
+])
+def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
+    real_data("pneumoniamnist.npz")
+    cmd = [sys.executable, "-m", "hfgan_core", "benchmark", "--dataset", "pneumoniamnist", "--seeds", "0",
+           "--profile", "smoke", "--out", str(tmp_path / "b")]
+    proc = subprocess.run(cmd + args, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()  # nothing half-written
+
+
+# ---- the federated classifier --------------------------------------------------------------
+
+def test_fedavg_average_is_the_size_weighted_mean():
+    states = [{"w": torch.tensor([1.0, 2.0]), "b": torch.tensor(3.0)},
+              {"w": torch.tensor([5.0, 0.0]), "b": torch.tensor(-1.0)}]
+    avg = _average(states, [100, 300])
+    assert torch.allclose(avg["w"], torch.tensor([0.25 * 1 + 0.75 * 5, 0.25 * 2 + 0.75 * 0]))
+    assert torch.allclose(avg["b"], torch.tensor(0.25 * 3 + 0.75 * -1))
+
+
+def _toy(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = torch.randn(n, 1, 8, 8, generator=g) * 0.3 + (y.float() * 2 - 1).view(-1, 1, 1, 1) * 0.5
+    return x, y
+
+
+def test_fedprox_stays_closer_to_the_global_model():
+    hospitals, val = [_toy(seed=1), _toy(seed=2)], _toy(seed=3)
+    cfg = FedConfig(rounds=1, local_epochs=3, batch_size=16, width=8, lr=1e-2)
+
+    def drift(mu):
+        res = train_federated(hospitals, val, num_classes=2, config=FedConfig(**{**cfg.__dict__, "mu": mu}))
+        torch.manual_seed(0)
+        init = SmallCNN(channels=1, num_classes=2, width=8)  # the same initial weights train_federated drew
+        return sum(((a - b) ** 2).sum() for a, b in zip(res.model.parameters(), init.parameters())).item()
+    assert drift(10.0) < 0.5 * drift(0.0)
+
+
+def test_dp_classifier_is_calibrated_for_the_steps_it_takes(monkeypatch):
+    from opacus.optimizers import DPOptimizer
+    hospitals, val = [_toy(96, 1), _toy(160, 2)], _toy(seed=3)
+    cfg = FedConfig(rounds=2, local_epochs=1, batch_size=16, width=8)
+    steps = []
+    original = DPOptimizer.step
+
+    def count(self, *a, **k):
+        steps.append(self.noise_multiplier)
+        return original(self, *a, **k)
+    monkeypatch.setattr(DPOptimizer, "step", count)
+    res = train_federated(hospitals, val, num_classes=2, config=cfg, dp=DPSpec(epsilon=3.0, accountant="rdp"))
+    planned = _planned_steps(hospitals, [[0, 1], [0, 1]], cfg)
+    assert planned == [2 * 6, 2 * 10] and len(steps) == sum(planned)
+    for sigma, n, k, eps in zip(res.noise_multipliers, (96, 160), planned, res.epsilons):
+        assert eps == compute_epsilon(noise_multiplier=sigma, sample_rate=16 / n, steps=k, delta=1e-5, accountant="rdp")
+        assert 2.9 < eps <= 3.0
+
+
+def test_dpfedavg_gan_accounts_whole_hospitals():
+    hospitals = [_toy(64, s) for s in range(4)]
+    hospitals = [((x.repeat(1, 1, 4, 4)[:, :, :28, :28]), y) for x, y in hospitals]  # 28 px
+    cfg = DPFedAvgGANConfig(rounds=3, local_steps=1, batch_size=8, nz=8, ngf=8, ndf=8, epsilon=5.0,
+                            client_rate=0.5, accountant="rdp")
+    res = train_dpfedavg_gan(hospitals, num_classes=2, config=cfg)
+    assert res.epsilon <= 5.0 and res.noise_multiplier > 0
+    assert res.epsilon == compute_epsilon(noise_multiplier=res.noise_multiplier, sample_rate=0.5, steps=3,
+                                          delta=1e-5, accountant="rdp")
+    images, _ = res.generator.sample(4)
+    assert images.shape == (4, 1, 28, 28) and torch.isfinite(images).all()
