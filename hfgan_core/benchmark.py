@@ -142,12 +142,9 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
 
 def load_runs(out: str | Path) -> dict:
     """runs.json with its "inf" strings turned back into floats."""
-    def number(v):
-        return math.inf if v == "inf" else v
     report = json.loads((Path(out) / "runs.json").read_text())
-    for r in report["runs"]:
-        for key in ("epsilon", "gan_epsilon", "released_epsilon"):
-            r[key] = number(r[key])
+    report["runs"] = [{k: float(v) if v in ("inf", "-inf", "nan") else v for k, v in r.items()}
+                      for r in report["runs"]]
     return report
 
 
@@ -166,8 +163,10 @@ def _check(c: BenchmarkConfig) -> None:
     unknown = [m for m in c.methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from all, {', '.join(METHODS)}")
-    if not c.seeds:
-        raise UserError("--seeds needs at least one seed")
+    if not c.methods or not c.seeds or not c.epsilons:
+        raise UserError("--methods, --seeds and --epsilon each need at least one value")
+    if len(set(c.seeds)) < len(c.seeds) or len(set(c.epsilons)) < len(c.epsilons):
+        raise UserError(f"--seeds {c.seeds} and --epsilon {c.epsilons} must not repeat a value")
     bad = [e for e in c.epsilons if not e > 0]
     if bad:
         raise UserError(f"--epsilon values must be positive or inf (got {bad[0]})")
@@ -317,7 +316,7 @@ def summarise(records: list[dict], methods: list[str]) -> list[dict]:
             for m in METRICS:
                 values = [r[m] for r in runs if r.get(m) is not None]
                 row[m] = float(np.mean(values)) if values else None
-                row[f"{m}_sd"] = float(np.std(values)) if values else None
+                row[f"{m}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else None  # sample sd
             rows.append(row)
     return rows
 
@@ -348,7 +347,9 @@ def table_markdown(rows: list[dict], report: dict) -> str:
     lines = [head, "|" + " --- |" * (12 if standard else 10)]
     for r in rows:
         def cell(m: str) -> str:
-            return "—" if r[m] is None else f"{r[m]:.3f} ± {r[m + '_sd']:.3f}"
+            if r[m] is None:
+                return "—"
+            return f"{r[m]:.3f}" + (f" ± {r[m + '_sd']:.3f}" if r[m + "_sd"] is not None else "")
         gan = "—" if r["gan_epsilon"] is None else _eps(r["gan_epsilon"]) + (f" ({r['unit']})" if r["unit"] else "")
         target = _eps(r["epsilon_target"]) if r["method"] in PRIVATE_ROWS else "—"
         lines.append(f"| {r['label']} | {target} | {gan} | {'yes' if r['classifier_dp'] else 'no'} | "
@@ -363,7 +364,7 @@ def footnotes(report: dict) -> str:
     n_fid = next((r["fid_samples"] for r in report["runs"] if "fid_samples" in r), None)
     return "\n\n".join([
         f"Dataset `{report['dataset']}` ({report['image_size']} px), {c['clients']} hospitals, {c['partition']} "
-        f"partition (α = {c['alpha']}), profile `{report['profile']['name']}`, seeds {c['seeds']}; mean ± sd over seeds, "
+        f"partition (α = {c['alpha']}), profile `{report['profile']['name']}`, seeds {c['seeds']}; mean ± sample sd over seeds, "
         "test split read once per row and seed; model and round selection on the validation split.",
         f"ε: per record of one hospital (unit 'record') or per whole hospital ('hospital', DP-FedAvg-GAN), δ = {c['delta']}, "
         "Opacus PRV accountant, max over hospitals. Only rows whose classifier is DP or trained on DP synthetic "

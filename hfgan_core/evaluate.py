@@ -36,14 +36,20 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
 
 @torch.no_grad()
 def images_for_labels(generators: list[Generator], labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One synthetic image per label (N, C, H, W), the generators taking turns."""
+    """One synthetic image per label (N, C, H, W) on the CPU; within each class the generators
+    take turns, so every generator contributes every class."""
     gen = torch.Generator().manual_seed(seed)
-    owner = torch.arange(len(labels)) % len(generators)
+    owner = torch.empty(len(labels), dtype=torch.long)
+    for c in labels.unique():
+        idx = torch.nonzero(labels == c).flatten()
+        owner[idx] = torch.arange(len(idx)) % len(generators)
     parts = []
     for i, g in enumerate(generators):
+        device = next(g.parameters()).device
         g.eval()
         y = labels[owner == i]
-        parts.append((torch.nonzero(owner == i).flatten(), g(torch.randn(len(y), g.nz, generator=gen), y)))
+        z = torch.randn(len(y), g.nz, generator=gen)
+        parts.append((torch.nonzero(owner == i).flatten(), g(z.to(device), y.to(device)).cpu()))
         g.train()
     x = torch.empty(len(labels), *parts[0][1].shape[1:])
     for idx, images in parts:

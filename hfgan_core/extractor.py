@@ -3,7 +3,7 @@
 No Inception-v3 weights can be downloaded here, and ImageNet features say little about
 28 px chest X-rays anyway, so IS and FID use a SmallCNN trained on the *real training split
 only* (epoch chosen on validation). It is cached under ``results/extractors/`` keyed by the
-data file's SHA-256, image size and epochs, so every method and seed is scored by the same
+data file's SHA-256, image size, training-set size and epochs, so every method and seed is scored by the same
 network; the benchmark reports its test accuracy with every table.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ def file_sha256(path: Path) -> str:
 def load_or_train_extractor(ds: MedicalDataset, *, epochs: int = 5, cache: Path = CACHE,
                             seed: int = 0) -> tuple[SmallCNN, dict]:
     sha = file_sha256(ds.path)
-    name = f"{ds.name}_{ds.image_size}px_e{epochs}_{sha[:12]}"
+    name = f"{ds.name}_{ds.image_size}px_n{len(ds.train)}_e{epochs}_{sha[:12]}"
     weights, meta = cache / f"{name}.pt", cache / f"{name}.json"
     model = SmallCNN(channels=ds.channels, num_classes=ds.num_classes)
     if weights.exists() and meta.exists():

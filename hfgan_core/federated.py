@@ -85,6 +85,9 @@ def train_federated(clients: list[Arrays], val: Arrays, *, num_classes: int, con
                     progress=None) -> FedResult:
     """FedAvg/FedProx over ``clients``; ``synthetic[i]`` (if given) joins hospital i's data.
     A hospital with no real data (synthetic only) is weighted by its synthetic count."""
+    if dp and (synthetic or config.mu > 0 or config.augment or any(len(c[1]) == 0 for c in clients)):
+        raise ValueError("DP-SGD here runs on each hospital's real records only (the accountant's q = B / N_i): "
+                         "do not combine dp with synthetic data, FedProx, augmentation or empty hospitals")
     torch.manual_seed(config.seed)
     channels, size = val[0].shape[1], val[0].shape[-1]
     model = SmallCNN(channels=channels, num_classes=num_classes, width=config.width)
@@ -183,7 +186,7 @@ def _train_private(model: nn.Module, data: Arrays, config: FedConfig, dp: DPSpec
     gen = torch.Generator().manual_seed(seed)
     private = GradSampleModule(model)
     opt = DPOptimizer(torch.optim.Adam(private.parameters(), lr=config.lr), noise_multiplier=sigma,
-                      max_grad_norm=dp.max_grad_norm, expected_batch_size=config.batch_size, generator=gen)
+                      max_grad_norm=dp.max_grad_norm, expected_batch_size=max(1, round(q * len(y))), generator=gen)
     private.train()
     for _ in range(config.local_epochs * round(1 / q)):
         mask = torch.rand(len(y), generator=gen) < q  # Poisson sampling, as the accountant assumes

@@ -94,6 +94,7 @@ def test_sealed_test_refuses_a_second_read():
     (["--methods", "nosuch"], "unknown method"),
     (["--profile", "huge"], "unknown profile"),
     (["--epsilon", "0"], "must be positive"),
+    (["--seeds", "0", "0"], "must not repeat"),
     (["--dataset", "nosuchset"], "nosuchset.npz not found"),
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
@@ -165,3 +166,32 @@ def test_dpfedavg_gan_accounts_whole_hospitals():
                                           delta=1e-5, accountant="rdp")
     images, _ = res.generator.sample(4)
     assert images.shape == (4, 1, 28, 28) and torch.isfinite(images).all()
+
+
+def test_pooled_synthesis_draws_every_class_from_every_generator():
+    """With as many generators as classes, plain round-robin would tie generator i to class i."""
+    from hfgan_core.evaluate import balanced_labels, images_for_labels
+
+    class Stamp(torch.nn.Module):  # an 'image' that says which generator made it
+        nz = 2
+
+        def __init__(self, ident):
+            super().__init__()
+            self.ident = torch.nn.Parameter(torch.tensor(float(ident)), requires_grad=False)
+
+        def forward(self, z, y):
+            return self.ident.expand(len(y), 1, 2, 2).clone()
+    gens = [Stamp(i) for i in range(3)]
+    labels = balanced_labels(60, 3)
+    x, y = images_for_labels(gens, labels, seed=0)
+    made_by = x[:, 0, 0, 0].long()
+    for c in range(3):
+        assert sorted(made_by[y == c].unique().tolist()) == [0, 1, 2]
+    assert torch.equal(y, labels)
+
+
+def test_dp_training_refuses_settings_the_accountant_does_not_cover():
+    hospitals, val = [_toy(64, 1)], _toy(seed=3)
+    with pytest.raises(ValueError, match="real records only"):
+        train_federated(hospitals, val, num_classes=2, config=FedConfig(rounds=1, width=8),
+                        synthetic=[_toy(32, 4)], dp=DPSpec(epsilon=3.0))
