@@ -147,3 +147,26 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.lerp_(p, 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
+
+
+@torch.no_grad()
+def standing_bn_stats(generator: Generator, *, batches: int = 20, batch_size: int = 256, seed: int = 0) -> None:
+    """Re-estimate the generator's BatchNorm statistics for its *current* weights from its own
+    samples (no real data: post-processing), before it is used in eval mode.
+
+    The EMA generator's weights are an average, but its running statistics were copied from the
+    raw generator; the mismatch shifts the class-conditional images enough to miscalibrate a
+    classifier trained on them (README, research section). "Standing statistics" (BigGAN).
+    """
+    gen = torch.Generator(device=next(generator.parameters()).device).manual_seed(seed)
+    norms = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    generator.train()
+    for _ in range(batches):
+        generator.sample(batch_size, generator=gen)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    generator.eval()

@@ -328,6 +328,7 @@ def _train_loop(run: Run, out: Path, metrics_path: Path, *, stop_after: int | No
     for cl_ in run.clients:
         if cl_.budget is not None:
             cl_.budget.update_epsilon()
+        cl.standing_bn_stats(cl_.sampler, seed=c.seed)  # the released sampler, ready for eval mode
     write_privacy(run, out)
     save_sample_grids(run, out)
 
