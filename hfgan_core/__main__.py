@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--clients", type=int, default=5, help=_HELP["clients"])
     b.add_argument("--partition", default="dirichlet", help=_HELP["partition"])
     b.add_argument("--delta", type=float, default=1e-5, help=_HELP["delta"])
+    b.add_argument("--synthetic-ratio", type=float, default=None,
+                   help="synthetic images a hospital adds per real image (default: the profile's, 1.0 for quick)")
     b.add_argument("--device", default="cpu")
     b.add_argument("--out", required=True, help="folder for table.csv, table.md, runs.json")
     b.add_argument("--no-progress", action="store_true")
@@ -82,7 +84,8 @@ def _benchmark(args: argparse.Namespace) -> int:
     methods = list(METHODS) if args.methods == ["all"] else args.methods
     config = BenchmarkConfig(dataset=args.dataset, methods=methods, seeds=args.seeds, profile=args.profile,
                              epsilons=args.epsilon, alpha=args.alpha, clients=args.clients, partition=args.partition,
-                             delta=args.delta, data_dir=args.data_dir, device=args.device)
+                             delta=args.delta, data_dir=args.data_dir, device=args.device,
+                             synthetic_ratio=args.synthetic_ratio)
     try:
         report = run_benchmark(config, args.out, progress=not args.no_progress)
     except UserError as exc:

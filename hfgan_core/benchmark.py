@@ -113,12 +113,15 @@ class BenchmarkConfig:
     delta: float = 1e-5
     data_dir: str | None = None
     device: str = "cpu"
+    synthetic_ratio: float | None = None  # synthetic images per real image; None = the profile's
 
 
 def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = True) -> dict:
     """Run every (method, seed, epsilon), then write table.csv, table.md and runs.json under ``out``."""
     _check(config)
     prof = PROFILES[config.profile]
+    if config.synthetic_ratio is not None:
+        prof = replace(prof, synthetic_ratio=config.synthetic_ratio)
     weights = inception_weights()  # standard FID/IS too, when the Inception-v3 weights are on disk
     ds = _load(config, prof)
     out = Path(out)
@@ -167,6 +170,8 @@ def _check(c: BenchmarkConfig) -> None:
         raise UserError("--methods, --seeds and --epsilon each need at least one value")
     if len(set(c.seeds)) < len(c.seeds) or len(set(c.epsilons)) < len(c.epsilons):
         raise UserError(f"--seeds {c.seeds} and --epsilon {c.epsilons} must not repeat a value")
+    if c.synthetic_ratio is not None and not c.synthetic_ratio > 0:
+        raise UserError(f"--synthetic-ratio must be positive (got {c.synthetic_ratio})")
     bad = [e for e in c.epsilons if not e > 0]
     if bad:
         raise UserError(f"--epsilon values must be positive or inf (got {bad[0]})")
@@ -198,8 +203,11 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
     def n_synth(h: Arrays) -> int:
         return round(prof.synthetic_ratio * len(h[1]))
 
-    def fed_run(clients=hospitals, config=fed, **kw):
-        return train_federated(clients, val, num_classes=k, config=config, **kw)
+    def fed_run(method: str, clients=hospitals, config=fed, **kw):
+        with tqdm(total=config.rounds, desc=f"{method} seed {seed} classifier", unit="round", leave=False,
+                  disable=not progress) as bar:
+            return train_federated(clients, val, num_classes=k, config=config,
+                                   progress=lambda r, scores: bar.update(1), **kw)
 
     def log(method: str, eps: float, models: list, started: float, privacy: dict, generators=None) -> None:
         tx, ty = test.read((method, seed, eps))
@@ -225,13 +233,13 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
     for method in [m for m in c.methods if m not in PRIVATE_ROWS]:
         t0 = time.time()
         if method == "local":
-            log(method, math.inf, [fed_run(clients=[h]).model for h in hospitals], t0, plain)
+            log(method, math.inf, [fed_run(method, clients=[h]).model for h in hospitals], t0, plain)
         elif method == "centralized":
             pooled = (torch.cat([h[0] for h in hospitals]), torch.cat([h[1] for h in hospitals]))
-            log(method, math.inf, [fed_run(clients=[pooled]).model], t0, plain)
+            log(method, math.inf, [fed_run(method, clients=[pooled]).model], t0, plain)
         else:
             cfg = replace(fed, mu=prof.mu if method == "fedprox" else 0.0, augment=method == "fedavg_aug")
-            log(method, math.inf, [fed_run(config=cfg).model], t0, plain)
+            log(method, math.inf, [fed_run(method, config=cfg).model], t0, plain)
 
     for eps in c.epsilons:
         wanted = [m for m in c.methods if m in PRIVATE_ROWS]
@@ -252,12 +260,12 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             for method in hf_rows:
                 t0 = time.time() - gan_time  # each row that uses the GAN carries its training time
                 if method == "hfgan":
-                    log(method, eps, [fed_run(synthetic=own).model], t0, privacy, gens)
+                    log(method, eps, [fed_run(method, synthetic=own).model], t0, privacy, gens)
                 elif method == "hfgan_shared":
-                    log(method, eps, [fed_run(synthetic=shared).model], t0, privacy, gens)
+                    log(method, eps, [fed_run(method, synthetic=shared).model], t0, privacy, gens)
                 else:  # synthetic only: post-processing of the DP generators, private end to end
                     empty = [(h[0][:0], h[1][:0]) for h in hospitals]
-                    log(method, eps, [fed_run(clients=empty, synthetic=own).model], t0,
+                    log(method, eps, [fed_run(method, clients=empty, synthetic=own).model], t0,
                         privacy | {"released_epsilon": gan_eps}, gens)
         if "dpfedavg_gan" in wanted:
             t0 = time.time()
@@ -265,12 +273,13 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
                 **(prof.dpgan | {"epsilon": eps, "delta": c.delta, "seed": seed})))
             synth = [images_for_labels([res.generator], balanced_labels(n_synth(h), k), seed + 80 + i)
                      for i, h in enumerate(hospitals)]
-            log("dpfedavg_gan", eps, [fed_run(synthetic=synth).model], t0,
+            log("dpfedavg_gan", eps, [fed_run("dpfedavg_gan", synthetic=synth).model], t0,
                 {"unit": "hospital" if math.isfinite(res.epsilon) else None, "gan_epsilon": res.epsilon, "classifier_dp": False,
                  "released_epsilon": math.inf}, [res.generator])
         if "dp_fedavg" in wanted:
             t0 = time.time()
-            res = fed_run(dp=DPSpec(epsilon=eps, delta=c.delta)) if not math.isinf(eps) else fed_run()
+            res = (fed_run("dp_fedavg", dp=DPSpec(epsilon=eps, delta=c.delta)) if not math.isinf(eps)
+                   else fed_run("dp_fedavg"))
             spent = max(res.epsilons) if res.epsilons else math.inf
             log("dp_fedavg", eps, [res.model], t0, {"unit": "record" if res.epsilons else None, "gan_epsilon": None,
                                                      "classifier_dp": not math.isinf(eps), "released_epsilon": spent})
