@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import shutil
 import subprocess
@@ -126,6 +127,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
     ds = _load(config, prof)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    prov = provenance(config.device)  # now: the code that runs, not whatever HEAD is when it ends
     test = SealedTest(ds)
     dev = replace(ds, test=None)  # from here on only `test.read` reaches the test split
     extractor, extractor_info = load_or_train_extractor(dev, epochs=prof.extractor_epochs)
@@ -137,7 +139,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
     report = {"dataset": ds.name, "data_file": str(ds.path), "image_size": ds.image_size,
               "config": asdict(config), "profile": {"name": config.profile, **_profile_json(prof)},
               "extractor": extractor_info, "reference": _reference(extractor, dev, test),
-              "runs": records, "wall_time_s": time.time() - started, "provenance": provenance(config.device)}
+              "runs": records, "wall_time_s": time.time() - started, "provenance": prov}
     (out / "runs.json").write_text(json.dumps(_jsonable(report), indent=2))
     write_tables(out)
     return report
@@ -385,7 +387,8 @@ def footnotes(report: dict) -> str:
            "set HFGAN_INCEPTION_WEIGHTS for standard FID/IS)") + ". FID between generated images with the test split's labels and the real test images "
         f"({n_fid[0] if n_fid else '?'} vs {n_fid[1] if n_fid else '?'} images). Real-image reference: "
         f"FID(val, test) = {ref['fid_val_vs_test']:.3f}, IS(test) = {ref['inception_score_test']:.3f}.",
-        f"Hardware: {prov['hardware']}; total wall time {report['wall_time_s'] / 60:.1f} min; git {prov['git_sha']}."])
+        f"Hardware: {prov['hardware']}; total wall time {report['wall_time_s'] / 60:.1f} min; git {prov['git_sha']}"
+        + (f" ({prov['note']})." if prov.get("note") else ".")])
 
 
 def provenance(device: str) -> dict:
@@ -398,9 +401,19 @@ def provenance(device: str) -> dict:
         sha, dirty = "unknown", False
     packages = ("torch", "torchvision", "opacus", "numpy", "scikit-learn", "torchmetrics")
     return {"git_sha": sha + ("+dirty" if dirty else ""), "device": device,
-            "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            "hardware": f"{_cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
                         f"{torch.cuda.get_device_name() if device.startswith('cuda') else 'CPU'}",
             "python": platform.python_version(), "versions": {p: md.version(p) for p in packages}}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _profile_json(prof: Profile) -> dict:
