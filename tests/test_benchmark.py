@@ -196,3 +196,14 @@ def test_dp_training_refuses_settings_the_accountant_does_not_cover():
     with pytest.raises(ValueError, match="real records only"):
         train_federated(hospitals, val, num_classes=2, config=FedConfig(rounds=1, width=8),
                         synthetic=[_toy(32, 4)], dp=DPSpec(epsilon=3.0))
+
+
+def test_one_row_per_epsilon_for_private_methods(tmp_path):
+    """--epsilon 10 inf: the private rows repeat per epsilon (the privacy-utility curve); others do not."""
+    real_data("pneumoniamnist.npz")
+    bm.run_benchmark(bm.BenchmarkConfig(dataset="pneumoniamnist", methods=["fedavg", "hfgan"], seeds=[0],
+                                        profile="smoke", epsilons=[10.0, math.inf]), tmp_path, progress=False)
+    rows = list(csv.DictReader((tmp_path / "table.csv").open()))
+    assert [(r["method"], r["epsilon_target"]) for r in rows] == [("fedavg", "inf"), ("hfgan", "10.0"), ("hfgan", "inf")]
+    by_eps = {r["epsilon_target"]: r for r in rows if r["method"] == "hfgan"}
+    assert float(by_eps["10.0"]["gan_epsilon"]) <= 10 and by_eps["inf"]["gan_epsilon"] == "inf"
