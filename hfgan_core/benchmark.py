@@ -42,8 +42,6 @@ Arrays = tuple[torch.Tensor, torch.Tensor]
 class Method:
     label: str
     gan: str | None = None  # which GAN feeds it: "hfgan", "dpfedavg_gan" or None
-    classifier_dp: bool = False
-    released: str = "classifier"  # what its epsilon column covers
 
 
 METHODS: dict[str, Method] = {
@@ -55,7 +53,7 @@ METHODS: dict[str, Method] = {
     "hfgan_shared": Method("HF-GAN, shared synthetic pool", gan="hfgan"),
     "hfgan_synth_only": Method("HF-GAN, synthetic only", gan="hfgan"),
     "dpfedavg_gan": Method("DP-FedAvg-GAN (+ its synthetic images)", gan="dpfedavg_gan"),
-    "dp_fedavg": Method("DP classifier (DP-SGD FedAvg)", classifier_dp=True),
+    "dp_fedavg": Method("DP classifier (DP-SGD FedAvg)"),
     "centralized": Method("Centralized (pooled, non-private)"),
 }
 PRIVATE_ROWS = {"hfgan", "hfgan_shared", "hfgan_synth_only", "dpfedavg_gan", "dp_fedavg"}  # one row per epsilon

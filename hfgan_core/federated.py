@@ -163,12 +163,15 @@ def _rate(config: FedConfig, real: Arrays) -> float:
     return min(1.0, config.batch_size / len(real[1]))
 
 
+def _local_steps(config: FedConfig, real: Arrays) -> int:
+    """DP-SGD steps in one round at a hospital: 1/q Poisson batches per local epoch."""
+    return config.local_epochs * round(1 / _rate(config, real))
+
+
 def _planned_steps(clients: list[Arrays], schedule: list[list[int]], config: FedConfig) -> list[int]:
-    """Local DP-SGD steps per hospital: 1/q Poisson batches per local epoch, every round it is picked."""
-    rounds = np.zeros(len(clients), dtype=int)
-    for chosen in schedule:
-        rounds[chosen] += 1
-    return [int(k) * config.local_epochs * round(1 / _rate(config, c)) for k, c in zip(rounds, clients)]
+    """Local DP-SGD steps per hospital over the rounds that pick it."""
+    rounds = sv.times_selected(schedule, len(clients))
+    return [int(k) * _local_steps(config, c) for k, c in zip(rounds, clients)]
 
 
 def _calibrate(clients: list[Arrays], schedule, config: FedConfig, dp: DPSpec) -> list[float]:
@@ -188,7 +191,7 @@ def _train_private(model: nn.Module, data: Arrays, config: FedConfig, dp: DPSpec
     opt = DPOptimizer(torch.optim.Adam(private.parameters(), lr=config.lr), noise_multiplier=sigma,
                       max_grad_norm=dp.max_grad_norm, expected_batch_size=max(1, round(q * len(y))), generator=gen)
     private.train()
-    for _ in range(config.local_epochs * round(1 / q)):
+    for _ in range(_local_steps(config, data)):
         mask = torch.rand(len(y), generator=gen) < q  # Poisson sampling, as the accountant assumes
         if not mask.any():  # an empty batch still costs a step: noise only
             opt.zero_grad(set_to_none=True)

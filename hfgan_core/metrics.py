@@ -106,10 +106,9 @@ def inception_score(extractor: torch.nn.Module, images: torch.Tensor, *, splits:
         metric = InceptionScore(feature=_Head(extractor, logits=True), splits=splits)
     for i in range(0, len(images), 512):
         metric.update(images[i:i + 512])
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)  # compute() permutes the images before splitting
-    mean, sd = metric.compute()
-    torch.random.set_rng_state(state)
+    with torch.random.fork_rng(devices=[]):  # compute() permutes the images before splitting
+        torch.manual_seed(seed)
+        mean, sd = metric.compute()
     return float(mean), float(sd)
 
 
@@ -153,9 +152,8 @@ def standard_fid_is(fake: torch.Tensor, real: torch.Tensor, weights: str, *, see
             fid_metric.update(_rgb01(images[i:i + 100]), real=is_real)
             if not is_real:
                 is_metric.update(_rgb01(images[i:i + 100]))
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    is_mean, is_sd = is_metric.compute()
-    torch.random.set_rng_state(state)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        is_mean, is_sd = is_metric.compute()
     return {"fid_inception": float(fid_metric.compute()), "inception_score_inception": float(is_mean),
             "inception_score_inception_sd": float(is_sd)}

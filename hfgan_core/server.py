@@ -33,6 +33,14 @@ def selection_schedule(seed: int, num_clients: int, rounds: int, *, fraction: fl
     return [select_clients(rng, num_clients, fraction=fraction) for _ in range(rounds)]
 
 
+def times_selected(schedule: list[list[int]], num_clients: int) -> np.ndarray:
+    """How many rounds of the schedule select each client: what its privacy budget is planned for."""
+    counts = np.zeros(num_clients, dtype=int)
+    for chosen in schedule:
+        counts[chosen] += 1
+    return counts
+
+
 def aggregation_weights(sizes: list[int]) -> list[float]:
     total = float(sum(sizes))
     return [n / total for n in sizes]

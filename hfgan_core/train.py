@@ -98,9 +98,7 @@ def setup(config: TrainConfig, dataset: MedicalDataset | None = None) -> Run:
                       min_size=config.min_client_size, seed=config.seed)
     x_all, y_all = ds.train.tensors()
     schedule = sv.selection_schedule(config.seed, config.clients, config.rounds, fraction=config.client_fraction)
-    planned = np.zeros(config.clients, dtype=int)
-    for chosen in schedule:
-        planned[chosen] += config.d_steps
+    planned = sv.times_selected(schedule, config.clients) * config.d_steps
 
     _, discriminator = build_models(num_classes=ds.num_classes, channels=ds.channels, image_size=ds.image_size,
                                     nz=config.nz, ngf=config.ngf, ndf=config.ndf,
