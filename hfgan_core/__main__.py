@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--delta", type=float, default=1e-5, help=_HELP["delta"])
     b.add_argument("--synthetic-ratio", type=float, default=None,
                    help="synthetic images a hospital adds per real image (default: the profile's, 1.0 for quick)")
+    b.add_argument("--mu", type=float, default=None, help="FedProx proximal weight (default: the profile's, 0.01)")
     b.add_argument("--device", default="cpu")
     b.add_argument("--out", required=True, help="folder for table.csv, table.md, runs.json")
     b.add_argument("--no-progress", action="store_true")
@@ -85,7 +86,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     config = BenchmarkConfig(dataset=args.dataset, methods=methods, seeds=args.seeds, profile=args.profile,
                              epsilons=args.epsilon, alpha=args.alpha, clients=args.clients, partition=args.partition,
                              delta=args.delta, data_dir=args.data_dir, device=args.device,
-                             synthetic_ratio=args.synthetic_ratio)
+                             synthetic_ratio=args.synthetic_ratio, mu=args.mu)
     try:
         report = run_benchmark(config, args.out, progress=not args.no_progress)
     except UserError as exc:

@@ -113,6 +113,7 @@ class BenchmarkConfig:
     data_dir: str | None = None
     device: str = "cpu"
     synthetic_ratio: float | None = None  # synthetic images per real image; None = the profile's
+    mu: float | None = None  # FedProx proximal weight; None = the profile's
 
 
 def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = True) -> dict:
@@ -121,6 +122,8 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
     prof = PROFILES[config.profile]
     if config.synthetic_ratio is not None:
         prof = replace(prof, synthetic_ratio=config.synthetic_ratio)
+    if config.mu is not None:
+        prof = replace(prof, mu=config.mu)
     weights = inception_weights()  # standard FID/IS too, when the Inception-v3 weights are on disk
     ds = _load(config, prof)
     out = Path(out)
@@ -172,6 +175,8 @@ def _check(c: BenchmarkConfig) -> None:
         raise UserError(f"--seeds {c.seeds} and --epsilon {c.epsilons} must not repeat a value")
     if c.synthetic_ratio is not None and not c.synthetic_ratio > 0:
         raise UserError(f"--synthetic-ratio must be positive (got {c.synthetic_ratio})")
+    if c.mu is not None and not c.mu > 0:
+        raise UserError(f"--mu (FedProx) must be positive (got {c.mu})")
     bad = [e for e in c.epsilons if not e > 0]
     if bad:
         raise UserError(f"--epsilon values must be positive or inf (got {bad[0]})")

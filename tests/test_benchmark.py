@@ -96,6 +96,7 @@ def test_sealed_test_refuses_a_second_read():
     (["--epsilon", "0"], "must be positive"),
     (["--seeds", "0", "0"], "must not repeat"),
     (["--synthetic-ratio", "0"], "--synthetic-ratio must be positive"),
+    (["--mu", "-1"], "--mu (FedProx) must be positive"),
     (["--dataset", "nosuchset"], "nosuchset.npz not found"),
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
