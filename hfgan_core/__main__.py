@@ -7,6 +7,7 @@ from dataclasses import fields
 
 from .benchmark import METHODS, BenchmarkConfig, run_benchmark
 from .errors import UserError
+from .report import TABLES, make_tables
 from .train import TrainConfig, train
 
 _HELP = {
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--profile", default="quick", help="smoke (tests), quick (2-core CPU) or paper (GPU)")
     b.add_argument("--epsilon", nargs="+", type=float, default=[10.0],
                    help="one or more per-record epsilons for the private rows ('inf' allowed)")
+    b.add_argument("--curve-epsilon", nargs="*", type=float, default=[],
+                   help="extra epsilons for the privacy-utility curve (HF-GAN rows and the DP classifier only)")
+    b.add_argument("--rounds", type=int, default=None, help="HF-GAN rounds (default: the profile's)")
     b.add_argument("--alpha", type=float, default=0.5, help=_HELP["alpha"])
     b.add_argument("--clients", type=int, default=5, help=_HELP["clients"])
     b.add_argument("--partition", default="dirichlet", help=_HELP["partition"])
@@ -61,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu")
     b.add_argument("--out", required=True, help="folder for table.csv, table.md, runs.json")
     b.add_argument("--no-progress", action="store_true")
+
+    t = sub.add_parser("tables", help="run the dataset notebooks (papermill) and write results/README.md")
+    t.add_argument("--profile", default="quick", help="smoke, quick (2-core CPU) or paper (GPU)")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--datasets", nargs="+", default=None, help="default: " + " ".join(TABLES))
+    t.add_argument("--data-dir", default=None, help=_HELP["data_dir"])
+    t.add_argument("--out", default=None, help="default: results (results/smoke for the smoke profile)")
+    t.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the notebooks' (0 1 2)")
+    t.add_argument("--jobs", type=int, default=1, help="notebooks run side by side (each gets cores / jobs threads)")
     return parser
 
 
@@ -68,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "benchmark":
         return _benchmark(args)
+    if args.command == "tables":
+        try:
+            return make_tables(profile=args.profile, device=args.device, datasets=args.datasets, out=args.out,
+                               data_dir=args.data_dir, jobs=args.jobs,
+                               parameters={"seeds": args.seeds} if args.seeds else None)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     try:
         config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
         run = train(config, args.out, resume=args.resume, stop_after=args.stop_after,
@@ -84,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
 def _benchmark(args: argparse.Namespace) -> int:
     methods = list(METHODS) if args.methods == ["all"] else args.methods
     config = BenchmarkConfig(dataset=args.dataset, methods=methods, seeds=args.seeds, profile=args.profile,
-                             epsilons=args.epsilon, alpha=args.alpha, clients=args.clients, partition=args.partition,
+                             epsilons=args.epsilon, curve_epsilons=args.curve_epsilon, alpha=args.alpha, clients=args.clients, partition=args.partition,
                              delta=args.delta, data_dir=args.data_dir, device=args.device,
-                             synthetic_ratio=args.synthetic_ratio, mu=args.mu)
+                             synthetic_ratio=args.synthetic_ratio, mu=args.mu, gan_rounds=args.rounds)
     try:
         report = run_benchmark(config, args.out, progress=not args.no_progress)
     except UserError as exc:

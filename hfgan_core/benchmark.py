@@ -4,7 +4,9 @@
         --profile quick --epsilon 10 --alpha 0.5 --out results/pneumoniamnist
 
 For each seed the hospitals are drawn once and shared by every method. The GANs train once
-per (seed, epsilon) and feed all rows that use them. Methods see the training split (as
+per (seed, epsilon) and feed all rows that use them. Every private method runs at each
+``epsilons`` value (the table); the privacy-utility curve adds ``curve_epsilons`` for
+``CURVE_METHODS`` only, on the profile's ``curve_seeds`` first seeds (GAN training is the cost). Methods see the training split (as
 hospitals) and the validation split (model selection) only; the test split sits in a
 ``SealedTest`` that hands it out once per (method, seed, epsilon), for the final numbers.
 """
@@ -31,8 +33,8 @@ from .errors import UserError
 from .evaluate import balanced_labels, images_for_labels
 from .extractor import load_or_train_extractor
 from .federated import DPSpec, FedConfig, train_federated
-from .metrics import classification_metrics, fid, inception_score, inception_weights, standard_fid_is
-from .partition import partition
+from .metrics import classification_metrics, fid, inception_score, inception_weights, mix_accuracy, standard_fid_is
+from .partition import class_counts, partition
 from .train import TrainConfig, train
 
 Arrays = tuple[torch.Tensor, torch.Tensor]
@@ -57,6 +59,7 @@ METHODS: dict[str, Method] = {
     "centralized": Method("Centralized (pooled, non-private)"),
 }
 PRIVATE_ROWS = {"hfgan", "hfgan_shared", "hfgan_synth_only", "dpfedavg_gan", "dp_fedavg"}  # one row per epsilon
+CURVE_METHODS = ("hfgan", "hfgan_synth_only", "dp_fedavg")  # the privacy-utility curve: HF-GAN against DP-SGD
 
 
 @dataclass
@@ -70,15 +73,17 @@ class Profile:
     prefer_64px: bool = False
     mu: float = 0.01  # FedProx
     max_train: int | None = None  # smoke only: a seeded, stratified subset of the training split
+    curve_seeds: int | None = None  # how many of the seeds the extra curve epsilons run on (None: all)
+    accountant: str = "prv"  # every private method's; rdp only where speed beats tightness (smoke)
 
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(gan=dict(rounds=3, batch_size=16, nz=16, ngf=8, ndf=8), gan_epochs=None,
                      fed=FedConfig(rounds=2, batch_size=32, width=8), dpgan=dict(rounds=3, local_steps=1,
                      batch_size=16, nz=16, ngf=8, ndf=8), synthetic_ratio=0.2, extractor_epochs=1,
-                     max_train=600),
+                     max_train=600, curve_seeds=1, accountant="rdp"),
     "quick": Profile(gan=dict(rounds=120), gan_epochs=None, fed=FedConfig(rounds=5, width=16),
-                     dpgan=dict(rounds=100, local_steps=1)),
+                     dpgan=dict(rounds=100, local_steps=1), curve_seeds=1),
     "paper": Profile(gan=dict(lr_d=2e-4, lr_g=2e-4, batch_size=64), gan_epochs=100,
                      fed=FedConfig(rounds=100, width=32), dpgan=dict(rounds=1000, local_steps=5, lr_d=2e-4,
                      lr_g=2e-4), extractor_epochs=20, prefer_64px=True),
@@ -105,7 +110,8 @@ class BenchmarkConfig:
     methods: list[str]
     seeds: list[int]
     profile: str = "quick"
-    epsilons: list[float] = field(default_factory=lambda: [10.0])
+    epsilons: list[float] = field(default_factory=lambda: [10.0])  # every private method, every seed
+    curve_epsilons: list[float] = field(default_factory=list)  # CURVE_METHODS only (privacy-utility curve)
     alpha: float = 0.5
     clients: int = 5
     partition: str = "dirichlet"
@@ -114,16 +120,21 @@ class BenchmarkConfig:
     device: str = "cpu"
     synthetic_ratio: float | None = None  # synthetic images per real image; None = the profile's
     mu: float | None = None  # FedProx proximal weight; None = the profile's
+    gan_rounds: int | None = None  # HF-GAN rounds; None = the profile's
 
 
-def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = True) -> dict:
-    """Run every (method, seed, epsilon), then write table.csv, table.md and runs.json under ``out``."""
+def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = True, echo: bool | None = None) -> dict:
+    """Run every (method, seed, epsilon), then write table.csv, table.md and runs.json under ``out``.
+    ``progress`` shows progress bars, ``echo`` (default: same as progress) one line per result."""
+    echo = progress if echo is None else echo
     _check(config)
     prof = PROFILES[config.profile]
     if config.synthetic_ratio is not None:
         prof = replace(prof, synthetic_ratio=config.synthetic_ratio)
     if config.mu is not None:
         prof = replace(prof, mu=config.mu)
+    if config.gan_rounds is not None:
+        prof = replace(prof, gan=prof.gan | {"rounds": config.gan_rounds}, gan_epochs=None)
     weights = inception_weights()  # standard FID/IS too, when the Inception-v3 weights are on disk
     ds = _load(config, prof)
     out = Path(out)
@@ -134,14 +145,16 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
     extractor, extractor_info = load_or_train_extractor(dev, epochs=prof.extractor_epochs)
     tx, ty = test.read(("extractor",))
     extractor_info = extractor_info | {"test_accuracy": float((predict_proba(extractor, tx).argmax(1) == ty.numpy()).mean())}
-    started, records = time.time(), []
+    started, records, hospitals = time.time(), [], {}
     for seed in config.seeds:
-        records += _run_seed(config, prof, dev, seed, extractor, test, out, progress, weights)
+        seed_records, hospitals[str(seed)] = _run_seed(config, prof, dev, seed, extractor, test, out, progress, echo,
+                                                       weights)
+        records += seed_records
     report = {"dataset": ds.name, "data_file": str(ds.path), "image_size": ds.image_size,
               "config": asdict(config), "profile": {"name": config.profile, **_profile_json(prof)},
               "extractor": extractor_info, "reference": _reference(extractor, dev, test),
-              "runs": records, "wall_time_s": time.time() - started, "provenance": prov}
-    (out / "runs.json").write_text(json.dumps(_jsonable(report), indent=2))
+              "hospital_class_counts": hospitals, "runs": records, "wall_time_s": time.time() - started, "provenance": prov}
+    (out / "runs.json").write_text(json.dumps(jsonable(report), indent=2))
     write_tables(out)
     return report
 
@@ -149,9 +162,14 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
 def load_runs(out: str | Path) -> dict:
     """runs.json with its "inf" strings turned back into floats."""
     report = json.loads((Path(out) / "runs.json").read_text())
-    report["runs"] = [{k: float(v) if v in ("inf", "-inf", "nan") else v for k, v in r.items()}
-                      for r in report["runs"]]
+    report["runs"] = [{k: _number(v) for k, v in r.items()} for r in report["runs"]]
+    for key in ("epsilons", "curve_epsilons"):
+        report["config"][key] = [_number(v) for v in report["config"].get(key, [])]
     return report
+
+
+def _number(v):
+    return float(v) if v in ("inf", "-inf", "nan") else v
 
 
 def write_tables(out: str | Path) -> list[dict]:
@@ -171,13 +189,17 @@ def _check(c: BenchmarkConfig) -> None:
         raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from all, {', '.join(METHODS)}")
     if not c.methods or not c.seeds or not c.epsilons:
         raise UserError("--methods, --seeds and --epsilon each need at least one value")
-    if len(set(c.seeds)) < len(c.seeds) or len(set(c.epsilons)) < len(c.epsilons):
-        raise UserError(f"--seeds {c.seeds} and --epsilon {c.epsilons} must not repeat a value")
+    every_eps = c.epsilons + c.curve_epsilons
+    if len(set(c.seeds)) < len(c.seeds) or len(set(every_eps)) < len(every_eps):
+        raise UserError(f"--seeds {c.seeds} and --epsilon {c.epsilons} (with --curve-epsilon {c.curve_epsilons}) "
+                        "must not repeat a value")
     if c.synthetic_ratio is not None and not c.synthetic_ratio > 0:
         raise UserError(f"--synthetic-ratio must be positive (got {c.synthetic_ratio})")
     if c.mu is not None and not c.mu > 0:
         raise UserError(f"--mu (FedProx) must be positive (got {c.mu})")
-    bad = [e for e in c.epsilons if not e > 0]
+    if c.gan_rounds is not None and c.gan_rounds < 1:
+        raise UserError(f"--rounds must be at least 1 (got {c.gan_rounds})")
+    bad = [e for e in every_eps if not e > 0]
     if bad:
         raise UserError(f"--epsilon values must be positive or inf (got {bad[0]})")
 
@@ -194,7 +216,7 @@ def _load(c: BenchmarkConfig, prof: Profile) -> MedicalDataset:
 
 
 def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, extractor, test: SealedTest,
-              out: Path, progress: bool, inception: str | None = None) -> list[dict]:
+              out: Path, progress: bool, echo: bool, inception: str | None = None) -> tuple[list[dict], list]:
     gan_cfg = _gan_config(c, prof, ds, seed, epsilon=math.inf)
     parts = partition(ds.train.labels, c.clients, scheme=c.partition, alpha=c.alpha,
                       min_size=gan_cfg.min_client_size, seed=seed)
@@ -203,6 +225,8 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
     val = ds.val.tensors()
     fed = replace(prof.fed, seed=seed)
     k = ds.num_classes
+    counts = class_counts(ds.train.labels, parts, k)  # (hospitals, K)
+    mixes = counts / counts.sum(axis=1, keepdims=True)
     records = []
 
     def n_synth(h: Arrays) -> int:
@@ -216,11 +240,13 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
 
     def log(method: str, eps: float, models: list, started: float, privacy: dict, generators=None) -> None:
         tx, ty = test.read((method, seed, eps))
-        scores = [classification_metrics(ty.numpy(), predict_proba(m, tx)) for m in models]
+        probas = [predict_proba(model, tx) for model in models]
+        scores = [classification_metrics(ty.numpy(), p) for p in probas]
         m = {"method": method, "seed": seed, "epsilon": eps, **privacy,
-             **{key: float(np.mean([s[key] for s in scores])) for key in scores[0]}}
-        if len(models) > 1:  # local only: the mean over hospitals, and each one
-            m["per_hospital_accuracy"] = [s["accuracy"] for s in scores]
+             **{key: float(np.mean([s[key] for s in scores])) for key in scores[0]}}  # local only: mean of 5 models
+        # accuracy on each hospital's class mix (its own model for "local"); label skew changes only the mix
+        m["per_hospital_accuracy"] = [mix_accuracy(ty.numpy(), probas[i % len(probas)].argmax(1), mix)
+                                      for i, mix in enumerate(mixes)]
         if generators is not None:
             fakes = images_for_labels(generators, ty, seed + 1000)[0]  # the test split's classes and counts
             m["fid"] = fid(extractor, fakes, tx)
@@ -230,7 +256,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
                 m |= standard_fid_is(fakes, tx, inception, seed=seed)
         m["wall_time_s"] = time.time() - started
         records.append(m)
-        if progress:
+        if echo:
             tqdm.write(f"[{ds.name}] seed {seed} eps={eps} {method}: acc {m['accuracy']:.3f} "
                        f"macro-F1 {m['macro_f1']:.3f} AUC {m['auc']:.3f} ({m['wall_time_s']:.0f} s)")
 
@@ -246,8 +272,9 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             cfg = replace(fed, mu=prof.mu if method == "fedprox" else 0.0, augment=method == "fedavg_aug")
             log(method, math.inf, [fed_run(method, config=cfg).model], t0, plain)
 
-    for eps in c.epsilons:
-        wanted = [m for m in c.methods if m in PRIVATE_ROWS]
+    on_curve = prof.curve_seeds is None or seed in c.seeds[:prof.curve_seeds]
+    for eps in c.epsilons + (c.curve_epsilons if on_curve else []):
+        wanted = [m for m in c.methods if m in PRIVATE_ROWS and (eps in c.epsilons or m in CURVE_METHODS)]
         hf_rows = [m for m in wanted if METHODS[m].gan == "hfgan"]
         if hf_rows:
             t0 = time.time()
@@ -275,7 +302,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
         if "dpfedavg_gan" in wanted:
             t0 = time.time()
             res = train_dpfedavg_gan(hospitals, num_classes=k, config=DPFedAvgGANConfig(
-                **(prof.dpgan | {"epsilon": eps, "delta": c.delta, "seed": seed})))
+                **(prof.dpgan | {"epsilon": eps, "delta": c.delta, "seed": seed, "accountant": prof.accountant})))
             synth = [images_for_labels([res.generator], balanced_labels(n_synth(h), k), seed + 80 + i)
                      for i, h in enumerate(hospitals)]
             log("dpfedavg_gan", eps, [fed_run("dpfedavg_gan", synthetic=synth).model], t0,
@@ -283,17 +310,19 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
                  "released_epsilon": math.inf}, [res.generator])
         if "dp_fedavg" in wanted:
             t0 = time.time()
-            res = (fed_run("dp_fedavg", dp=DPSpec(epsilon=eps, delta=c.delta)) if not math.isinf(eps)
+            res = (fed_run("dp_fedavg", dp=DPSpec(epsilon=eps, delta=c.delta, accountant=prof.accountant))
+                   if not math.isinf(eps)
                    else fed_run("dp_fedavg"))
             spent = max(res.epsilons) if res.epsilons else math.inf
             log("dp_fedavg", eps, [res.model], t0, {"unit": "record" if res.epsilons else None, "gan_epsilon": None,
                                                      "classifier_dp": not math.isinf(eps), "released_epsilon": spent})
-    return records
+    return records, counts.tolist()
 
 
 def _gan_config(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, *, epsilon: float) -> TrainConfig:
     gan = TrainConfig(dataset=ds.name, data_dir=c.data_dir, clients=c.clients, partition=c.partition, alpha=c.alpha,
-                      epsilon=epsilon, delta=c.delta, seed=seed, device=c.device, **prof.gan)
+                      epsilon=epsilon, delta=c.delta, seed=seed, device=c.device, accountant=prof.accountant,
+                      **prof.gan)
     if prof.gan_epochs:  # "100 epochs": rounds that show a median hospital its data that many times
         sizes = [len(p) for p in partition(ds.train.labels, c.clients, scheme=c.partition, alpha=c.alpha,
                                            min_size=gan.min_client_size, seed=seed)]
@@ -379,10 +408,12 @@ def footnotes(report: dict) -> str:
     return "\n\n".join([
         f"Dataset `{report['dataset']}` ({report['image_size']} px), {c['clients']} hospitals, {c['partition']} "
         f"partition (α = {c['alpha']}), profile `{report['profile']['name']}`, seeds {c['seeds']}; mean ± sample sd over seeds, "
-        "test split read once per row and seed; model and round selection on the validation split.",
-        f"ε: per record of one hospital (unit 'record') or per whole hospital ('hospital', DP-FedAvg-GAN), δ = {c['delta']}, "
-        "Opacus PRV accountant, max over hospitals. Only rows whose classifier is DP or trained on DP synthetic "
-        "images alone release a private classifier; the others train on real images without DP (ε = ∞).",
+        "test split read once per row and seed; model and round selection on the validation split."
+        + _curve_note(report),
+        f"ε: per record of one hospital (unit 'record') or per whole hospital ('hospital', DP-FedAvg-GAN), "
+        f"δ = {c['delta']}, Opacus {report['profile'].get('accountant', 'prv').upper()} accountant, max over "
+        "hospitals. Only rows whose classifier is DP or trained on DP synthetic images alone release a private "
+        "classifier; the others train on real images without DP (ε = ∞).",
         f"IS and FID: in-domain extractor `{ex['name']}` (SmallCNN trained on the real training split only, "
         f"{ex['epochs']} epochs; its test accuracy {ex['test_accuracy']:.3f}), not comparable to published FIDs"
         + ("; Inception-v3 columns: torchmetrics with the standard FID weights, images upscaled to 299 px"
@@ -392,6 +423,17 @@ def footnotes(report: dict) -> str:
         f"FID(val, test) = {ref['fid_val_vs_test']:.3f}, IS(test) = {ref['inception_score_test']:.3f}.",
         f"Hardware: {prov['hardware']}; total wall time {report['wall_time_s'] / 60:.1f} min; git {prov['git_sha']}"
         + (f" ({prov['note']})." if prov.get("note") else ".")])
+
+
+def _curve_note(report: dict) -> str:
+    curve = report["config"].get("curve_epsilons") or []
+    if not curve:
+        return ""
+    n = report["profile"].get("curve_seeds")
+    seeds = report["config"]["seeds"][:n] if n else report["config"]["seeds"]
+    return (f" Rows at ε ∈ {{{', '.join(_eps(e) for e in curve)}}} are the privacy–utility curve: "
+            f"{', '.join(METHODS[m].label for m in CURVE_METHODS)} only, seed(s) {seeds}"
+            + (" (no ± sd from one seed)." if len(seeds) == 1 else "."))
 
 
 def provenance(device: str) -> dict:
@@ -421,15 +463,16 @@ def _cpu_name() -> str:
 
 def _profile_json(prof: Profile) -> dict:
     return {"gan": prof.gan, "gan_epochs": prof.gan_epochs, "fed": asdict(prof.fed), "dpgan": prof.dpgan,
-            "synthetic_ratio": prof.synthetic_ratio, "extractor_epochs": prof.extractor_epochs, "mu": prof.mu}
+            "synthetic_ratio": prof.synthetic_ratio, "extractor_epochs": prof.extractor_epochs, "mu": prof.mu,
+            "curve_seeds": prof.curve_seeds, "accountant": prof.accountant}
 
 
-def _jsonable(o):
+def jsonable(o):
     """inf -> "inf" (JSON has no infinity); containers recursively; paths and the like as text."""
     if isinstance(o, float) and not math.isfinite(o):
         return str(o)
     if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
+        return {str(k): jsonable(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
+        return [jsonable(v) for v in o]
     return o if isinstance(o, (str, int, float, bool, type(None))) else str(o)

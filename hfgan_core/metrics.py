@@ -30,6 +30,15 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
             "auc": float(auc)}
 
 
+def mix_accuracy(y_true: np.ndarray, pred: np.ndarray, mix: np.ndarray) -> float:
+    """Accuracy on a test set whose classes follow ``mix`` (K,): sum_c mix_c * recall_c.
+    Under label skew a hospital differs only in its class mix, so this is its expected accuracy
+    without splitting the test set further."""
+    y_true, pred = np.asarray(y_true), np.asarray(pred)
+    recall = np.array([(pred[y_true == c] == c).mean() if (y_true == c).any() else 0.0 for c in range(len(mix))])
+    return float(np.dot(np.asarray(mix, dtype=float), recall))
+
+
 def crossfit_threshold_accuracy(y_true: np.ndarray, score: np.ndarray, seed: int = 0) -> float:
     """Binary accuracy when the decision threshold is tuned on one half of the data and applied
     to the other, both ways (2-fold cross-fitting): the accuracy a small labelled calibration

@@ -129,14 +129,29 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
             raise UserError(f"epsilon={target_epsilon} is out of reach for {steps} steps at sample rate "
                             f"{sample_rate:.4f} (needs sigma > 1e4); train fewer rounds or raise --epsilon")
     lo = hi / 2 if hi > 1.0 else 0.0
-    while hi - lo > rel_tol * hi:
-        mid = (lo + hi) / 2
-        if eps(mid) <= target_epsilon:
-            hi = mid
-        else:
-            lo = mid
+    while hi - lo > rel_tol * hi:  # invariant: eps(lo) > target >= eps(hi)
+        for mid in _probes(lo, hi, eps, target_epsilon, rel_tol):
+            if eps(mid) <= target_epsilon:
+                hi = min(hi, mid)
+            else:
+                lo = max(lo, mid)
     assert eps(hi) <= target_epsilon  # the guarantee this function exists for
     return hi
+
+
+def _probes(lo: float, hi: float, eps, target: float, rel_tol: float) -> list[float]:
+    """Where to evaluate next: log(eps) is close to linear in log(sigma), so interpolating
+    there and probing just either side of the estimate usually closes the bracket at once
+    (each accountant call costs ~0.5 s; plain bisection needs about twice as many)."""
+    if lo <= 0:
+        return [hi / 2]
+    a, b = math.log(eps(lo)), math.log(eps(hi))  # cached calls
+    if not a > b:
+        return [(lo + hi) / 2]
+    t = (a - math.log(target)) / (a - b)
+    guess = math.exp(math.log(lo) + t * (math.log(hi) - math.log(lo)))
+    inside = [g for g in (guess * (1 - rel_tol / 3), guess * (1 + rel_tol / 3)) if lo < g < hi]
+    return inside or [(lo + hi) / 2]
 
 
 def max_steps_within(curve: PrivacyCurve, target_epsilon: float) -> int:

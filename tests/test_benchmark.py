@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -199,12 +200,34 @@ def test_dp_training_refuses_settings_the_accountant_does_not_cover():
                         synthetic=[_toy(32, 4)], dp=DPSpec(epsilon=3.0))
 
 
-def test_one_row_per_epsilon_for_private_methods(tmp_path):
-    """--epsilon 10 inf: the private rows repeat per epsilon (the privacy-utility curve); others do not."""
+def test_curve_epsilons_add_rows_for_the_curve_methods_on_the_first_seed(tmp_path):
+    """--epsilon 10 --curve-epsilon inf: every private method at 10, every seed; the curve's methods
+    also at inf, on the profile's curve seeds (smoke: the first); the rest not at all."""
     real_data("pneumoniamnist.npz")
-    bm.run_benchmark(bm.BenchmarkConfig(dataset="pneumoniamnist", methods=["fedavg", "hfgan"], seeds=[0],
-                                        profile="smoke", epsilons=[10.0, math.inf]), tmp_path, progress=False)
+    report = bm.run_benchmark(bm.BenchmarkConfig(dataset="pneumoniamnist", methods=["fedavg", "hfgan", "dpfedavg_gan"],
+                                                 seeds=[0, 1], profile="smoke", epsilons=[10.0],
+                                                 curve_epsilons=[math.inf]), tmp_path, progress=False)
+    runs = {(r["method"], r["seed"], r["epsilon"]) for r in report["runs"]}
+    assert runs == {("fedavg", 0, math.inf), ("fedavg", 1, math.inf), ("hfgan", 0, 10.0), ("hfgan", 1, 10.0),
+                    ("dpfedavg_gan", 0, 10.0), ("dpfedavg_gan", 1, 10.0), ("hfgan", 0, math.inf)}
     rows = list(csv.DictReader((tmp_path / "table.csv").open()))
-    assert [(r["method"], r["epsilon_target"]) for r in rows] == [("fedavg", "inf"), ("hfgan", "10.0"), ("hfgan", "inf")]
+    assert [(r["method"], r["epsilon_target"], r["seeds"]) for r in rows] == [
+        ("fedavg", "inf", "2"), ("hfgan", "10.0", "2"), ("hfgan", "inf", "1"), ("dpfedavg_gan", "10.0", "2")]
     by_eps = {r["epsilon_target"]: r for r in rows if r["method"] == "hfgan"}
     assert float(by_eps["10.0"]["gan_epsilon"]) <= 10 and by_eps["inf"]["gan_epsilon"] == "inf"
+    assert "privacy–utility curve" in (tmp_path / "table.md").read_text()
+
+
+def test_per_hospital_accuracy_is_each_hospitals_class_mix(smoke):
+    """Recomputed from the hospitals' class counts and the definition sum_c pi_ic recall_c."""
+    _, report, _ = smoke
+    counts = np.array(report["hospital_class_counts"]["0"])
+    assert counts.shape == (5, 2) and counts.sum() == 600  # the smoke subset, split over 5 hospitals
+    for r in report["runs"]:
+        assert len(r["per_hospital_accuracy"]) == 5 and all(0 <= a <= 1 for a in r["per_hospital_accuracy"])
+    fed = next(r for r in report["runs"] if r["method"] == "fedavg")
+    mixes = counts / counts.sum(1, keepdims=True)
+    # one model for all: acc_i = recall_0 + pi_i1 (recall_1 - recall_0), a line in the class mix
+    slope, intercept = np.polyfit(mixes[:, 1], fed["per_hospital_accuracy"], 1)
+    assert np.allclose(intercept + slope * mixes[:, 1], fed["per_hospital_accuracy"], atol=1e-9)
+    assert -1e-9 <= intercept <= 1 + 1e-9 and -1e-9 <= intercept + slope <= 1 + 1e-9  # recall_0 and recall_1

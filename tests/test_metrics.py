@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
-from hfgan_core.metrics import (classification_metrics, crossfit_threshold_accuracy, fid, frechet_distance,
+from hfgan_core.metrics import (classification_metrics, crossfit_threshold_accuracy, fid, frechet_distance, mix_accuracy,
                                 inception_score)
 
 
@@ -21,6 +21,18 @@ def test_classification_metrics_equal_sklearn():
     yb = rng.integers(0, 2, 100)
     pb = rng.dirichlet(np.ones(2), 100)
     assert classification_metrics(yb, pb)["auc"] == pytest.approx(roc_auc_score(yb, pb[:, 1]))
+
+
+def test_mix_accuracy_is_plain_accuracy_on_a_test_set_with_that_class_mix():
+    """Brute force: repeat each class's test examples until the classes follow the mix exactly."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], [4, 6, 10])
+    pred = np.where(rng.random(20) < 0.6, y, rng.integers(0, 3, 20))
+    mix = np.array([0.5, 0.25, 0.25])  # of 120 examples: 60 / 30 / 30 -> repeat 15x, 5x, 3x
+    reps = np.array([15, 5, 3])[y]
+    brute = (np.repeat(pred, reps) == np.repeat(y, reps)).mean()
+    assert mix_accuracy(y, pred, mix) == pytest.approx(brute)
+    assert mix_accuracy(y, pred, np.bincount(y) / len(y)) == pytest.approx((pred == y).mean())
 
 
 def test_frechet_distance_closed_form_and_self():

@@ -1,11 +1,17 @@
-"""Notebooks: committed without outputs, on the python3 kernel, and they run (smoke settings)."""
+"""Notebooks: committed without outputs, on the python3 kernel, and they run (smoke settings);
+`make tables` writes every table, figure and results/README.md, and skips a missing dataset."""
 from __future__ import annotations
 
+import csv
 import json
+import subprocess
+import sys
 
 import pytest
 
 from conftest import ROOT, real_data
+from hfgan_core import report
+from hfgan_core.benchmark import CURVE_METHODS, METHODS
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
@@ -34,3 +40,70 @@ def test_walkthrough_runs_top_to_bottom(tmp_path):
     text = "".join("".join(o.get("text", "")) for c in executed["cells"] if c["cell_type"] == "code"
                    for o in c["outputs"])
     assert "aggregation weights" in text and "FedAvg + own synthetic" in text
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    """`make tables` under the smoke profile (one seed; curve at 10 and inf): every dataset notebook, executed."""
+    pytest.importorskip("papermill")
+    for name in report.TABLES:
+        real_data(f"{name}.npz")
+    out = tmp_path_factory.mktemp("tables")
+    assert report.make_tables(profile="smoke", out=out, parameters={"seeds": [0], "epsilons": [10, "inf"]}) == 0
+    return out
+
+
+@pytest.mark.parametrize("dataset", list(report.TABLES))
+def test_dataset_notebook_writes_its_table_and_figures(tables, dataset):
+    t = report.TABLES[dataset]
+    executed = json.loads((tables / "notebooks" / t.notebook).read_text())
+    assert not [o for c in executed["cells"] if c["cell_type"] == "code" for o in c["outputs"]
+                if o["output_type"] == "error"]
+    rows = list(csv.DictReader((tables / f"{t.stem}.csv").open()))
+    assert {r["method"] for r in rows} == set(METHODS)  # every method row ...
+    for column in ("accuracy", "macro_f1", "auc", "inception_score", "fid", "gan_epsilon", "released_epsilon"):
+        assert column in rows[0]  # ... and every metric column
+    for r in rows:
+        assert 0 <= float(r["accuracy"]) <= 1 and 0 <= float(r["macro_f1"]) <= 1
+        if r["method"] in ("hfgan", "hfgan_shared", "hfgan_synth_only", "dpfedavg_gan"):
+            assert float(r["fid"]) >= 0
+    curve = {(r["method"], r["epsilon_target"]) for r in rows}
+    for method in CURVE_METHODS:  # the privacy-utility curve: every epsilon of the notebook
+        assert {(method, "10.0"), (method, "inf")} <= curve
+    assert ("dpfedavg_gan", "inf") not in curve  # other private methods: the table's epsilon only
+    table = json.loads((tables / f"{t.stem}.json").read_text())
+    assert table["dataset"] == dataset and len(table["rows"]) == len(rows)
+    md = (tables / f"{t.stem}.md").read_text()
+    assert all(f"| {m.label} |" in md for m in METHODS.values()) and "δ = 1e-05" in md
+    for kind in report.FIGURES:
+        assert report.figure_path(tables, dataset, kind).stat().st_size > 10_000
+    readme = (tables / "README.md").read_text()
+    assert t.title in readme and f"figures/{t.stem}_privacy_utility.png" in readme and "ran in" in readme
+
+
+def test_missing_dataset_is_reported_and_the_others_still_run(tmp_path, monkeypatch, capsys):
+    source = real_data("pneumoniamnist.npz")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "pneumoniamnist.npz").symlink_to(source.resolve())
+    (data / "retinamnist.npz").write_bytes(b"not an npz")
+    ran = []
+    monkeypatch.setattr(report, "_execute",
+                        lambda t, params, out, progress_bar: ran.append(t.dataset) or "ran in 0.1 min")
+    assert report.make_tables(profile="smoke", out=tmp_path / "out", data_dir=str(data)) == 0
+    assert ran == ["pneumoniamnist"]
+    err = capsys.readouterr().err
+    assert "skipping table2_brain_mri" in err and "build-brainmri" in err  # how to get it
+    assert "skipping table3_retinal_fundus" in err and "not a readable .npz" in err
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "not run:" in readme and "build-brainmri" in readme
+
+
+@pytest.mark.parametrize("args,message", [(["--profile", "huge"], "unknown profile"),
+                                          (["--datasets", "nosuch"], "no table for dataset"),
+                                          (["--jobs", "0"], "--jobs must be at least 1")])
+def test_tables_cli_bad_input_is_one_clear_line(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "-m", "hfgan_core", "tables", "--out", str(tmp_path / "t"), *args],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "t").exists()
