@@ -6,9 +6,10 @@
 For each seed the hospitals are drawn once and shared by every method. The GANs train once
 per (seed, epsilon) and feed all rows that use them. Every private method runs at each
 ``epsilons`` value (the table); the privacy-utility curve adds ``curve_epsilons`` for
-``CURVE_METHODS`` only, on the profile's ``curve_seeds`` first seeds (GAN training is the cost). Methods see the training split (as
-hospitals) and the validation split (model selection) only; the test split sits in a
-``SealedTest`` that hands it out once per (method, seed, epsilon), for the final numbers.
+``CURVE_METHODS`` only, on the profile's first ``curve_seeds`` seeds (GAN training is the
+cost). Methods see the training split (as hospitals) and the validation split (model
+selection) only; the test split sits in a ``SealedTest`` that hands it out once per
+(method, seed, epsilon), for the final numbers.
 """
 from __future__ import annotations
 
@@ -123,7 +124,8 @@ class BenchmarkConfig:
     gan_rounds: int | None = None  # HF-GAN rounds; None = the profile's
 
 
-def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = True, echo: bool | None = None) -> dict:
+def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = True,
+                  echo: bool | None = None) -> dict:
     """Run every (method, seed, epsilon), then write table.csv, table.md and runs.json under ``out``.
     ``progress`` shows progress bars, ``echo`` (default: same as progress) one line per result."""
     echo = progress if echo is None else echo
@@ -153,7 +155,8 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
     report = {"dataset": ds.name, "data_file": str(ds.path), "image_size": ds.image_size,
               "config": asdict(config), "profile": {"name": config.profile, **_profile_json(prof)},
               "extractor": extractor_info, "reference": _reference(extractor, dev, test),
-              "hospital_class_counts": hospitals, "runs": records, "wall_time_s": time.time() - started, "provenance": prov}
+              "hospital_class_counts": hospitals, "runs": records, "wall_time_s": time.time() - started,
+              "provenance": prov}
     (out / "runs.json").write_text(json.dumps(jsonable(report), indent=2))
     write_tables(out)
     return report

@@ -198,8 +198,9 @@ def make_tables(*, profile: str = "quick", device: str = "cpu", datasets: list[s
     def run(i_name: tuple[int, str]) -> tuple[str, str]:
         i, name = i_name
         t = TABLES[name]
-        print(f"[{i + 1}/{len(ready)}] notebooks/{t.notebook} (profile {profile}, {device}) -> "
-              f"{out / 'notebooks' / t.notebook}", flush=True)
+        sys.stdout.write(f"[{i + 1}/{len(ready)}] notebooks/{t.notebook} (profile {profile}, {device}) -> "
+                         f"{out / 'notebooks' / t.notebook}\n")  # one write: lines of side-by-side jobs stay whole
+        sys.stdout.flush()
         return name, _execute(t, params, out, progress_bar=jobs == 1)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         status |= dict(pool.map(run, enumerate(ready)))

@@ -6,8 +6,8 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
-from hfgan_core.metrics import (classification_metrics, crossfit_threshold_accuracy, fid, frechet_distance, mix_accuracy,
-                                inception_score)
+from hfgan_core.metrics import (classification_metrics, crossfit_threshold_accuracy, fid, frechet_distance,
+                                inception_score, mix_accuracy)
 
 
 def test_classification_metrics_equal_sklearn():
