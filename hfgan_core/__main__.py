@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 def _benchmark(args: argparse.Namespace) -> int:
     methods = list(METHODS) if args.methods == ["all"] else args.methods
     config = BenchmarkConfig(dataset=args.dataset, methods=methods, seeds=args.seeds, profile=args.profile,
-                             epsilons=args.epsilon, curve_epsilons=args.curve_epsilon, alpha=args.alpha, clients=args.clients, partition=args.partition,
-                             delta=args.delta, data_dir=args.data_dir, device=args.device,
+                             epsilons=args.epsilon, curve_epsilons=args.curve_epsilon, alpha=args.alpha,
+                             clients=args.clients, partition=args.partition, delta=args.delta, data_dir=args.data_dir, device=args.device,
                              synthetic_ratio=args.synthetic_ratio, mu=args.mu, gan_rounds=args.rounds)
     try:
         report = run_benchmark(config, args.out, progress=not args.no_progress)

@@ -313,9 +313,8 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
                  "released_epsilon": math.inf}, [res.generator])
         if "dp_fedavg" in wanted:
             t0 = time.time()
-            res = (fed_run("dp_fedavg", dp=DPSpec(epsilon=eps, delta=c.delta, accountant=prof.accountant))
-                   if not math.isinf(eps)
-                   else fed_run("dp_fedavg"))
+            dp = DPSpec(epsilon=eps, delta=c.delta, accountant=prof.accountant) if math.isfinite(eps) else None
+            res = fed_run("dp_fedavg", dp=dp)
             spent = max(res.epsilons) if res.epsilons else math.inf
             log("dp_fedavg", eps, [res.model], t0, {"unit": "record" if res.epsilons else None, "gan_epsilon": None,
                                                      "classifier_dp": not math.isinf(eps), "released_epsilon": spent})

@@ -100,7 +100,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
         if download:
             download_medmnist(name, directory)
         else:
-            raise UserError(f"{path} not found: {how_to_get(name, directory)}")
+            raise UserError(f"{path} not found: {_how_to_get(name, directory)}")
     arrays = _read_npz(path)
     splits = {s: _validate_split(path, s, arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in SPLITS}
     _check_consistent(path, splits)
@@ -112,7 +112,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
     return MedicalDataset(name, path, splits["train"], splits["val"], splits["test"], class_names)
 
 
-def how_to_get(name: str, directory: Path) -> str:
+def _how_to_get(name: str, directory: Path) -> str:
     preset = PRESETS.get(name)
     if preset is not None:
         return preset.how_to_get.format(file=f"{name}.npz", dir=directory)
@@ -203,7 +203,7 @@ def download_medmnist(name: str, directory: Path) -> Path:
     found = _medmnist_flag(name)
     if found is None:
         raise UserError(f"--download only fetches MedMNIST sets and '{name}' is not one; "
-                        f"{how_to_get(name, directory)}")
+                        f"{_how_to_get(name, directory)}")
     flag, size = found
     import medmnist
     directory.mkdir(parents=True, exist_ok=True)
