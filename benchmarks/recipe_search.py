@@ -1,74 +1,83 @@
-"""Recipe search for HF-GAN under DP, scored on the *validation* split only.
+"""Recipe search for HF-GAN's generators, scored on the *validation* split only.
 
-Each recipe trains HF-GAN (PneumoniaMNIST, 5 hospitals, Dirichlet alpha=0.5, epsilon=10 per
-hospital unless the recipe says otherwise), then trains a classifier on the generators' images
-alone and scores it on real validation images. One JSON line per recipe is appended to
-``results/recipe_search/pneumoniamnist.jsonl`` with the config, the scores, the accounted
-epsilon, wall time and the machine, so the README table can be rebuilt from it.
+Each recipe is a full set of recipe settings (below, not relative to today's defaults, so old
+lines stay meaningful when the defaults move). A run trains HF-GAN (5 hospitals, Dirichlet
+alpha = 0.5) on one dataset at one epsilon and seed, then judges the released generators with
+``quality.generator_quality``: TSTR (a classifier trained on synthetic images only, scored on
+real validation images), CAS, FID and per-class precision / recall / coverage. One JSON line
+per run is appended to ``results/recipe_search/generators.jsonl`` with the config, the scores,
+the accounted epsilon, wall time, machine and git commit.
 
 Usage:
     python benchmarks/recipe_search.py --list
-    python benchmarks/recipe_search.py NAME [NAME ...] [--threads 1] [--seed 0]
+    python benchmarks/recipe_search.py NAME [NAME ...] [--dataset pneumoniamnist] [--epsilon 10]
+                                       [--seed 0] [--threads 1]
     python benchmarks/recipe_search.py --table      # markdown table of everything recorded
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import math
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
+from hfgan_core.benchmark import jsonable, provenance
+from hfgan_core.data import load_dataset
 from hfgan_core.errors import UserError
-from hfgan_core.evaluate import train_on_synthetic
+from hfgan_core.extractor import load_or_train_extractor
+from hfgan_core.quality import generator_quality
 from hfgan_core.train import TrainConfig, train
 
-BASE = dict(dataset="pneumoniamnist", clients=5, partition="dirichlet", alpha=0.5, epsilon=10.0, delta=1e-5)
-# The chosen recipe is TrainConfig's default ("chosen"); the others change one or two things.
+# Session 1's recipe, spelled out: every later recipe states what it changes.
+SESSION1 = dict(rounds=300, d_steps=1, g_steps=1, batch_size=64, lr_d=1e-3, lr_g=1e-3, aux_weight=1.0,
+                g_aux_weight=None, loss="ns", mode_seeking=0.0, g_ema=0.99, fakes=None, beta1_d=None, ndf=32)
 RECIPES: dict[str, dict] = {
-    "chosen": dict(),  # AC-GAN head (aux_weight 1), generator EMA 0.99, Adam lr 1e-3 for D and G, 300 rounds
-    "chosen-no-dp": dict(epsilon=float("inf")),
-    "dcgan": dict(aux_weight=0.0, g_ema=0.0, lr_d=2e-4, lr_g=2e-4),  # the plain method with DCGAN settings
-    "aux-ema-lr2e-4": dict(lr_d=2e-4, lr_g=2e-4),
-    "lr-d-only": dict(lr_g=2e-4),
-    "histogram-labels": dict(fake_labels="histogram"),
-    "nearest-upsampling": dict(upsample="nearest"),
-    "ndf16": dict(ndf=16),
-    "batch128": dict(batch_size=128),
-    "d5-r150": dict(d_steps=5, rounds=150),
+    "s1-2000": SESSION1 | dict(rounds=2000),  # the same recipe given the steps a GAN needs
+    "ms": SESSION1 | dict(rounds=2000, mode_seeking=1.0),  # + mode seeking on G (free: no real data)
+    "d5-ms": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0),  # 5 D steps per G step, same D steps
+    "d5-ms-f4": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, fakes=256),  # more fakes: less noise
+    "d5-ms-r800": SESSION1 | dict(rounds=800, d_steps=5, mode_seeking=1.0),  # twice the D steps
+    "d5-ms-hinge": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, loss="hinge"),
+    "d5-ms-gaux0.3": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, g_aux_weight=0.3),
+    "d5-ms-g2": SESSION1 | dict(rounds=400, d_steps=5, g_steps=2, mode_seeking=1.0),
+    "d5-ms-m9": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, beta1_d=0.9),  # momentum averages noise
+    "d5-ms-ndf16": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, ndf=16),  # 4x fewer D weights: less noise
 }
+OUT = Path("results/recipe_search/generators.jsonl")
 
 
-def run_recipe(name: str, seed: int, out_root: Path) -> dict:
-    config = TrainConfig(**(BASE | RECIPES[name] | {"seed": seed}))
+def run_recipe(name: str, dataset: str, epsilon: float, seed: int, runs_dir: Path) -> dict:
+    config = TrainConfig(**(RECIPES[name] | dict(dataset=dataset, epsilon=epsilon, seed=seed, clients=5,
+                                                 partition="dirichlet", alpha=0.5, delta=1e-5)))
+    prov = provenance("cpu")
     started = time.time()
-    run = train(config, out_root / f"{name}-seed{seed}", progress=False)
-    scores = train_on_synthetic([c.sampler for c in run.clients], run.dataset, seed=seed)
+    ds = load_dataset(dataset)
+    run = train(config, runs_dir / f"{name}-{dataset}-eps{epsilon}-seed{seed}", progress=False, dataset=ds)
+    train_s = time.time() - started
+    dev = replace(ds, test=None)  # nothing below reads the test split
+    extractor, _ = load_or_train_extractor(dev, epochs=5)
+    scores = generator_quality([c.sampler for c in run.clients], dev, extractor)
     eps = [c.budget.epsilon for c in run.clients if c.budget]
-    return {"recipe": name, "seed": seed, "config": {k: v for k, v in vars(config).items()},
-            "val": scores, "max_epsilon": max(eps) if eps else None, "wall_time_s": time.time() - started,
-            "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-            "torch": torch.__version__}
+    return {"recipe": name, "dataset": dataset, "epsilon": epsilon, "seed": seed, "config": asdict(config),
+            "val": scores, "max_epsilon": max(eps) if eps else math.inf, "train_s": train_s,
+            "wall_time_s": time.time() - started, "hardware": prov["hardware"], "git": prov["git_sha"]}
 
 
 def table(path: Path) -> str:
-    """Markdown table; 'settings' lists what differs from TrainConfig's defaults."""
-    defaults = vars(TrainConfig(**BASE))
-    rows = ["| recipe | seed | settings (vs defaults) | val accuracy | accuracy, cross-fitted threshold | "
-            "val macro-F1 | val AUC | max epsilon | wall time |", "| --- " * 9 + "|"]
+    rows = ["| recipe | dataset | ε | seed | TSTR AUC | TSTR macro-F1 | CAS | FID | coverage per class "
+            "| max ε | train time |", "|" + " --- |" * 11]
     for line in map(json.loads, path.read_text().splitlines()):
         v = line["val"]
-        eps = "inf (no DP)" if line["max_epsilon"] is None else f"{line['max_epsilon']:.2f}"
-        diff = {k: val for k, val in line["config"].items()
-                if k not in ("seed", "data_dir") and str(val) != str(defaults.get(k))}
-        settings = ", ".join(f"{k}={val}" for k, val in diff.items()) or "defaults"
-        crossfit = f"{v['accuracy_crossfit']:.3f}" if "accuracy_crossfit" in v else "n/a"
-        rows.append(f"| {line['recipe']} | {line['seed']} | {settings} | {v['accuracy']:.3f} ± {v['accuracy_sd']:.3f} "
-                    f"| {crossfit} | {v['macro_f1']:.3f} ± {v['macro_f1_sd']:.3f} | {v['auc']:.3f} ± "
-                    f"{v['auc_sd']:.3f} | {eps} | {line['wall_time_s'] / 60:.1f} min |")
+        eps = float(line["max_epsilon"])
+        rows.append(f"| {line['recipe']} | {line['dataset']} | {line['epsilon']} | {line['seed']} | "
+                    f"{v['tstr']['auc']:.3f} | {v['tstr']['macro_f1']:.3f} | {v['cas']:.3f} | {v['fid']:.3f} | "
+                    f"{' / '.join(f'{c:.2f}' for c in v['coverage'])} | {'∞' if math.isinf(eps) else f'{eps:.2f}'} | "
+                    f"{line['train_s'] / 60:.1f} min |")
     return "\n".join(rows)
 
 
@@ -77,34 +86,34 @@ def main() -> None:
     parser.add_argument("names", nargs="*")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--table", action="store_true")
+    parser.add_argument("--dataset", default="pneumoniamnist")
+    parser.add_argument("--epsilon", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default="results/recipe_search")
     args = parser.parse_args()
     if args.table:
-        print(table(Path(args.out) / "pneumoniamnist.jsonl"))
+        print(table(OUT))
         return
     if args.list or not args.names:
         for name, recipe in RECIPES.items():
-            print(f"{name:22s} {recipe}")
+            print(f"{name:16s} {', '.join(f'{k}={v}' for k, v in recipe.items() if SESSION1.get(k) != v) or 'session 1'}")
         return
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
     for name in args.names:
         if name not in RECIPES:
             sys.exit(f"error: unknown recipe '{name}'; --list shows them")
         try:
-            line = run_recipe(name, args.seed, Path("results/runs/recipe_search"))
+            line = run_recipe(name, args.dataset, args.epsilon, args.seed, Path("results/runs/recipe_search"))
         except UserError as exc:
             sys.exit(f"error: {exc}")
-        with open(out / "pneumoniamnist.jsonl", "a") as f:
-            f.write(json.dumps(line, default=str) + "\n")
+        with open(OUT, "a") as f:
+            f.write(json.dumps(jsonable(line)) + "\n")
         v = line["val"]
-        print(f"{name}: val acc {v['accuracy']:.3f} (majority {v['majority_rate']:.3f}), macro-F1 "
-              f"{v['macro_f1']:.3f}, AUC {v['auc']:.3f}, eps {line['max_epsilon']}, {line['wall_time_s']:.0f} s",
-              flush=True)
+        print(f"{name} {args.dataset} eps={args.epsilon} seed {args.seed}: TSTR AUC {v['tstr']['auc']:.3f}, "
+              f"macro-F1 {v['tstr']['macro_f1']:.3f}, CAS {v['cas']:.3f}, coverage "
+              f"{[round(c, 2) for c in v['coverage']]}, {line['train_s']:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import fields
+from pathlib import Path
+
+import torch
 
 from .benchmark import METHODS, BenchmarkConfig, run_benchmark
 from .errors import UserError
+from .gan_quality import DATASETS, QualityRunConfig, run_quality, write_markdown
 from .report import TABLES, make_tables
 from .train import TrainConfig, train
 
@@ -66,6 +70,22 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="folder for table.csv, table.md, runs.json")
     b.add_argument("--no-progress", action="store_true")
 
+    q = sub.add_parser("quality", help="generator quality on the validation split: <out>/gan_quality.md")
+    q.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    q.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    q.add_argument("--epsilon", nargs="+", type=float, default=[float("inf"), 10.0, 1.0],
+                   help="per-record, per-hospital epsilons ('inf' = no DP)")
+    q.add_argument("--rounds", type=int, default=None, help="HF-GAN rounds (default: the recipe's)")
+    q.add_argument("--clients", type=int, default=5, help=_HELP["clients"])
+    q.add_argument("--alpha", type=float, default=0.5, help=_HELP["alpha"])
+    q.add_argument("--partition", default="dirichlet", help=_HELP["partition"])
+    q.add_argument("--delta", type=float, default=1e-5, help=_HELP["delta"])
+    q.add_argument("--data-dir", default=None, help=_HELP["data_dir"])
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--out", default="results", help="gan_quality.md here, per-dataset JSON and runs below it")
+    q.add_argument("--render-only", action="store_true", help="only rebuild gan_quality.md from the JSON files")
+    q.add_argument("--no-progress", action="store_true")
+
     t = sub.add_parser("tables", help="run the dataset notebooks (papermill) and write results/README.md")
     t.add_argument("--profile", default="quick", help="smoke, quick (2-core CPU) or paper (GPU)")
     t.add_argument("--device", default="cpu")
@@ -81,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "benchmark":
         return _benchmark(args)
+    if args.command == "quality":
+        return _quality(args)
     if args.command == "tables":
         try:
             return make_tables(profile=args.profile, device=args.device, datasets=args.datasets, out=args.out,
@@ -99,6 +121,24 @@ def main(argv: list[str] | None = None) -> int:
     eps = [c.budget.epsilon for c in run.clients if c.budget]
     summary = f"max epsilon {max(eps):.3f} (delta={run.config.delta})" if eps else "no DP (epsilon = inf)"
     print(f"done: {run.round} rounds, {summary}; outputs in {args.out}")
+    return 0
+
+
+def _quality(args: argparse.Namespace) -> int:
+    config = QualityRunConfig(datasets=args.datasets, seeds=args.seeds, epsilons=args.epsilon, clients=args.clients,
+                              alpha=args.alpha, partition=args.partition, delta=args.delta, data_dir=args.data_dir,
+                              device=args.device, gan={"rounds": args.rounds} if args.rounds else {})
+    try:
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"--device {args.device} asked for, but this machine has no CUDA GPU; use --device cpu")
+        path = write_markdown(args.out) if args.render_only else None
+        if path is None:
+            run_quality(config, args.out, progress=not args.no_progress)
+            path = Path(args.out) / "gan_quality.md"
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"done: {path}")
     return 0
 
 

@@ -31,7 +31,8 @@ from .classifier import predict_proba
 from .data import MedicalDataset, Split, load_dataset, resolve_data_dir
 from .dpfedavg_gan import DPFedAvgGANConfig, train_dpfedavg_gan
 from .errors import UserError
-from .evaluate import balanced_labels, images_for_labels
+from .quality import QualityConfig, generator_quality
+from .synthesis import balanced_labels, images_for_labels
 from .extractor import load_or_train_extractor
 from .federated import DPSpec, FedConfig, train_federated
 from .metrics import classification_metrics, fid, inception_score, inception_weights, mix_accuracy, standard_fid_is
@@ -59,6 +60,7 @@ METHODS: dict[str, Method] = {
     "dp_fedavg": Method("DP classifier (DP-SGD FedAvg)"),
     "centralized": Method("Centralized (pooled, non-private)"),
 }
+GAN_LABELS = {"hfgan": "HF-GAN (each hospital's generator)", "dpfedavg_gan": "DP-FedAvg-GAN (the server's generator)"}
 PRIVATE_ROWS = {"hfgan", "hfgan_shared", "hfgan_synth_only", "dpfedavg_gan", "dp_fedavg"}  # one row per epsilon
 CURVE_METHODS = ("hfgan", "hfgan_synth_only", "dp_fedavg")  # the privacy-utility curve: HF-GAN against DP-SGD
 
@@ -75,6 +77,7 @@ class Profile:
     mu: float = 0.01  # FedProx
     max_train: int | None = None  # smoke only: a seeded, stratified subset of the training split
     curve_seeds: int | None = None  # how many of the seeds the extra curve epsilons run on (None: all)
+    quality: QualityConfig = field(default_factory=QualityConfig)  # judging every GAN on validation
     accountant: str = "prv"  # every private method's; rdp only where speed beats tightness (smoke)
 
 
@@ -82,7 +85,8 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(gan=dict(rounds=3, batch_size=16, nz=16, ngf=8, ndf=8), gan_epochs=None,
                      fed=FedConfig(rounds=2, batch_size=32, width=8), dpgan=dict(rounds=3, local_steps=1,
                      batch_size=16, nz=16, ngf=8, ndf=8), synthetic_ratio=0.2, extractor_epochs=1,
-                     max_train=600, curve_seeds=1, accountant="rdp"),
+                     max_train=600, curve_seeds=1, accountant="rdp",
+                     quality=QualityConfig(per_class=20, tstr_max_epochs=2, fid_draws=1, max_manifold=50)),
     "quick": Profile(gan=dict(rounds=120), gan_epochs=None, fed=FedConfig(rounds=5, width=16),
                      dpgan=dict(rounds=100, local_steps=1), curve_seeds=1),
     "paper": Profile(gan=dict(lr_d=2e-4, lr_g=2e-4, batch_size=64), gan_epochs=100,
@@ -144,18 +148,19 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
     prov = provenance(config.device)  # now: the code that runs, not whatever HEAD is when it ends
     test = SealedTest(ds)
     dev = replace(ds, test=None)  # from here on only `test.read` reaches the test split
-    extractor, extractor_info = load_or_train_extractor(dev, epochs=prof.extractor_epochs)
+    extractor, extractor_info = load_or_train_extractor(dev, epochs=prof.extractor_epochs, device=config.device)
     tx, ty = test.read(("extractor",))
     extractor_info = extractor_info | {"test_accuracy": float((predict_proba(extractor, tx).argmax(1) == ty.numpy()).mean())}
-    started, records, hospitals = time.time(), [], {}
+    started, records, hospitals, gan_quality = time.time(), [], {}, []
     for seed in config.seeds:
-        seed_records, hospitals[str(seed)] = _run_seed(config, prof, dev, seed, extractor, test, out, progress, echo,
-                                                       weights)
+        seed_records, hospitals[str(seed)], seed_quality = _run_seed(config, prof, dev, seed, extractor, test, out,
+                                                                     progress, echo, weights)
         records += seed_records
+        gan_quality += seed_quality
     report = {"dataset": ds.name, "data_file": str(ds.path), "image_size": ds.image_size,
               "config": asdict(config), "profile": {"name": config.profile, **_profile_json(prof)},
               "extractor": extractor_info, "reference": _reference(extractor, dev, test),
-              "hospital_class_counts": hospitals, "runs": records, "wall_time_s": time.time() - started,
+              "hospital_class_counts": hospitals, "runs": records, "gan_quality": gan_quality, "wall_time_s": time.time() - started,
               "provenance": prov}
     (out / "runs.json").write_text(json.dumps(jsonable(report), indent=2))
     write_tables(out)
@@ -202,6 +207,8 @@ def _check(c: BenchmarkConfig) -> None:
         raise UserError(f"--mu (FedProx) must be positive (got {c.mu})")
     if c.gan_rounds is not None and c.gan_rounds < 1:
         raise UserError(f"--rounds must be at least 1 (got {c.gan_rounds})")
+    if c.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {c.device} asked for, but this machine has no CUDA GPU; use --device cpu")
     bad = [e for e in every_eps if not e > 0]
     if bad:
         raise UserError(f"--epsilon values must be positive or inf (got {bad[0]})")
@@ -226,11 +233,16 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
     x, y = ds.train.tensors()
     hospitals = [(x[idx], y[idx]) for idx in parts]
     val = ds.val.tensors()
-    fed = replace(prof.fed, seed=seed)
+    fed = replace(prof.fed, seed=seed, device=c.device)
     k = ds.num_classes
     counts = class_counts(ds.train.labels, parts, k)  # (hospitals, K)
     mixes = counts / counts.sum(axis=1, keepdims=True)
-    records = []
+    records, quality = [], []
+
+    def judge(gan: str, eps: float, generators: list, spent: float) -> None:
+        """Every GAN of the benchmark gets the quality numbers (validation split only)."""
+        q = generator_quality(generators, ds, extractor, config=replace(prof.quality, seed=seed, device=c.device))
+        quality.append({"gan": gan, "seed": seed, "epsilon": eps, "max_epsilon": spent, **q})
 
     def n_synth(h: Arrays) -> int:
         return round(prof.synthetic_ratio * len(h[1]))
@@ -256,7 +268,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             m["inception_score"], m["inception_score_sd"] = inception_score(extractor, fakes, seed=seed)
             m["fid_samples"] = [len(fakes), len(tx)]
             if inception:
-                m |= standard_fid_is(fakes, tx, inception, seed=seed)
+                m |= standard_fid_is(fakes, tx, inception, seed=seed, device=c.device)
         m["wall_time_s"] = time.time() - started
         records.append(m)
         if echo:
@@ -287,6 +299,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             gens = [h.sampler for h in run.clients]
             gan_eps = max((h.budget.epsilon for h in run.clients if h.budget), default=math.inf)
             gan_time = time.time() - t0
+            judge("hfgan", eps, gens, gan_eps)
             own = [images_for_labels([g], balanced_labels(n_synth(h), k), seed + i)
                    for i, (g, h) in enumerate(zip(gens, hospitals))]
             shared = [images_for_labels(gens, balanced_labels(n_synth(h), k), seed + 50 + i)
@@ -305,12 +318,14 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
         if "dpfedavg_gan" in wanted:
             t0 = time.time()
             res = train_dpfedavg_gan(hospitals, num_classes=k, config=DPFedAvgGANConfig(
-                **(prof.dpgan | {"epsilon": eps, "delta": c.delta, "seed": seed, "accountant": prof.accountant})))
+                **(prof.dpgan | {"epsilon": eps, "delta": c.delta, "seed": seed, "accountant": prof.accountant,
+                                 "device": c.device})))
             synth = [images_for_labels([res.generator], balanced_labels(n_synth(h), k), seed + 80 + i)
                      for i, h in enumerate(hospitals)]
             log("dpfedavg_gan", eps, [fed_run("dpfedavg_gan", synthetic=synth).model], t0,
                 {"unit": "hospital" if math.isfinite(res.epsilon) else None, "gan_epsilon": res.epsilon, "classifier_dp": False,
                  "released_epsilon": math.inf}, [res.generator])
+            judge("dpfedavg_gan", eps, [res.generator], res.epsilon)
         if "dp_fedavg" in wanted:
             t0 = time.time()
             dp = DPSpec(epsilon=eps, delta=c.delta, accountant=prof.accountant) if math.isfinite(eps) else None
@@ -318,7 +333,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             spent = max(res.epsilons) if res.epsilons else math.inf
             log("dp_fedavg", eps, [res.model], t0, {"unit": "record" if res.epsilons else None, "gan_epsilon": None,
                                                      "classifier_dp": not math.isinf(eps), "released_epsilon": spent})
-    return records, counts.tolist()
+    return records, counts.tolist(), quality
 
 
 def _gan_config(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, *, epsilon: float) -> TrainConfig:
@@ -401,7 +416,30 @@ def table_markdown(rows: list[dict], report: dict) -> str:
                      f"{_eps(r['released_epsilon'])} | {cell('accuracy')} | {cell('macro_f1')} | {cell('auc')} | "
                      f"{cell('inception_score')} | {cell('fid')} |"
                      + (f" {cell('inception_score_inception')} | {cell('fid_inception')} |" if standard else ""))
-    return "\n".join(lines) + "\n\n" + footnotes(report) + "\n"
+    return "\n".join(lines) + "\n\n" + quality_markdown(report) + footnotes(report) + "\n"
+
+
+def quality_markdown(report: dict) -> str:
+    """Every GAN the benchmark trained, judged on the validation split (``quality``): mean over seeds."""
+    entries = report.get("gan_quality") or []
+    if not entries:
+        return ""
+    lines = ["Generator quality (validation split; `quality.py`): TSTR = classifier trained on synthetic images "
+             "only, scored on real validation images; CAS = in-domain extractor's accuracy on fakes; coverage = "
+             "worst class (mode collapse).", "",
+             "| generators | ε target | seeds | TSTR AUC | TSTR macro-F1 | CAS | FID | coverage (worst class) |",
+             "|" + " --- |" * 8]
+    for gan in dict.fromkeys(e["gan"] for e in entries):
+        for eps in sorted({float(e["epsilon"]) for e in entries if e["gan"] == gan}):
+            runs = [e for e in entries if e["gan"] == gan and float(e["epsilon"]) == eps]
+
+            def mean(f) -> str:
+                return f"{np.mean([f(r) for r in runs]):.3f}"
+            lines.append(f"| {GAN_LABELS.get(gan, gan)} | {_eps(eps)} | {len(runs)} | "
+                         f"{mean(lambda r: r['tstr']['auc'])} | {mean(lambda r: r['tstr']['macro_f1'])} | "
+                         f"{mean(lambda r: r['cas'])} | {mean(lambda r: r['fid'])} | "
+                         f"{mean(lambda r: min(r['coverage']))} |")
+    return "\n".join(lines) + "\n\n"
 
 
 def footnotes(report: dict) -> str:
@@ -466,7 +504,7 @@ def _cpu_name() -> str:
 def _profile_json(prof: Profile) -> dict:
     return {"gan": prof.gan, "gan_epochs": prof.gan_epochs, "fed": asdict(prof.fed), "dpgan": prof.dpgan,
             "synthetic_ratio": prof.synthetic_ratio, "extractor_epochs": prof.extractor_epochs, "mu": prof.mu,
-            "curve_seeds": prof.curve_seeds, "accountant": prof.accountant}
+            "curve_seeds": prof.curve_seeds, "accountant": prof.accountant, "quality": asdict(prof.quality)}
 
 
 def jsonable(o):

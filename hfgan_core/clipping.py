@@ -74,9 +74,14 @@ class PerExampleClipper:
         finally:
             self._capturing = False
 
-    def clipped_grad_sum(self, losses: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def clipped_grad_sum(self, losses: torch.Tensor, segments: list[int] | None = None
+                         ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Sum over examples of clipped gradients, in ``model.parameters()`` order, and the
-        unclipped per-example gradient norms. ``losses`` is (B,), one loss per example."""
+        unclipped per-example gradient norms. ``losses`` is (B,), one loss per example.
+
+        With ``segments`` (sizes of consecutive runs of examples, summing to B), one sum per
+        segment: each parameter's result gets a leading (len(segments),) axis. The batched
+        engine puts each hospital's examples in one segment, so one backward pass serves all."""
         missing = [m for m in self.layers if m not in self._records]
         if missing:
             raise RuntimeError("run the forward pass inside `with clipper.capture():` before clipping")
@@ -89,26 +94,47 @@ class PerExampleClipper:
             if g is None:  # layer unused by this loss: zero gradient
                 g = torch.zeros_like(self._records[m][1])
             a = self._records[m][0]
-            kind, a3, g3 = _as_matrices(m, a, g)
-            sq, per_example = _weight_sq_norms(kind, a3, g3)  # (3)
-            bias_g = g3.sum(dim=2) if getattr(m, "bias", None) is not None else None  # (B, out)
-            if bias_g is not None:
-                sq = sq + bias_g.pow(2).sum(dim=1)
+            kind, sq, per_example, bias_g = _layer_norms(m, a, g)  # (3)
             sq_norms += sq
-            prepared.append((m, kind, a, g, a3, g3, per_example, bias_g))
+            prepared.append((m, kind, a, g, per_example, bias_g))
         self._records.clear()
         norms = sq_norms.sqrt()
         factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)  # (B,)
 
+        bounds = [0] + torch.tensor(segments or [batch]).cumsum(0).tolist()
+        if bounds[-1] != batch:
+            raise ValueError(f"segments {segments} do not add up to the batch of {batch} examples")
+        spans = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
         grads: dict[torch.nn.Parameter, torch.Tensor] = {}
-        for m, kind, a, g, a3, g3, per_example, bias_g in prepared:  # (4)
+        for m, kind, a, g, per_example, bias_g in prepared:  # (4), one clipped sum per segment
             if per_example is not None:
-                grads[m.weight] = torch.einsum("b,bok->ok", factors, per_example).view_as(m.weight)
+                w = torch.stack([torch.einsum("b,bok->ok", factors[s], per_example[s]) for s in spans])
             else:
-                grads[m.weight] = _clipped_weight_sum(m, kind, a, g, a3, g3, factors)
+                w = torch.stack([_clipped_weight_sum(m, kind, a[s], g[s], factors[s]) for s in spans])
+            grads[m.weight] = w.view(len(spans), *m.weight.shape)
             if bias_g is not None:
-                grads[m.bias] = factors @ bias_g
-        return [grads.get(p, torch.zeros_like(p)) for p in self.model.parameters()], norms
+                grads[m.bias] = torch.stack([factors[s] @ bias_g[s] for s in spans])
+        sums = [grads.get(p, p.new_zeros(len(spans), *p.shape)) for p in self.model.parameters()]
+        return (sums if segments is not None else [t[0] for t in sums]), norms
+
+
+CHUNK = 128  # examples per block when forming patches: large batches stay in cache (~2x on CPU)
+
+
+def _layer_norms(m: nn.Module, a: torch.Tensor, g: torch.Tensor
+                 ) -> tuple[str, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """One layer's per-example squared gradient norms (weight and bias), its per-example weight
+    gradients when those were the cheaper route, and its per-example bias gradients (B, out)."""
+    parts = []
+    for lo in range(0, len(a), CHUNK):
+        kind, a3, g3 = _as_matrices(m, a[lo:lo + CHUNK], g[lo:lo + CHUNK])
+        sq, per_example = _weight_sq_norms(kind, a3, g3)
+        bias_g = g3.sum(dim=2) if getattr(m, "bias", None) is not None else None  # (b, out)
+        if bias_g is not None:
+            sq = sq + bias_g.pow(2).sum(dim=1)
+        parts.append((sq, per_example, bias_g))
+    sq, per_example, bias_g = (None if parts[0][i] is None else torch.cat([p[i] for p in parts]) for i in range(3))
+    return kind, sq, per_example, bias_g
 
 
 def _as_matrices(m: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor]:
@@ -153,8 +179,8 @@ def _weight_sq_norms(kind: str, a3: torch.Tensor, g3: torch.Tensor) -> tuple[tor
     return per_example.pow(2).sum(dim=(1, 2)), per_example
 
 
-def _clipped_weight_sum(m: nn.Module, kind: str, a: torch.Tensor, g: torch.Tensor, a3: torch.Tensor,
-                        g3: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+def _clipped_weight_sum(m: nn.Module, kind: str, a: torch.Tensor, g: torch.Tensor,
+                        factors: torch.Tensor) -> torch.Tensor:
     """sum_i c_i dL_i/dW without forming per-example gradients."""
     if kind == "embedding":
         return torch.zeros_like(m.weight).index_add_(0, a, g * factors[:, None])

@@ -121,14 +121,25 @@ def _how_to_get(name: str, directory: Path) -> str:
     return f"put a MedMNIST-format {name}.npz there, or point --data-dir / HFGAN_DATA_DIR at its folder"
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def load_split(path: str | os.PathLike, split: str = "train") -> Split:
+    """One split of a MedMNIST-format file, checked like a whole dataset: e.g. the synthetic
+    datasets that ``train`` and the benchmark write (they hold a train split only)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} not found; pass the path of a MedMNIST-format .npz file")
+    keys = (f"{split}_images", f"{split}_labels")
+    arrays = _read_npz(path, keys)
+    return _validate_split(path, split, *(arrays[k] for k in keys))
+
+
+def _read_npz(path: Path, keys: tuple[str, ...] = KEYS) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in KEYS if k not in npz.files]
+            missing = [k for k in keys if k not in npz.files]
             if missing:
                 raise UserError(f"{path}: missing key(s) {', '.join(missing)}; a MedMNIST-format file "
-                                f"needs {', '.join(KEYS)}")
-            return {k: npz[k] for k in KEYS}
+                                f"needs {', '.join(keys)}")
+            return {k: npz[k] for k in keys}
     except UserError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:

@@ -46,6 +46,7 @@ class DPFedAvgGANConfig:
     ndf: int = 32
     aux_weight: float = 1.0
     seed: int = 0
+    device: str = "cpu"
 
 
 @dataclass
@@ -63,6 +64,8 @@ def train_dpfedavg_gan(clients: list[Arrays], *, num_classes: int, config: DPFed
     channels, size = clients[0][0].shape[1], clients[0][0].shape[-1]
     generator, discriminator = build_models(num_classes=num_classes, channels=channels, image_size=size, nz=c.nz,
                                             ngf=c.ngf, ndf=c.ndf, aux_classifier=c.aux_weight > 0)
+    generator, discriminator = generator.to(c.device), discriminator.to(c.device)
+    clients = [(x.to(c.device), y.to(c.device)) for x, y in clients]  # moved once
     g_opt = torch.optim.Adam(generator.parameters(), lr=c.lr_g, betas=(0.5, 0.999))
     private = not math.isinf(c.epsilon)
     z = calibrate_noise(target_epsilon=c.epsilon, delta=c.delta, sample_rate=c.client_rate, steps=c.rounds,
@@ -84,7 +87,8 @@ def train_dpfedavg_gan(clients: list[Arrays], *, num_classes: int, config: DPFed
                 p.copy_(g + (t + noise) / max(expected, 1e-12))
         # (2) update the server's G against the new D
         for _ in range(c.g_steps):
-            loss = cl.generator_loss(generator, discriminator, batch_size=c.batch_size, aux_weight=c.aux_weight)
+            loss = cl.generator_loss(generator, discriminator, batch_size=c.batch_size,
+                                     objective=cl.Objective(aux_weight=c.aux_weight, g_aux_weight=c.aux_weight))
             g_opt.zero_grad(set_to_none=True)
             loss.backward(inputs=list(generator.parameters()))
             g_opt.step()
@@ -102,11 +106,11 @@ def _local_update(discriminator: torch.nn.Module, generator: torch.nn.Module, da
     opt = torch.optim.Adam(local.parameters(), lr=c.lr_d, betas=(0.5, 0.999))
     x, y = data
     for _ in range(c.local_steps):
-        idx = torch.randint(len(y), (min(c.batch_size, len(y)),))
+        idx = torch.randint(len(y), (min(c.batch_size, len(y)),)).to(y.device)
         with torch.no_grad():
             fake = generator.sample(len(idx))
         xb, yb = torch.cat([x[idx], fake[0]]), torch.cat([y[idx], fake[1]])
-        loss = cl.per_example_d_loss(local, xb, yb, len(idx), c.aux_weight).mean()
+        loss = cl.per_example_d_loss(local, xb, yb, len(idx), cl.Objective(aux_weight=c.aux_weight)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

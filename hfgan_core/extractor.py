@@ -29,22 +29,23 @@ def file_sha256(path: Path) -> str:
 
 
 def load_or_train_extractor(ds: MedicalDataset, *, epochs: int = 5, cache: Path = CACHE,
-                            seed: int = 0) -> tuple[SmallCNN, dict]:
+                            seed: int = 0, device: str = "cpu") -> tuple[SmallCNN, dict]:
     sha = file_sha256(ds.path)
     name = f"{ds.name}_{ds.image_size}px_n{len(ds.train)}_e{epochs}_{sha[:12]}"
     weights, meta = cache / f"{name}.pt", cache / f"{name}.json"
     model = SmallCNN(channels=ds.channels, num_classes=ds.num_classes)
     if weights.exists() and meta.exists():
-        model.load_state_dict(torch.load(weights, weights_only=True))
-        return model.eval(), json.loads(meta.read_text())
+        model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
+        return model.to(device).eval(), json.loads(meta.read_text())
     x, y = ds.train.tensors()
-    model, log = train_classifier(x, y, num_classes=ds.num_classes, epochs=epochs, seed=seed, val=ds.val.tensors())
+    model, log = train_classifier(x, y, num_classes=ds.num_classes, epochs=epochs, seed=seed, val=ds.val.tensors(),
+                                  device=device)
     info = {"name": name, "architecture": "SmallCNN (width 32), features = 128-d pooled conv output",
             "trained_on": "real training split only; epoch chosen by validation AUC", "epochs": epochs,
             "data_sha256": sha, "val_auc": log["best_val_auc"]}
     cache.mkdir(parents=True, exist_ok=True)
     tmp = weights.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
     tmp.replace(weights)
     meta.write_text(json.dumps(info, indent=2))
     return model.eval(), info

@@ -45,6 +45,7 @@ class FedConfig:
     width: int = 32
     augment: bool = False
     seed: int = 0
+    device: str = "cpu"  # where the model and every hospital's data live during training
 
 
 @dataclass
@@ -65,8 +66,8 @@ def augmentation(image_size: int):
 
     def apply(x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) in [-1, 1]
         x = torch.stack([one(img) for img in x])
-        scale = torch.empty(len(x), 1, 1, 1).uniform_(0.85, 1.15)  # contrast
-        shift = torch.empty(len(x), 1, 1, 1).uniform_(-0.1, 0.1)  # brightness
+        scale = torch.empty(len(x), 1, 1, 1).uniform_(0.85, 1.15).to(x.device)  # contrast
+        shift = torch.empty(len(x), 1, 1, 1).uniform_(-0.1, 0.1).to(x.device)  # brightness
         return (x * scale + shift).clamp(-1, 1)
     return apply
 
@@ -90,8 +91,10 @@ def train_federated(clients: list[Arrays], val: Arrays, *, num_classes: int, con
                          "do not combine dp with synthetic data, FedProx, augmentation or empty hospitals")
     torch.manual_seed(config.seed)
     channels, size = val[0].shape[1], val[0].shape[-1]
-    model = SmallCNN(channels=channels, num_classes=num_classes, width=config.width)
-    data = [_local_data(real, synthetic[i] if synthetic else None) for i, real in enumerate(clients)]
+    device = torch.device(config.device)
+    model = SmallCNN(channels=channels, num_classes=num_classes, width=config.width).to(device)
+    data = [tuple(t.to(device) for t in _local_data(real, synthetic[i] if synthetic else None))  # moved once
+            for i, real in enumerate(clients)]
     weights = [len(real[1]) or len(d[1]) for real, d in zip(clients, data)]
     schedule = sv.selection_schedule(config.seed, len(clients), config.rounds, fraction=config.client_fraction)
     sigmas = _calibrate(clients, schedule, config, dp) if dp else None
@@ -147,6 +150,7 @@ def _train_local(model: nn.Module, global_model: nn.Module, data: Arrays, config
     model.train()
     for _ in range(config.local_epochs):
         for idx in torch.randperm(len(y), generator=gen).split(config.batch_size):
+            idx = idx.to(x.device)
             xb = augment(x[idx]) if augment else x[idx]
             loss = F.cross_entropy(model(xb), y[idx])
             if anchor is not None:  # FedProx: stay near the round's global weights
@@ -186,17 +190,17 @@ def _train_private(model: nn.Module, data: Arrays, config: FedConfig, dp: DPSpec
     from opacus.optimizers import DPOptimizer
     x, y = data
     q = _rate(config, data)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=x.device).manual_seed(seed)  # Poisson masks and Opacus's noise, on the data's device
     private = GradSampleModule(model)
     opt = DPOptimizer(torch.optim.Adam(private.parameters(), lr=config.lr), noise_multiplier=sigma,
                       max_grad_norm=dp.max_grad_norm, expected_batch_size=max(1, round(q * len(y))), generator=gen)
     private.train()
     for _ in range(_local_steps(config, data)):
-        mask = torch.rand(len(y), generator=gen) < q  # Poisson sampling, as the accountant assumes
+        mask = torch.rand(len(y), generator=gen, device=y.device) < q  # Poisson sampling, as the accountant assumes
         if not mask.any():  # an empty batch still costs a step: noise only
             opt.zero_grad(set_to_none=True)
             for p in private.parameters():
-                p.grad_sample = torch.zeros(0, *p.shape)
+                p.grad_sample = torch.zeros(0, *p.shape, device=p.device)
         else:
             opt.zero_grad(set_to_none=True)
             with warnings.catch_warnings():  # Opacus's hooks on the first layer, whose input needs no grad

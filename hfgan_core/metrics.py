@@ -75,7 +75,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
     model.eval()
-    return torch.cat([model.features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).double().numpy()
+    device = next(model.parameters()).device
+    return torch.cat([model.features(x[i:i + batch_size].to(device)).cpu()
+                      for i in range(0, len(x), batch_size)]).double().numpy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,10 +100,11 @@ class _Head(torch.nn.Module):
 def fid(extractor: torch.nn.Module, fake: torch.Tensor, real: torch.Tensor, batch_size: int = 512) -> float:
     """Fréchet distance between ``extractor`` features of two image sets (torchmetrics)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
-    metric = FrechetInceptionDistance(feature=_Head(extractor, logits=False))
+    device = next(extractor.parameters()).device
+    metric = FrechetInceptionDistance(feature=_Head(extractor, logits=False)).to(device)
     for images, is_real in ((real, True), (fake, False)):
         for i in range(0, len(images), batch_size):
-            metric.update(images[i:i + batch_size], real=is_real)
+            metric.update(images[i:i + batch_size].to(device), real=is_real)
     return float(metric.compute())
 
 
@@ -113,11 +116,13 @@ def inception_score(extractor: torch.nn.Module, images: torch.Tensor, *, splits:
     with warnings.catch_warnings():  # "features kept in a buffer": a few thousand 2-5 class logits
         warnings.simplefilter("ignore", UserWarning)
         metric = InceptionScore(feature=_Head(extractor, logits=True), splits=splits)
+    device = next(extractor.parameters()).device
+    metric = metric.to(device)
     for i in range(0, len(images), 512):
-        metric.update(images[i:i + 512])
+        metric.update(images[i:i + 512].to(device))
     with torch.random.fork_rng(devices=[]):  # compute() permutes the images before splitting
         torch.manual_seed(seed)
-        mean, sd = metric.compute()
+        mean, sd = metric.cpu().compute()
     return float(mean), float(sd)
 
 
@@ -146,23 +151,26 @@ def _rgb01(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def standard_fid_is(fake: torch.Tensor, real: torch.Tensor, weights: str, *, seed: int = 0) -> dict[str, float]:
+def standard_fid_is(fake: torch.Tensor, real: torch.Tensor, weights: str, *, seed: int = 0,
+                    device: str = "cpu") -> dict[str, float]:
     """FID and IS with the standard Inception-v3 (images resized to 299 px by torchmetrics)."""
     from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
     from torchmetrics.image.inception import InceptionScore
-    fid_metric = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=weights)
+    fid_metric = FrechetInceptionDistance(feature=2048, normalize=True,
+                                          feature_extractor_weights_path=weights).to(device)
     logits = NoTrainInceptionV3(name="inception-v3-compat", features_list=["logits_unbiased"],
                                 feature_extractor_weights_path=weights)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        is_metric = InceptionScore(feature=logits, normalize=True)
+        is_metric = InceptionScore(feature=logits, normalize=True).to(device)
     for images, is_real in ((real, True), (fake, False)):
         for i in range(0, len(images), 100):
-            fid_metric.update(_rgb01(images[i:i + 100]), real=is_real)
+            batch = _rgb01(images[i:i + 100].to(device))
+            fid_metric.update(batch, real=is_real)
             if not is_real:
-                is_metric.update(_rgb01(images[i:i + 100]))
+                is_metric.update(batch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        is_mean, is_sd = is_metric.compute()
+        is_mean, is_sd = is_metric.cpu().compute()
     return {"fid_inception": float(fid_metric.compute()), "inception_score_inception": float(is_mean),
             "inception_score_inception_sd": float(is_sd)}

@@ -5,6 +5,8 @@ Each round:
       (``client.discriminator_upload``), the server averages them by N_i and takes an
       Adam step -- ``d_steps`` times;
   (2) each selected hospital takes ``g_steps`` generator steps against the new D.
+``train_round`` below is that loop, hospital by hospital: the reference. ``engine.train_round``
+computes the same round for all hospitals at once and is the default (``--engine batched``).
 """
 from __future__ import annotations
 
@@ -20,13 +22,15 @@ import torch
 from tqdm.auto import tqdm
 
 from . import client as cl
+from . import engine
 from . import server as sv
 from .clipping import PerExampleClipper
 from .data import MedicalDataset, load_dataset
 from .errors import UserError
-from .models import build_models
+from .models import Generator, build_models
 from .partition import class_counts, format_class_counts, partition
 from .privacy import ClientBudget, PrivacyCurve, calibrate_noise, max_steps_within, noisy_label_histogram
+from .synthesis import save_synthetic
 
 
 @dataclass
@@ -41,7 +45,8 @@ class TrainConfig:
     rounds: int = 300
     d_steps: int = 1  # D updates per round (each one is a DP step for every selected client)
     g_steps: int = 1  # generator steps per selected client per round
-    batch_size: int = 64  # expected real examples per client batch, and the number of fakes
+    batch_size: int = 64  # expected real examples per client batch (and fakes per G step)
+    fakes: int | None = None  # fakes per hospital per D step (None: batch_size); they cost no privacy
     max_grad_norm: float = 1.0
     epsilon: float = 10.0  # per-record, per-hospital target; inf trains without DP
     delta: float = 1e-5
@@ -50,11 +55,15 @@ class TrainConfig:
     lr_d: float = 1e-3  # DCGAN's 2e-4 learns too little from noisy gradients in 300 steps (README)
     lr_g: float = 1e-3
     beta1: float = 0.5
+    beta1_d: float | None = None  # Adam beta1 of D (None: beta1); more momentum averages DP noise over steps
     beta2: float = 0.999
     nz: int = 64
     ngf: int = 32
     ndf: int = 32
     aux_weight: float = 1.0  # > 0 adds an AC-GAN class head to D with this loss weight (0 = plain projection D)
+    g_aux_weight: float | None = None  # the class term's weight in G's loss (None: aux_weight)
+    loss: str = "ns"  # ns (non-saturating) or hinge
+    mode_seeking: float = 0.0  # weight of G's mode-seeking term (Mao et al. 2019; no privacy cost)
     upsample: str = "deconv"  # generator upsampling: deconv (DCGAN) or nearest (+ 3x3 conv)
     g_ema: float = 0.99  # > 0 keeps an EMA of each G_i's weights (this decay) and samples from it
     fake_labels: str = "uniform"  # labels of D's fakes: uniform, or histogram (a DP label histogram per client)
@@ -62,11 +71,22 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     checkpoint_every: int = 25
+    synthetic_per_class: int = 1000  # images per class in the released synthetic.npz (0: none)
+    engine: str = "batched"  # batched (all hospitals in one call) or loop (the per-hospital reference)
     download: bool = False
 
     @property
     def private(self) -> bool:
         return not math.isinf(self.epsilon)
+
+    @property
+    def n_fakes(self) -> int:
+        return self.batch_size if self.fakes is None else self.fakes
+
+    @property
+    def objective(self) -> cl.Objective:
+        return cl.Objective(loss=self.loss, aux_weight=self.aux_weight, mode_seeking=self.mode_seeking,
+                            g_aux_weight=self.aux_weight if self.g_aux_weight is None else self.g_aux_weight)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -86,6 +106,10 @@ class Run:
     clipper: PerExampleClipper | None
     schedule: list[list[int]]
     round: int = 0
+
+    @property
+    def objective(self) -> cl.Objective:
+        return self.config.objective
 
 
 def setup(config: TrainConfig, dataset: MedicalDataset | None = None) -> Run:
@@ -123,16 +147,24 @@ def setup(config: TrainConfig, dataset: MedicalDataset | None = None) -> Run:
                                     dtype=torch.float32)
         clients.append(cl.Client(cid, x_all[idx].to(device), y_all[idx].to(device), gen,
                                  torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=betas), budget,
-                                 ema, config.g_ema, probs))
-    d_opt = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=betas)
+                                 ema, config.g_ema, probs, hospital_rng(config.seed, cid, device)))
+    beta1_d = config.beta1 if config.beta1_d is None else config.beta1_d
+    d_opt = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=(beta1_d, config.beta2))
     clipper = PerExampleClipper(discriminator, max_grad_norm=config.max_grad_norm) if config.private else None
     return Run(config, ds, parts, clients, discriminator, d_opt, clipper, schedule)
+
+
+def hospital_rng(seed: int, cid: int, device: torch.device) -> torch.Generator:
+    """Hospital ``cid``'s own random stream (Poisson masks, fakes, noise) on the run's device,
+    seeded from (seed, cid): reproducible research runs. Its state is saved in checkpoints."""
+    return torch.Generator(device=device).manual_seed(int(np.random.SeedSequence([seed, 5, cid]).generate_state(1)[0]))
 
 
 def _check_config(c: TrainConfig) -> None:
     checks = [(c.rounds >= 1, f"--rounds must be at least 1 (got {c.rounds})"),
               (c.d_steps >= 1 and c.g_steps >= 0, "--d-steps must be >= 1 and --g-steps >= 0"),
               (c.batch_size >= 1, f"--batch-size must be at least 1 (got {c.batch_size})"),
+              (c.fakes is None or c.fakes >= 1, f"--fakes must be at least 1 (got {c.fakes})"),
               (c.max_grad_norm > 0, f"--max-grad-norm must be positive (got {c.max_grad_norm})"),
               (c.epsilon > 0, f"--epsilon must be positive (got {c.epsilon}); use inf to train without DP"),
               (0 < c.delta < 1, f"--delta must lie in (0, 1) (got {c.delta})"),
@@ -141,7 +173,10 @@ def _check_config(c: TrainConfig) -> None:
               (c.checkpoint_every >= 1, f"--checkpoint-every must be >= 1 (got {c.checkpoint_every})"),
               (c.fake_labels in ("uniform", "histogram"),
                f"--fake-labels must be uniform or histogram (got {c.fake_labels})"),
-              (c.histogram_sigma > 0, f"--histogram-sigma must be positive (got {c.histogram_sigma})")]
+              (c.histogram_sigma > 0, f"--histogram-sigma must be positive (got {c.histogram_sigma})"),
+              (c.engine in ("batched", "loop"), f"--engine must be batched or loop (got {c.engine})"),
+              (c.loss in cl.LOSSES, f"--loss must be one of {', '.join(cl.LOSSES)} (got {c.loss})"),
+              (c.mode_seeking >= 0, f"--mode-seeking must be >= 0 (got {c.mode_seeking})")]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
@@ -163,14 +198,31 @@ def _budget(c: TrainConfig, n: int, planned_steps: int) -> ClientBudget:
                         histogram_sigma=hist, max_steps=max_steps_within(curve, c.epsilon), curve=curve)
 
 
-def train_round(run: Run) -> dict:
-    """One HF-GAN round; returns its metrics line."""
-    c, chosen = run.config, run.schedule[run.round]
-    selected = [run.clients[i] for i in chosen]
+def check_budgets(run: Run, selected: list[cl.Client]) -> None:
+    """Refuse the round if any selected hospital's next D steps would exceed its epsilon."""
+    c = run.config
     for client in selected:
         if client.budget is not None and not client.budget.can_spend(c.d_steps):
             raise BudgetExhausted(f"round {run.round + 1}: client {client.cid} would exceed epsilon={c.epsilon} "
                                   f"(delta={c.delta}); stopping with the budget intact")
+
+
+def round_line(run: Run, chosen: list[int], d_loss_fake: float, g_losses: list[float], started: float) -> dict:
+    """The round's metrics.jsonl line."""
+    line = {"round": run.round, "selected": chosen, "d_loss_fake": d_loss_fake,
+            "g_loss": float(np.mean(g_losses)) if g_losses else None,
+            "steps": {str(cl_.cid): cl_.budget.steps for cl_ in run.clients if cl_.budget is not None},
+            "round_time_s": time.perf_counter() - started}
+    if run.clients[0].budget is not None:
+        line["epsilon"] = {str(cl_.cid): cl_.budget.update_epsilon() for cl_ in run.clients}
+    return line
+
+
+def train_round(run: Run) -> dict:
+    """One HF-GAN round, hospital by hospital (the reference engine); returns its metrics line."""
+    c, chosen = run.config, run.schedule[run.round]
+    selected = [run.clients[i] for i in chosen]
+    check_budgets(run, selected)
     started = time.perf_counter()
     d_fake = []
     for _ in range(c.d_steps):  # (1) update D with DP gradients from the selected clients
@@ -178,7 +230,7 @@ def train_round(run: Run) -> dict:
         for client in selected:
             grads, loss_fake = cl.discriminator_upload(client, run.discriminator, run.clipper,
                                                        batch_size=c.batch_size, max_grad_norm=c.max_grad_norm,
-                                                       aux_weight=c.aux_weight)
+                                                       objective=run.objective, fakes=c.n_fakes)
             uploads.append(grads)
             d_fake.append(loss_fake)
             if client.budget is not None:
@@ -186,16 +238,10 @@ def train_round(run: Run) -> dict:
         sv.apply_gradient(run.discriminator, run.d_optimizer,
                           sv.aggregate(uploads, [cl_.n_examples for cl_ in selected]))
     g_losses = [cl.generator_step(client, run.discriminator, batch_size=c.batch_size,  # (2) update each G_i
-                                  aux_weight=c.aux_weight)
+                                  objective=run.objective)
                 for client in selected for _ in range(c.g_steps)]
     run.round += 1
-    line = {"round": run.round, "selected": chosen, "d_loss_fake": float(np.mean(d_fake)),
-            "g_loss": float(np.mean(g_losses)) if g_losses else None,
-            "steps": {str(cl_.cid): cl_.budget.steps for cl_ in run.clients if cl_.budget is not None},
-            "round_time_s": time.perf_counter() - started}
-    if run.clients[0].budget is not None:
-        line["epsilon"] = {str(cl_.cid): cl_.budget.update_epsilon() for cl_ in run.clients}
-    return line
+    return round_line(run, chosen, float(np.mean(d_fake)), g_losses, started)
 
 
 class BudgetExhausted(Exception):
@@ -213,6 +259,7 @@ def _save_checkpoint(run: Run, out: Path) -> None:
              "g_optimizers": [c.g_optimizer.state_dict() for c in run.clients],
              "budgets": [c.budget.steps if c.budget else 0 for c in run.clients],
              "epsilons": [c.budget.epsilon if c.budget else 0.0 for c in run.clients],
+             "hospital_rngs": [c.rng.get_state() for c in run.clients],  # on any device: resume redraws nothing
              "torch_rng": torch.get_rng_state()}
     tmp = out / "checkpoint.pt.tmp"
     torch.save(state, tmp)
@@ -232,6 +279,8 @@ def _load_checkpoint(run: Run, out: Path) -> None:
         c.g_optimizer.load_state_dict(o)
         if c.budget is not None:
             c.budget.steps, c.budget.epsilon = steps, eps
+    for c, rng_state in zip(run.clients, state["hospital_rngs"]):
+        c.rng.set_state(rng_state)
     torch.set_rng_state(state["torch_rng"])
 
 
@@ -251,6 +300,44 @@ def write_privacy(run: Run, out: Path) -> dict:
         report["max_epsilon"] = max(v["epsilon"] for v in report["clients"].values())
     (out / "privacy.json").write_text(json.dumps(report, indent=2, default=str))
     return report
+
+
+def release_note(run: Run, privacy: dict) -> dict:
+    """What a released artefact (generators, synthetic images) carries: its privacy and its recipe."""
+    c = run.config
+    return {"dataset": run.dataset.name, "class_names": list(run.dataset.class_names),
+            "epsilon": privacy.get("max_epsilon", math.inf) if c.private else math.inf,
+            "epsilon_per_hospital": {k: v["epsilon"] for k, v in privacy["clients"].items()},
+            "delta": c.delta if c.private else None, "unit": privacy["unit"] if c.private else None,
+            "accountant": c.accountant if c.private else None,
+            "note": ("post-processing of the DP generators: anything trained on these images alone is "
+                     f"(epsilon, delta)-DP per record of each hospital" if c.private else
+                     "trained without DP: these images carry no privacy guarantee"),
+            "recipe": asdict(c), "seed": c.seed}
+
+
+def save_generators(run: Run, out: Path) -> Path:
+    """generators.pt: every hospital's released generator (EMA weights with standing BatchNorm
+    statistics) and the settings to rebuild it; ``load_generators`` reads it back."""
+    c, ds = run.config, run.dataset
+    state = {"model": dict(num_classes=ds.num_classes, channels=ds.channels, image_size=ds.image_size, nz=c.nz,
+                           ngf=c.ngf, upsample=c.upsample),
+             "generators": [{k: v.cpu() for k, v in cl_.sampler.state_dict().items()} for cl_ in run.clients]}
+    path = out / "generators.pt"
+    torch.save(state, path.with_suffix(".pt.tmp"))
+    path.with_suffix(".pt.tmp").replace(path)
+    return path
+
+
+def load_generators(path: str | Path, device: str = "cpu") -> list[Generator]:
+    """The released generators of a run (``<run>/generators.pt``), in eval mode."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    gens = []
+    for sd in state["generators"]:
+        g = Generator(**state["model"]).to(device)
+        g.load_state_dict(sd)
+        gens.append(g.eval())
+    return gens
 
 
 def save_sample_grids(run: Run, out: Path, per_class: int = 8) -> list[Path]:
@@ -303,9 +390,10 @@ def _train_loop(run: Run, out: Path, metrics_path: Path, *, stop_after: int | No
     max_eps = max((cl_.budget.epsilon for cl_ in run.clients if cl_.budget), default=math.inf)
     try:
         with metrics_path.open("a") as log:
+            step = engine.train_round if c.engine == "batched" else train_round
             while run.round < c.rounds:
                 try:
-                    line = train_round(run)
+                    line = step(run)
                 except BudgetExhausted as exc:
                     tqdm.write(f"stopped: {exc}")
                     break
@@ -327,8 +415,12 @@ def _train_loop(run: Run, out: Path, metrics_path: Path, *, stop_after: int | No
         if cl_.budget is not None:
             cl_.budget.update_epsilon()
         cl.standing_bn_stats(cl_.sampler, seed=c.seed)  # the released sampler, ready for eval mode
-    write_privacy(run, out)
+    privacy = write_privacy(run, out)
     save_sample_grids(run, out)
+    save_generators(run, out)
+    if c.synthetic_per_class > 0:
+        save_synthetic(out / "synthetic.npz", [cl_.sampler for cl_ in run.clients], per_class=c.synthetic_per_class,
+                       num_classes=run.dataset.num_classes, seed=c.seed, meta=release_note(run, privacy))
 
 
 def _write_config(run: Run, out: Path, *, echo: bool = True) -> None:

@@ -173,7 +173,7 @@ def test_dpfedavg_gan_accounts_whole_hospitals():
 
 def test_pooled_synthesis_draws_every_class_from_every_generator():
     """With as many generators as classes, plain round-robin would tie generator i to class i."""
-    from hfgan_core.evaluate import balanced_labels, images_for_labels
+    from hfgan_core.synthesis import balanced_labels, images_for_labels
 
     class Stamp(torch.nn.Module):  # an 'image' that says which generator made it
         nz = 2

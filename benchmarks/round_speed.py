@@ -1,0 +1,80 @@
+"""Speed of a whole HF-GAN round: the per-hospital reference loop vs the batched engine.
+
+5 hospitals (PneumoniaMNIST, Dirichlet alpha = 0.5), 28 px, the default models and recipe,
+epsilon = 10 (per-example clipping and noise on), d_steps and g_steps as configured. Both engines
+run on twin runs (same seed), interleaved: a few rounds of one, then of the other, several times,
+and the median rounds/s of each is reported, so a busy machine slows both alike. On a machine
+with CUDA the same is repeated on the GPU. The last line is the figure the README quotes:
+
+    batched/loop round speed ratio: X.XX      (CPU; rounds/s of batched divided by the loop's)
+
+Usage: python benchmarks/round_speed.py [--repeats 5] [--rounds 10] [--threads N] [--devices cpu cuda]
+                                        [--data-dir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from hfgan_core import engine
+from hfgan_core.data import load_dataset
+from hfgan_core.errors import UserError
+from hfgan_core.train import TrainConfig, setup, train_round
+
+
+def rounds_per_second(step, run, rounds: int) -> float:
+    if run.config.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(rounds):
+        step(run)
+    if run.config.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return rounds / (time.perf_counter() - start)
+
+
+def measure(device: str, repeats: int, rounds: int, data_dir: str | None) -> dict[str, float]:
+    ds = load_dataset("pneumoniamnist", data_dir)
+    total = 3 + repeats * rounds  # warm-up rounds + timed rounds, per engine
+    config = TrainConfig(dataset="pneumoniamnist", clients=5, alpha=0.5, epsilon=10.0, rounds=total,
+                         accountant="rdp", device=device)
+    runs = {"loop": setup(config, ds), "batched": setup(config, ds)}
+    steps = {"loop": train_round, "batched": engine.train_round}
+    for name, run in runs.items():  # warm-up: allocator, kernels, first-call costs
+        rounds_per_second(steps[name], run, 3)
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            rates[name].append(rounds_per_second(steps[name], run, rounds))
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10, help="rounds per timing")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        results = {device: measure(device, args.repeats, args.rounds, args.data_dir) for device in args.devices}
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}")
+    print(f"HF-GAN rounds: 5 hospitals, 28 px, default models, epsilon = 10; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads")
+    for device, r in results.items():
+        name = torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
+        print(f"{device:5s} ({name}): loop {r['loop']:6.2f} rounds/s   batched {r['batched']:6.2f} rounds/s   "
+              f"ratio {r['batched'] / r['loop']:.2f}")
+    if "cpu" in results:
+        print(f"batched/loop round speed ratio: {results['cpu']['batched'] / results['cpu']['loop']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
