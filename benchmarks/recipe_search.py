@@ -47,6 +47,9 @@ RECIPES: dict[str, dict] = {
     "d5-ms-g2": SESSION1 | dict(rounds=400, d_steps=5, g_steps=2, mode_seeking=1.0),
     "d5-ms-m9": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, beta1_d=0.9),  # momentum averages noise
     "d5-ms-ndf16": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, ndf=16),  # 4x fewer D weights: less noise
+    "d5-ms-m9-r200": SESSION1 | dict(rounds=200, d_steps=5, mode_seeking=1.0, beta1_d=0.9),  # half the D steps
+    "d5-ms-m9-ndf16": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, beta1_d=0.9, ndf=16),
+    "d5-ms-m9-f128": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, beta1_d=0.9, fakes=128),
 }
 OUT = Path("results/recipe_search/generators.jsonl")
 

@@ -82,7 +82,7 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "smoke": Profile(gan=dict(rounds=3, batch_size=16, nz=16, ngf=8, ndf=8), gan_epochs=None,
+    "smoke": Profile(gan=dict(rounds=3, batch_size=16, nz=16, ngf=8, ndf=8, synthetic_per_class=20), gan_epochs=None,
                      fed=FedConfig(rounds=2, batch_size=32, width=8), dpgan=dict(rounds=3, local_steps=1,
                      batch_size=16, nz=16, ngf=8, ndf=8), synthetic_ratio=0.2, extractor_epochs=1,
                      max_train=600, curve_seeds=1, accountant="rdp",

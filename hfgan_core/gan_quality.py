@@ -129,7 +129,46 @@ def _run_dataset(c: QualityRunConfig, name: str, out: Path, progress: bool) -> d
     report["wall_time_s"] = time.time() - started
     (out / name).mkdir(parents=True, exist_ok=True)
     (out / name / "gan_quality.json").write_text(json.dumps(jsonable(report), indent=2))
+    plot_samples(ds, out / name / "quality_runs", min(c.seeds), c.epsilons, figure_path(out, name))
     return report
+
+
+def figure_path(out: str | Path, dataset: str) -> Path:
+    return Path(out) / "figures" / f"quality_{dataset}_samples.png"
+
+
+def plot_samples(ds, runs_dir: Path, seed: int, epsilons: list[float], path: Path, per_hospital: int = 2) -> Path:
+    """Real validation images beside the released generators at each epsilon (one seed): one column
+    block per epsilon, rows = classes, ``per_hospital`` images from each hospital's generator."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    from .synthesis import synthesize
+    from .train import load_generators
+    k = ds.num_classes
+    x, y = ds.val.tensors()
+    blocks = [("real (validation)", torch.cat([x[y == c][:10] for c in range(k)]), 10)]
+    for eps in sorted(epsilons, key=lambda e: -e):
+        gens = load_generators(runs_dir / f"hfgan-seed{seed}-eps{eps}" / "generators.pt")
+        images, _ = synthesize(gens, per_hospital * len(gens), k, seed=7)  # class-major; hospitals take turns
+        blocks.append((f"HF-GAN, ε = {_eps(eps)}", images, per_hospital * len(gens)))
+    fig, axes = plt.subplots(1, len(blocks), figsize=(2.6 * len(blocks), 0.32 * k + 1.0), layout="constrained")
+    for ax, (title, images, nrow) in zip(axes, blocks):
+        grid = make_grid(images, nrow=nrow, normalize=True, value_range=(-1, 1), padding=1).permute(1, 2, 0).numpy()
+        ax.imshow(grid)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    size = ds.image_size
+    axes[0].set_yticks([1 + c * (size + 1) + size / 2 for c in range(k)], ds.class_names, fontsize=7)
+    fig.suptitle(f"{TITLES.get(ds.name, ds.name)}: released generators, seed {seed} (rows = classes; "
+                 f"{per_hospital} images from each hospital's generator, hospitals left to right)", fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
 
 
 def _recipe(c: QualityRunConfig) -> dict:
@@ -247,7 +286,9 @@ def write_markdown(out: str | Path) -> Path:
         f"* Hardware: {prov['hardware']}; git {prov['git_sha']}; wall time "
         + ", ".join(f"{r['dataset']} {r['wall_time_s'] / 60:.0f} min" for r in reports) + ".",
     ]
-    text = "\n".join(head) + "\n\n" + "\n\n".join(dataset_section(r) for r in reports) + "\n"
+    sections = [dataset_section(r) + (f"\n\n![{r['dataset']} samples](figures/{figure_path(out, r['dataset']).name})"
+                                      if figure_path(out, r["dataset"]).exists() else "") for r in reports]
+    text = "\n".join(head) + "\n\n" + "\n\n".join(sections) + "\n"
     path = out / "gan_quality.md"
     path.write_text(text)
     return path

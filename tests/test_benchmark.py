@@ -70,6 +70,18 @@ def test_runs_json_has_provenance_and_privacy(smoke):
     assert len(by["local"]["per_hospital_accuracy"]) == 5
 
 
+def test_every_gan_is_judged_on_validation(smoke):
+    out, report, _ = smoke
+    judged = {(q["gan"], float(q["epsilon"])) for q in report["gan_quality"]}
+    assert judged == {("hfgan", 10.0), ("dpfedavg_gan", 10.0)}
+    for q in report["gan_quality"]:
+        assert 0 <= q["tstr"]["auc"] <= 1 and 0 <= q["cas"] <= 1 and q["fid"] >= 0
+        assert len(q["coverage"]) == len(q["recall"]) == 2
+    assert "Generator quality (validation split" in (out / "table.md").read_text()
+    run_dir = out / "gan_runs" / "hfgan-seed0-eps10.0"
+    assert (run_dir / "generators.pt").exists() and (run_dir / "synthetic.npz").exists()
+
+
 def test_test_split_is_read_once_per_result(smoke):
     _, report, reads = smoke
     expected = {(r["method"], r["seed"], r["epsilon"] if r["epsilon"] != "inf" else math.inf) for r in report["runs"]}

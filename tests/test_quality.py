@@ -149,4 +149,5 @@ def test_quality_command_on_a_tiny_file(tmp_path, monkeypatch):
     text = (tmp_path / "out" / "gan_quality.md").read_text()
     assert "HF-GAN, ε = ∞" in text and "HF-GAN, ε = 10" in text and "untrained generator" in text
     assert text == write_markdown(tmp_path / "out").read_text()  # rendered from the JSON alone
+    assert (tmp_path / "out" / "figures" / "quality_tiny_samples.png").exists() and "quality_tiny_samples.png" in text
     assert ds.test is not None  # the file has a test split; the command never handed it out

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The one script to run when a CUDA GPU is lent (never in CI): the CUDA path end to end, then the
+# speed benchmarks. Prints everything the README quotes; keep its total under ~8 minutes.
+#
+#   bash benchmarks/cuda_check.sh            # on the GPU machine, from the repository root
+#
+# Needs the project's packages (torch with CUDA, opacus, ...) importable by $PY and the data files
+# in data/ (or HFGAN_DATA_DIR).
+set -euo pipefail
+PY=${PY:-python}
+OUT=${OUT:-/tmp/hfgan_cuda_check}
+rm -rf "$OUT" && mkdir -p "$OUT"
+export FLWR_TELEMETRY_ENABLED=0
+$PY - <<'EOF'
+import torch
+assert torch.cuda.is_available(), "no CUDA device visible"
+print("device:", torch.cuda.get_device_name(), "| torch", torch.__version__)
+EOF
+
+echo "== 1. tests that need CUDA (resume on the GPU continues every hospital's stream)"
+$PY -m pytest -q tests/test_engine.py -k cuda
+
+echo "== 2. training on the GPU, then resume"
+$PY -m hfgan_core train --dataset pneumoniamnist --rounds 40 --epsilon 10 --device cuda --stop-after 20 \
+    --checkpoint-every 10 --out "$OUT/train" --no-progress
+$PY -m hfgan_core train --out "$OUT/train" --resume --no-progress
+
+echo "== 3. the benchmark on the GPU (smoke profile: every method, FedAvg, DP-SGD, DP-FedAvg-GAN, extractor, FID/IS)"
+$PY -m hfgan_core benchmark --dataset pneumoniamnist --methods all --seeds 0 --profile smoke --device cuda \
+    --out "$OUT/bench" --no-progress
+
+echo "== 4. generator quality on the GPU (one short run)"
+$PY -m hfgan_core quality --datasets pneumoniamnist --seeds 0 --epsilon 10 --rounds 50 --device cuda \
+    --out "$OUT/quality" --no-progress
+
+echo "== 5. speed"
+$PY benchmarks/round_speed.py --devices cpu cuda --repeats 3
+$PY benchmarks/dp_step.py --device cuda --no-opacus
+$PY benchmarks/dp_step.py --device cuda
