@@ -35,7 +35,7 @@ from hfgan_core.train import TrainConfig, train
 
 # Session 1's recipe, spelled out: every later recipe states what it changes.
 SESSION1 = dict(rounds=300, d_steps=1, g_steps=1, batch_size=64, lr_d=1e-3, lr_g=1e-3, aux_weight=1.0,
-                g_aux_weight=None, loss="ns", mode_seeking=0.0, g_ema=0.99, fakes=None, beta1_d=None, ndf=32)
+                g_aux_weight=None, loss="ns", mode_seeking=0.0, g_ema=0.99, fakes=None, beta1_d=0.5, ndf=32)
 RECIPES: dict[str, dict] = {
     "s1-2000": SESSION1 | dict(rounds=2000),  # the same recipe given the steps a GAN needs
     "ms": SESSION1 | dict(rounds=2000, mode_seeking=1.0),  # + mode seeking on G (free: no real data)

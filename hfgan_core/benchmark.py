@@ -87,9 +87,9 @@ PROFILES: dict[str, Profile] = {
                      batch_size=16, nz=16, ngf=8, ndf=8), synthetic_ratio=0.2, extractor_epochs=1,
                      max_train=600, curve_seeds=1, accountant="rdp",
                      quality=QualityConfig(per_class=20, tstr_max_epochs=2, fid_draws=1, max_manifold=50)),
-    "quick": Profile(gan=dict(rounds=120), gan_epochs=None, fed=FedConfig(rounds=5, width=16),
+    "quick": Profile(gan=dict(), gan_epochs=None, fed=FedConfig(rounds=5, width=16),
                      dpgan=dict(rounds=100, local_steps=1), curve_seeds=1),
-    "paper": Profile(gan=dict(lr_d=2e-4, lr_g=2e-4, batch_size=64), gan_epochs=100,
+    "paper": Profile(gan=dict(), gan_epochs=None,
                      fed=FedConfig(rounds=100, width=32), dpgan=dict(rounds=1000, local_steps=5, lr_d=2e-4,
                      lr_g=2e-4), extractor_epochs=20, prefer_64px=True),
 }

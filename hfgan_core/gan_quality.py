@@ -31,7 +31,7 @@ from .errors import UserError
 from .extractor import load_or_train_extractor
 from .models import Generator
 from .quality import QualityConfig, generator_quality, reference_quality
-from .train import TrainConfig, train
+from .train import RECIPE, TrainConfig, train
 
 DATASETS = ("pneumoniamnist", "brainmri", "retinamnist")
 TITLES = {"pneumoniamnist": "chest X-ray (PneumoniaMNIST)", "brainmri": "brain MRI (4 tumour classes)",
@@ -93,12 +93,13 @@ def _run_dataset(c: QualityRunConfig, name: str, out: Path, progress: bool) -> d
     qc = replace(c.quality, device=c.device)
     torch.manual_seed(12345)
     untrained = [Generator(num_classes=ds.num_classes, channels=ds.channels, image_size=ds.image_size,
-                           **{k: v for k, v in _recipe(c).items() if k in ("nz", "ngf", "upsample")}).to(c.device)
+                           **{k: v for k, v in _shared(c).items() if k in ("nz", "ngf", "upsample")}).to(c.device)
                  for _ in range(c.clients)]
     report = {"dataset": name, "image_size": ds.image_size, "class_names": list(ds.class_names),
               "train_counts": np.bincount(ds.train.labels, minlength=ds.num_classes).tolist(),
               "val_counts": np.bincount(ds.val.labels, minlength=ds.num_classes).tolist(),
-              "config": asdict(c) | {"datasets": [name]}, "recipe": _recipe(c), "extractor": extractor_info,
+              "config": asdict(c) | {"datasets": [name]}, "recipe": {"rule": RECIPE, "shared": _shared(c)},
+              "extractor": extractor_info,
               "reference": reference_quality(ds, extractor, config=qc),
               "untrained": generator_quality(untrained, ds, extractor, config=qc), "runs": [],
               "provenance": prov}
@@ -107,9 +108,9 @@ def _run_dataset(c: QualityRunConfig, name: str, out: Path, progress: bool) -> d
             t0 = time.time()
             run_dir = out / name / "quality_runs" / f"hfgan-seed{seed}-eps{eps}"
             shutil.rmtree(run_dir, ignore_errors=True)  # our own output from an earlier run
-            cfg = TrainConfig(**(_recipe(c) | dict(dataset=name, data_dir=c.data_dir, clients=c.clients,
-                                                  partition=c.partition, alpha=c.alpha, epsilon=eps, delta=c.delta,
-                                                  seed=seed, device=c.device)))
+            cfg = TrainConfig(**(c.gan | dict(dataset=name, data_dir=c.data_dir, clients=c.clients,
+                                              partition=c.partition, alpha=c.alpha, epsilon=eps, delta=c.delta,
+                                              seed=seed, device=c.device)))
             run = train(cfg, run_dir, progress=progress, dataset=ds)
             train_s = time.time() - t0
             gens = [h.sampler for h in run.clients]
@@ -117,6 +118,7 @@ def _run_dataset(c: QualityRunConfig, name: str, out: Path, progress: bool) -> d
             spent = [h.budget.epsilon for h in run.clients if h.budget is not None]
             report["runs"].append({"seed": seed, "epsilon": eps, "max_epsilon": max(spent) if spent else math.inf,
                                    "rounds": run.round, "train_s": train_s, "wall_time_s": time.time() - t0,
+                                   "recipe": {k: getattr(cfg, k) for k in RECIPE["dp"]},
                                    **q})
             if eps == 10.0 and seed == 0 and (run_dir / "synthetic.npz").exists():
                 for suffix in (".npz", ".json"):
@@ -171,9 +173,9 @@ def plot_samples(ds, runs_dir: Path, seed: int, epsilons: list[float], path: Pat
     return path
 
 
-def _recipe(c: QualityRunConfig) -> dict:
-    """TrainConfig's defaults (the recipe) with the run's overrides."""
-    return asdict(TrainConfig()) | c.gan
+def _shared(c: QualityRunConfig) -> dict:
+    """The recipe's settings that do not depend on epsilon (TrainConfig's defaults), with overrides."""
+    return {k: v for k, v in (asdict(TrainConfig()) | c.gan).items() if k not in RECIPE["dp"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,6 +249,11 @@ def _verdict(runs: list[dict], key: str, target: float | None, eps: float) -> st
     return "; ".join(parts) or "report only"
 
 
+def _rule(r: dict) -> str:
+    return (f"{r['rounds']} rounds of {r['d_steps']} D step(s) ({r['rounds'] * r['d_steps']} DP steps per hospital), "
+            f"D's Adam β1 {r['beta1_d']}, D width {r['ndf']}")
+
+
 def write_markdown(out: str | Path) -> Path:
     """``<out>/gan_quality.md`` from every ``<out>/<dataset>/gan_quality.json`` present."""
     out = Path(out)
@@ -256,14 +263,15 @@ def write_markdown(out: str | Path) -> Path:
     order = {n: i for i, n in enumerate(DATASETS)}
     reports.sort(key=lambda r: order.get(r["dataset"], len(order)))
     q = reports[0]["reference"]["config"]
-    rec = reports[0]["recipe"]
+    rule, rec = reports[0]["recipe"]["rule"], reports[0]["recipe"]["shared"]
     prov = reports[0]["provenance"]
     head = [
         "# Generator quality (validation split only)",
         "",
         f"HF-GAN, {reports[0]['config']['clients']} hospitals, {reports[0]['config']['partition']} partition "
-        f"(α = {reports[0]['config']['alpha']}), recipe = `TrainConfig` defaults: {rec['rounds']} rounds, "
-        f"{rec['d_steps']} D step(s) and {rec['g_steps']} G step(s) per round, batch {rec['batch_size']}, "
+        f"(α = {reports[0]['config']['alpha']}), recipe = `TrainConfig` defaults, one rule for every dataset: "
+        f"with DP {_rule(rule['dp'])}; without DP {_rule(rule['no_dp'])}; always {rec['g_steps']} G step per round, "
+        f"batch {rec['batch_size']}, "
         f"loss {rec['loss']}, lr D {rec['lr_d']} / G {rec['lr_g']}, AC-GAN weight D {rec['aux_weight']} / "
         f"G {rec['g_aux_weight'] if rec['g_aux_weight'] is not None else rec['aux_weight']}, mode seeking "
         f"{rec['mode_seeking']}, generator EMA {rec['g_ema']}. ε per record of one hospital (add/remove), "

@@ -32,8 +32,8 @@ def pneumonia():
 
 
 def small(**kw) -> TrainConfig:
-    base = dict(dataset="pneumoniamnist", clients=3, rounds=6, batch_size=32, checkpoint_every=2,
-                accountant="rdp")
+    base = dict(dataset="pneumoniamnist", clients=3, rounds=6, d_steps=1, batch_size=32, checkpoint_every=2,
+                accountant="rdp", synthetic_per_class=10)
     return TrainConfig(**(base | kw))
 
 
