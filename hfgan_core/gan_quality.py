@@ -251,7 +251,7 @@ def _verdict(runs: list[dict], key: str, target: float | None, eps: float) -> st
 
 def _rule(r: dict) -> str:
     return (f"{r['rounds']} rounds of {r['d_steps']} D step(s) ({r['rounds'] * r['d_steps']} DP steps per hospital), "
-            f"D's Adam β1 {r['beta1_d']}, D width {r['ndf']}")
+            f"D's Adam β1 {r['beta1_d']}")
 
 
 def write_markdown(out: str | Path) -> Path:

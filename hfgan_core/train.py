@@ -34,12 +34,11 @@ from .synthesis import save_synthetic
 
 
 # The recipe: one rule for every dataset, chosen on validation data (README, "Choosing the recipe").
-# With DP each D step costs privacy and D's gradient is mostly noise (its norm is ~10-30x the
-# clipped signal's): D takes 5 steps per G step, 2,000 in all per hospital, averages its noisy
-# gradients with momentum 0.9, and has 4x fewer weights (ndf 16), which shrinks the noise's norm
-# by 2x for the same signal. Without DP the steps are free: one D step per G step, 2,000 rounds.
-RECIPE = {"dp": dict(rounds=400, d_steps=5, beta1_d=0.9, ndf=16),
-          "no_dp": dict(rounds=2000, d_steps=1, beta1_d=0.5, ndf=32)}
+# With DP each D step costs privacy and D's gradient is mostly noise (the noise's norm is ~25x the
+# clipped signal's): D takes 5 steps per G step, 2,000 in all per hospital, and averages its noisy
+# gradients with Adam momentum 0.9. Without DP the steps are free: one D step per G step, 2,000 rounds.
+RECIPE = {"dp": dict(rounds=400, d_steps=5, beta1_d=0.9),
+          "no_dp": dict(rounds=2000, d_steps=1, beta1_d=0.5)}
 
 
 @dataclass
@@ -68,7 +67,7 @@ class TrainConfig:
     beta2: float = 0.999
     nz: int = 64
     ngf: int = 32
-    ndf: int | None = None  # D width (None: the recipe's)
+    ndf: int = 32
     aux_weight: float = 1.0  # > 0 adds an AC-GAN class head to D with this loss weight (0 = plain projection D)
     g_aux_weight: float | None = None  # the class term's weight in G's loss (None: aux_weight)
     loss: str = "ns"  # ns (non-saturating) or hinge
