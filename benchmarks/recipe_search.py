@@ -50,6 +50,7 @@ RECIPES: dict[str, dict] = {
     "d5-ms-m9-r200": SESSION1 | dict(rounds=200, d_steps=5, mode_seeking=1.0, beta1_d=0.9),  # half the D steps
     "d5-ms-m9-ndf16": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, beta1_d=0.9, ndf=16),
     "d5-ms-m9-f128": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, beta1_d=0.9, fakes=128),
+    "d5-ms-m9-r100": SESSION1 | dict(rounds=100, d_steps=5, mode_seeking=1.0, beta1_d=0.9),  # a quarter of the D steps
 }
 OUT = Path("results/recipe_search/generators.jsonl")
 
