@@ -1,7 +1,9 @@
 # make tables -- the three results tables: runs notebooks/01-03 with papermill, writes results/README.md
 #                (PROFILE=quick|paper|smoke, DEVICE=cpu|cuda, DATASETS=..., JOBS=notebooks side by side)
+# make quality -- generator quality on validation (results/gan_quality.md): every dataset, seeds 0-2, eps inf/10/1
 # make test  -- the test suite (creates .venv on first use)
-# make demo  -- a short HF-GAN run on PneumoniaMNIST with 5 hospitals at epsilon = 10
+# make demo  -- one HF-GAN run on PneumoniaMNIST with 5 hospitals at epsilon = 10 (the recipe)
+# make bench -- speed: batched engine vs the per-hospital loop, and the DP step vs a plain step
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml environment.yml | cksum |
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 export FLWR_TELEMETRY_ENABLED=0
 
-.PHONY: tables test demo bench env clean
+.PHONY: tables quality test demo bench env clean
 PROFILE ?= quick
 DEVICE ?= cpu
 DATASETS ?= pneumoniamnist brainmri retinamnist
@@ -26,14 +28,18 @@ $(STAMP): pyproject.toml environment.yml
 tables: $(STAMP)
 	$(PY) -m hfgan_core tables --profile $(PROFILE) --device $(DEVICE) --datasets $(DATASETS) --jobs $(JOBS)
 
+quality: $(STAMP)
+	$(PY) -m hfgan_core quality --datasets $(DATASETS) --seeds 0 1 2 --epsilon inf 10 1 --device $(DEVICE) --out results
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(PY) -m hfgan_core train --dataset pneumoniamnist --clients 5 --partition dirichlet --alpha 0.5 \
-		--rounds 300 --epsilon 10 --delta 1e-5 --seed 0 --device cpu --out results/runs/demo
+		--epsilon 10 --delta 1e-5 --seed 0 --device cpu --out results/runs/demo
 
 bench: $(STAMP)
+	$(PY) benchmarks/round_speed.py
 	$(PY) benchmarks/dp_step.py
 
 clean:

@@ -35,7 +35,8 @@ from hfgan_core.train import TrainConfig, train
 
 # Session 1's recipe, spelled out: every later recipe states what it changes.
 SESSION1 = dict(rounds=300, d_steps=1, g_steps=1, batch_size=64, lr_d=1e-3, lr_g=1e-3, aux_weight=1.0,
-                g_aux_weight=None, loss="ns", mode_seeking=0.0, g_ema=0.99, fakes=None, beta1_d=0.5, ndf=32)
+                g_aux_weight=None, loss="ns", mode_seeking=0.0, g_ema=0.99, fakes=None, beta1_d=0.5, ndf=32,
+                smoothness=0.0, upsample="deconv")
 RECIPES: dict[str, dict] = {
     "s1-2000": SESSION1 | dict(rounds=2000),  # the same recipe given the steps a GAN needs
     "ms": SESSION1 | dict(rounds=2000, mode_seeking=1.0),  # + mode seeking on G (free: no real data)
@@ -51,6 +52,9 @@ RECIPES: dict[str, dict] = {
     "d5-ms-m9-ndf16": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, beta1_d=0.9, ndf=16),
     "d5-ms-m9-f128": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, beta1_d=0.9, fakes=128),
     "d5-ms-m9-r100": SESSION1 | dict(rounds=100, d_steps=5, mode_seeking=1.0, beta1_d=0.9),  # a quarter of the D steps
+    "d5-ms-m9-r800": SESSION1 | dict(rounds=800, d_steps=5, mode_seeking=1.0, beta1_d=0.9),  # twice the D steps
+    "d5-ms-m9-tv": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, beta1_d=0.9, smoothness=1.0),
+    "d5-ms-m9-nn": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, beta1_d=0.9, upsample="nearest"),
 }
 OUT = Path("results/recipe_search/generators.jsonl")
 

@@ -84,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="cpu")
     q.add_argument("--out", default="results", help="gan_quality.md here, per-dataset JSON and runs below it")
     q.add_argument("--render-only", action="store_true", help="only rebuild gan_quality.md from the JSON files")
+    q.add_argument("--resume", action="store_true",
+                   help="continue interrupted runs with the same settings from their folders instead of retraining")
     q.add_argument("--no-progress", action="store_true")
 
     t = sub.add_parser("tables", help="run the dataset notebooks (papermill) and write results/README.md")
@@ -127,13 +129,13 @@ def main(argv: list[str] | None = None) -> int:
 def _quality(args: argparse.Namespace) -> int:
     config = QualityRunConfig(datasets=args.datasets, seeds=args.seeds, epsilons=args.epsilon, clients=args.clients,
                               alpha=args.alpha, partition=args.partition, delta=args.delta, data_dir=args.data_dir,
-                              device=args.device, gan={"rounds": args.rounds} if args.rounds else {})
+                              device=args.device, gan={} if args.rounds is None else {"rounds": args.rounds})
     try:
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"--device {args.device} asked for, but this machine has no CUDA GPU; use --device cpu")
         path = write_markdown(args.out) if args.render_only else None
         if path is None:
-            run_quality(config, args.out, progress=not args.no_progress)
+            run_quality(config, args.out, progress=not args.no_progress, resume=args.resume)
             path = Path(args.out) / "gan_quality.md"
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

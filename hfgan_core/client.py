@@ -16,8 +16,9 @@ The loss, with D(x, y) = sigmoid(logit) (``Objective.loss = "ns"``):
 or the hinge loss (``"hinge"``): L_D = sum_real relu(1 - l) + sum_fake relu(1 + l), L_G = -mean l.
 With an AC-GAN head, L_D adds aux_weight * CE(class | x) on real examples and L_G adds
 g_aux_weight * CE(y | G_i(z, y)); each example's whole loss is clipped as one. The mode-seeking
-term (Mao et al. 2019) asks G_i for different images from different z of the same class; it
-reads no real data, so it costs no privacy.
+term (Mao et al. 2019) asks G_i for different images from different z of the same class, and the
+optional smoothness term penalises pixel-to-pixel jumps in its images; neither reads real data,
+so neither costs privacy.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class Objective:
     aux_weight: float = 1.0  # AC-GAN class term in D's loss, on real examples (0: no class head)
     g_aux_weight: float = 1.0  # the same term in G's loss, on its fakes
     mode_seeking: float = 0.0  # weight of G's mode-seeking term
+    smoothness: float = 0.0  # weight of a total-variation penalty on G's images (no real data: free)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -189,6 +191,10 @@ def generator_losses(discriminator: nn.Module, x_fake: torch.Tensor, y_fake: tor
         dx = (x_fake[:, :half] - x_fake[:, half:2 * half]).abs().flatten(2).mean(2)  # (H, B/2)
         dz = (z[:, :half] - z[:, half:2 * half]).abs().mean(2)
         loss = loss + objective.mode_seeking / ((dx / dz).mean(1) + 1e-5)
+    if objective.smoothness > 0:  # mean absolute difference of neighbouring pixels, per hospital
+        tv = ((x_fake[..., 1:, :] - x_fake[..., :-1, :]).abs().flatten(2).mean(2)
+              + (x_fake[..., :, 1:] - x_fake[..., :, :-1]).abs().flatten(2).mean(2)).mean(1)  # (H,)
+        loss = loss + objective.smoothness * tv
     return loss
 
 

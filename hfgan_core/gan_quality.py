@@ -31,7 +31,8 @@ from .errors import UserError
 from .extractor import load_or_train_extractor
 from .models import Generator
 from .quality import QualityConfig, generator_quality, reference_quality
-from .train import RECIPE, TrainConfig, train
+from .synthesis import synthesize
+from .train import RECIPE, TrainConfig, check_config, load_generators, train
 
 DATASETS = ("pneumoniamnist", "brainmri", "retinamnist")
 TITLES = {"pneumoniamnist": "chest X-ray (PneumoniaMNIST)", "brainmri": "brain MRI (4 tumour classes)",
@@ -60,13 +61,16 @@ class QualityRunConfig:
     max_train: int | None = None  # tests only: the first images of the training split
 
 
-def run_quality(config: QualityRunConfig, out: str | Path, *, progress: bool = True) -> dict[str, dict]:
-    """Train and judge every (dataset, seed, epsilon); returns {dataset: report}."""
+def run_quality(config: QualityRunConfig, out: str | Path, *, progress: bool = True,
+                resume: bool = False) -> dict[str, dict]:
+    """Train and judge every (dataset, seed, epsilon); returns {dataset: report}. With ``resume``,
+    a run folder left by an interrupted call with the same settings is continued from its
+    checkpoint (or, if it finished, its saved generators are judged again) instead of retrained."""
     _check(config)
     out = Path(out)
     reports = {}
     for name in config.datasets:
-        reports[name] = _run_dataset(config, name, out, progress)
+        reports[name] = _run_dataset(config, name, out, progress, resume)
     write_markdown(out)
     return reports
 
@@ -79,9 +83,12 @@ def _check(c: QualityRunConfig) -> None:
         raise UserError(f"--epsilon values must be positive or inf (got {bad[0]})")
     if len(set(c.seeds)) < len(c.seeds) or len(set(c.epsilons)) < len(c.epsilons):
         raise UserError(f"--seeds {c.seeds} and --epsilon {c.epsilons} must not repeat a value")
+    for eps in c.epsilons:  # the training settings, checked before anything runs
+        check_config(TrainConfig(**(c.gan | dict(epsilon=eps, delta=c.delta, clients=c.clients, alpha=c.alpha,
+                                                 partition=c.partition, device=c.device))))
 
 
-def _run_dataset(c: QualityRunConfig, name: str, out: Path, progress: bool) -> dict:
+def _run_dataset(c: QualityRunConfig, name: str, out: Path, progress: bool, resume: bool) -> dict:
     prov = provenance(c.device)
     ds = load_dataset(name, c.data_dir)
     if c.max_train:
@@ -105,21 +112,16 @@ def _run_dataset(c: QualityRunConfig, name: str, out: Path, progress: bool) -> d
               "provenance": prov}
     for seed in c.seeds:
         for eps in c.epsilons:
-            t0 = time.time()
             run_dir = out / name / "quality_runs" / f"hfgan-seed{seed}-eps{eps}"
-            shutil.rmtree(run_dir, ignore_errors=True)  # our own output from an earlier run
             cfg = TrainConfig(**(c.gan | dict(dataset=name, data_dir=c.data_dir, clients=c.clients,
                                               partition=c.partition, alpha=c.alpha, epsilon=eps, delta=c.delta,
                                               seed=seed, device=c.device)))
-            run = train(cfg, run_dir, progress=progress, dataset=ds)
-            train_s = time.time() - t0
-            gens = [h.sampler for h in run.clients]
+            gens, trained = _trained_generators(cfg, run_dir, ds, resume=resume, progress=progress)
+            t0 = time.time()
             q = generator_quality(gens, ds, extractor, config=replace(qc, seed=seed))
-            spent = [h.budget.epsilon for h in run.clients if h.budget is not None]
-            report["runs"].append({"seed": seed, "epsilon": eps, "max_epsilon": max(spent) if spent else math.inf,
-                                   "rounds": run.round, "train_s": train_s, "wall_time_s": time.time() - t0,
-                                   "recipe": {k: getattr(cfg, k) for k in RECIPE["dp"]},
-                                   **q})
+            report["runs"].append({"seed": seed, "epsilon": eps, **trained, "eval_s": time.time() - t0,
+                                   "wall_time_s": trained["train_s"] + time.time() - t0,
+                                   "recipe": {k: getattr(cfg, k) for k in RECIPE["dp"]}, **q})
             if eps == 10.0 and seed == 0 and (run_dir / "synthetic.npz").exists():
                 for suffix in (".npz", ".json"):
                     shutil.copyfile((run_dir / "synthetic").with_suffix(suffix),
@@ -127,7 +129,7 @@ def _run_dataset(c: QualityRunConfig, name: str, out: Path, progress: bool) -> d
             if progress:
                 key = TARGETS.get(name, ("auc", {}))[0]
                 tqdm.write(f"[{name}] seed {seed} eps={eps}: TSTR {key} {q['tstr'][key]:.3f}, CAS {q['cas']:.3f}, "
-                           f"coverage {np.round(q['coverage'], 2).tolist()} ({time.time() - t0:.0f} s)")
+                           f"coverage {np.round(q['coverage'], 2).tolist()} ({report['runs'][-1]['wall_time_s']:.0f} s)")
     report["wall_time_s"] = time.time() - started
     (out / name).mkdir(parents=True, exist_ok=True)
     (out / name / "gan_quality.json").write_text(json.dumps(jsonable(report), indent=2))
@@ -147,7 +149,6 @@ def plot_samples(ds, runs_dir: Path, seed: int, epsilons: list[float], path: Pat
     import matplotlib.pyplot as plt
     from torchvision.utils import make_grid
 
-    from .synthesis import synthesize
     from .train import load_generators
     k = ds.num_classes
     x, y = ds.val.tensors()
@@ -171,6 +172,31 @@ def plot_samples(ds, runs_dir: Path, seed: int, epsilons: list[float], path: Pat
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+def _trained_generators(cfg: TrainConfig, run_dir: Path, ds, *, resume: bool, progress: bool
+                        ) -> tuple[list, dict]:
+    """The run's released generators and how they were trained: ``rounds``, ``max_epsilon``,
+    ``train_s`` (training wall time; for a run continued or reused it is summed from the
+    folder's file times) and ``resumed`` (none, checkpoint or finished)."""
+    same = resume and (run_dir / "config.json").exists() and TrainConfig.from_dict(
+        json.loads((run_dir / "config.json").read_text())["config"]) == cfg
+    started = (run_dir / "config.json").stat().st_mtime if same else None
+    t0 = time.time()
+    if same and (run_dir / "generators.pt").exists():
+        how, train_s = "finished", (run_dir / "generators.pt").stat().st_mtime - started
+    else:
+        how = "checkpoint" if same and (run_dir / "checkpoint.pt").exists() else "none"
+        earlier = (run_dir / "checkpoint.pt").stat().st_mtime - started if how == "checkpoint" else 0.0
+        if how == "none":
+            shutil.rmtree(run_dir, ignore_errors=True)  # our own output from an earlier call
+        train(cfg, run_dir, resume=how == "checkpoint", progress=progress, dataset=ds)
+        train_s = earlier + time.time() - t0
+    privacy = json.loads((run_dir / "privacy.json").read_text())
+    gens = load_generators(run_dir / "generators.pt", cfg.device)
+    spent = max(v["epsilon"] for v in privacy["clients"].values())
+    return gens, {"max_epsilon": spent, "rounds": privacy["rounds_completed"],
+                  "train_s": train_s, "resumed": how}
 
 
 def _shared(c: QualityRunConfig) -> dict:

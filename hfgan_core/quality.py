@@ -182,7 +182,7 @@ def generator_quality(generators: list[Generator], ds: MedicalDataset, extractor
     fake_feats = _features(extractor, synthesize(generators, max(len(a) for a, _ in halves), k, config.seed + 1)[0])
     per = max(len(a) for a, _ in halves)
     out |= _prdc_per_class([fake_feats[c * per:(c + 1) * per] for c in range(k)], real_feats, halves, config.k)
-    out |= copy_check(x[:2000] if len(x) > 2000 else x, train_x, val[0])
+    out |= copy_check(x[::max(1, len(x) // 2000)], train_x, val[0])  # every class (x is class-major)
     return out
 
 

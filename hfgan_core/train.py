@@ -72,6 +72,7 @@ class TrainConfig:
     g_aux_weight: float | None = None  # the class term's weight in G's loss (None: aux_weight)
     loss: str = "ns"  # ns (non-saturating) or hinge
     mode_seeking: float = 1.0  # weight of G's mode-seeking term (Mao et al. 2019; no privacy cost)
+    smoothness: float = 0.0  # weight of a total-variation penalty on G's images (no privacy cost)
     upsample: str = "deconv"  # generator upsampling: deconv (DCGAN) or nearest (+ 3x3 conv)
     g_ema: float = 0.99  # > 0 keeps an EMA of each G_i's weights (this decay) and samples from it
     fake_labels: str = "uniform"  # labels of D's fakes: uniform, or histogram (a DP label histogram per client)
@@ -100,6 +101,7 @@ class TrainConfig:
     @property
     def objective(self) -> cl.Objective:
         return cl.Objective(loss=self.loss, aux_weight=self.aux_weight, mode_seeking=self.mode_seeking,
+                            smoothness=self.smoothness,
                             g_aux_weight=self.aux_weight if self.g_aux_weight is None else self.g_aux_weight)
 
     @classmethod
@@ -128,7 +130,7 @@ class Run:
 
 def setup(config: TrainConfig, dataset: MedicalDataset | None = None) -> Run:
     """Load data, split hospitals, build models, calibrate each hospital's noise."""
-    _check_config(config)
+    check_config(config)
     ds = dataset or load_dataset(config.dataset, config.data_dir, download=config.download)
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
@@ -173,7 +175,7 @@ def hospital_rng(seed: int, cid: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(np.random.SeedSequence([seed, 5, cid]).generate_state(1)[0]))
 
 
-def _check_config(c: TrainConfig) -> None:
+def check_config(c: TrainConfig) -> None:
     checks = [(c.rounds >= 1, f"--rounds must be at least 1 (got {c.rounds})"),
               (c.d_steps >= 1 and c.g_steps >= 0, "--d-steps must be >= 1 and --g-steps >= 0"),
               (c.batch_size >= 1, f"--batch-size must be at least 1 (got {c.batch_size})"),
@@ -189,7 +191,8 @@ def _check_config(c: TrainConfig) -> None:
               (c.histogram_sigma > 0, f"--histogram-sigma must be positive (got {c.histogram_sigma})"),
               (c.engine in ("batched", "loop"), f"--engine must be batched or loop (got {c.engine})"),
               (c.loss in cl.LOSSES, f"--loss must be one of {', '.join(cl.LOSSES)} (got {c.loss})"),
-              (c.mode_seeking >= 0, f"--mode-seeking must be >= 0 (got {c.mode_seeking})")]
+              (c.mode_seeking >= 0, f"--mode-seeking must be >= 0 (got {c.mode_seeking})"),
+              (c.smoothness >= 0, f"--smoothness must be >= 0 (got {c.smoothness})")]
     for ok, message in checks:
         if not ok:
             raise UserError(message)

@@ -74,7 +74,7 @@ def test_batched_uploads_equal_the_reference_loop(tiny, aux_weight):
 def test_engines_take_the_same_steps_without_noise(tiny, epsilon):
     """epsilon = inf (plain gradients) and clipping with the noise turned off: after three rounds
     of d_steps = 2, D, every G_i and every EMA copy agree."""
-    loop, batched = twin_runs(tiny, epsilon=epsilon, d_steps=2, mode_seeking=0.5)
+    loop, batched = twin_runs(tiny, epsilon=epsilon, d_steps=2, mode_seeking=0.5, smoothness=0.2)
     for run in (loop, batched):
         for h in run.clients:
             if h.budget is not None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import write_npz
+from conftest import ROOT, real_data, write_npz
 from hfgan_core.data import load_dataset, load_split
 from hfgan_core.errors import UserError
 from hfgan_core.gan_quality import QualityRunConfig, run_quality, write_markdown
@@ -151,3 +154,28 @@ def test_quality_command_on_a_tiny_file(tmp_path, monkeypatch):
     assert text == write_markdown(tmp_path / "out").read_text()  # rendered from the JSON alone
     assert (tmp_path / "out" / "figures" / "quality_tiny_samples.png").exists() and "quality_tiny_samples.png" in text
     assert ds.test is not None  # the file has a test split; the command never handed it out
+    assert [r["resumed"] for r in report["runs"]] == ["none", "none"]
+    # --resume judges the finished runs' saved generators again: same images, same numbers
+    (tmp_path / "out" / "tiny" / "quality_runs" / "hfgan-seed0-eps10.0" / "generators.pt").unlink()  # interrupted
+    again = run_quality(config, tmp_path / "out", progress=False, resume=True)["tiny"]
+    assert [r["resumed"] for r in again["runs"]] == ["finished", "checkpoint"]
+    for a, b in zip(report["runs"], again["runs"]):
+        assert (a["tstr"], a["cas"], a["coverage"], a["rounds"]) == (b["tstr"], b["cas"], b["coverage"], b["rounds"])
+    changed = replace(config, gan=config.gan | dict(rounds=3), epsilons=[math.inf])
+    assert run_quality(changed, tmp_path / "out", progress=False, resume=True)["tiny"]["runs"][0]["rounds"] == 3
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--epsilon", "0"], "--epsilon values must be positive"),
+    (["--seeds", "1", "1"], "must not repeat"),
+    (["--rounds", "0"], "--rounds must be at least 1"),
+    (["--datasets", "nosuchset"], "nosuchset.npz not found"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--epsilon", "-1"], "--"),
+])
+def test_quality_cli_bad_input_is_one_clear_line(tmp_path, args, message):
+    real_data("pneumoniamnist.npz")
+    cmd = [sys.executable, "-m", "hfgan_core", "quality", "--datasets", "pneumoniamnist", "--out", str(tmp_path / "q")]
+    proc = subprocess.run(cmd + args, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "q").exists()  # nothing half-written

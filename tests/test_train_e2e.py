@@ -125,6 +125,9 @@ def _cli(*args, cwd=ROOT):
     (["--dataset", "nosuchset"], "nosuchset.npz not found"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--rounds", "0"], "--"),
     (["--resume"], "no checkpoint.pt"),
+    (["--engine", "fast"], "--engine must be batched or loop"),
+    (["--loss", "wgan"], "--loss must be one of"),
+    (["--fakes", "0"], "--fakes must be at least 1"),
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
     real_data("pneumoniamnist.npz")
