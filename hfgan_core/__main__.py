@@ -27,6 +27,8 @@ _HELP = {
     "noise_multiplier": "fixed sigma instead of calibrating it; training stops when epsilon is reached",
     "client_fraction": "fraction of clients selected each round",
     "download": "fetch a missing MedMNIST file through the medmnist package",
+    "simulation_noise": "research mode: derive every hospital's DP noise from --seed (bit-reproducible; the "
+                        "guarantee then assumes a trusted simulator). Default: noise from OS entropy, never written",
 }
 
 

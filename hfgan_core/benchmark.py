@@ -319,7 +319,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             t0 = time.time()
             res = train_dpfedavg_gan(hospitals, num_classes=k, config=DPFedAvgGANConfig(
                 **(prof.dpgan | {"epsilon": eps, "delta": c.delta, "seed": seed, "accountant": prof.accountant,
-                                 "device": c.device})))
+                                 "device": c.device, "simulation_noise": True})))
             synth = [images_for_labels([res.generator], balanced_labels(n_synth(h), k), seed + 80 + i)
                      for i, h in enumerate(hospitals)]
             log("dpfedavg_gan", eps, [fed_run("dpfedavg_gan", synthetic=synth).model], t0,
@@ -328,7 +328,8 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             judge("dpfedavg_gan", eps, [res.generator], res.epsilon)
         if "dp_fedavg" in wanted:
             t0 = time.time()
-            dp = DPSpec(epsilon=eps, delta=c.delta, accountant=prof.accountant) if math.isfinite(eps) else None
+            dp = (DPSpec(epsilon=eps, delta=c.delta, accountant=prof.accountant, simulation_noise=True)
+                  if math.isfinite(eps) else None)
             res = fed_run("dp_fedavg", dp=dp)
             spent = max(res.epsilons) if res.epsilons else math.inf
             log("dp_fedavg", eps, [res.model], t0, {"unit": "record" if res.epsilons else None, "gan_epsilon": None,
@@ -339,7 +340,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
 def _gan_config(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, *, epsilon: float) -> TrainConfig:
     gan = TrainConfig(dataset=ds.name, data_dir=c.data_dir, clients=c.clients, partition=c.partition, alpha=c.alpha,
                       epsilon=epsilon, delta=c.delta, seed=seed, device=c.device, accountant=prof.accountant,
-                      **prof.gan)
+                      simulation_noise=True, **prof.gan)  # a research simulation: reproducible from its seeds
     if prof.gan_epochs:  # "100 epochs": rounds that show a median hospital its data that many times
         sizes = [len(p) for p in partition(ds.train.labels, c.clients, scheme=c.partition, alpha=c.alpha,
                                            min_size=gan.min_client_size, seed=seed)]

@@ -153,3 +153,21 @@ def test_noisy_label_histogram():
     draws = np.stack([noisy_label_histogram(labels, 4, 5.0, np.random.default_rng(s)) for s in range(400)])
     assert np.allclose(draws.sum(1), 1.0) and (draws >= 0).all()
     assert np.allclose(draws.mean(0)[:3], [0.7, 0.2, 0.1], atol=0.01)
+
+
+def test_calibration_guarantee_is_a_real_check(monkeypatch):
+    """The final 'epsilon(sigma) <= target' is checked with an exception, not an assert that
+    ``python -O`` would drop: an accountant that answers differently the second time it is asked
+    about the same sigma (a stand-in for any non-monotone or unstable accountant) is refused."""
+    import hfgan_core.privacy as pv
+    seen: dict[float, int] = {}
+
+    def unstable(*, noise_multiplier, **_):
+        seen[noise_multiplier] = seen.get(noise_multiplier, 0) + 1
+        if noise_multiplier == 0:
+            return math.inf
+        return 10.0 / noise_multiplier if seen[noise_multiplier] == 1 else 100.0
+
+    monkeypatch.setattr(pv, "compute_epsilon", unstable)
+    with pytest.raises(RuntimeError, match="refusing an uncalibrated sigma"):
+        pv.calibrate_noise(target_epsilon=5.0, delta=1e-5, sample_rate=0.01, steps=10)
