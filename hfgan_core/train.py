@@ -29,7 +29,7 @@ from .clipping import PerExampleClipper
 from .data import MedicalDataset, load_dataset
 from .errors import UserError
 from .models import Generator, build_models
-from .partition import class_counts, format_class_counts, partition
+from .partition import class_counts, partition
 from .privacy import (SIMULATION_NOTE, ClientBudget, PrivacyCurve, calibrate_noise, float_key, max_steps_within,
                       noise_seed, noisy_label_histogram)
 from .synthesis import save_synthetic
@@ -39,6 +39,7 @@ from .synthesis import save_synthetic
 # With DP each D step costs privacy and D's gradient is mostly noise (the noise's norm is ~25x the
 # clipped signal's): D takes 5 steps per G step, 2,000 in all per hospital, and averages its noisy
 # gradients with Adam momentum 0.9. Without DP the steps are free: one D step per G step, 2,000 rounds.
+DEBUG_COUNTS = "NOT_PRIVATE_exact_class_counts.json"
 RECIPE = {"dp": dict(rounds=400, d_steps=5, beta1_d=0.9),
           "no_dp": dict(rounds=2000, d_steps=1, beta1_d=0.5)}
 
@@ -81,6 +82,7 @@ class TrainConfig:
     histogram_sigma: float = 10.0  # noise multiplier of that histogram release (counted in epsilon)
     seed: int = 0  # models, partition, selection; DP noise only with simulation_noise
     simulation_noise: bool = False  # True: noise streams derived from seed (research); False: OS entropy
+    debug_exact_counts: bool = False  # also write the exact class counts, to a file marked NOT PRIVATE
     device: str = "cpu"
     checkpoint_every: int = 25
     synthetic_per_class: int = 1000  # images per class in the released synthetic.npz (0: none)
@@ -464,16 +466,30 @@ def _train_loop(run: Run, out: Path, metrics_path: Path, *, stop_after: int | No
 
 
 def _write_config(run: Run, out: Path, *, echo: bool = True) -> None:
+    """config.json: settings, dataset, hospital sizes (public under our threat model) and versions.
+    Exact per-class counts have sensitivity 1 each, so they are printed and written only with
+    ``debug_exact_counts``, to a file named as not private."""
     ds = run.dataset
-    counts = class_counts(ds.train.labels, run.parts, ds.num_classes)
+    sizes = [len(p) for p in run.parts]
     info = {"config": asdict(run.config),
             "dataset": {"name": ds.name, "path": str(ds.path), "image_size": ds.image_size,
                         "channels": ds.channels, "class_names": list(ds.class_names)},
-            "client_class_counts": counts.tolist(),
+            "client_sizes": sizes,
             "versions": _versions()}
     (out / "config.json").write_text(json.dumps(info, indent=2))
+    if run.config.debug_exact_counts:
+        counts = class_counts(ds.train.labels, run.parts, ds.num_classes)
+        (out / DEBUG_COUNTS).write_text(json.dumps({
+            "warning": "NOT PRIVATE: exact per-class counts of every hospital (each has sensitivity 1). "
+                       "For debugging on the data owner's machine; never publish this file.",
+            "class_names": list(ds.class_names), "client_class_counts": counts.tolist()}, indent=2))
     if echo:
-        tqdm.write(format_class_counts(counts, ds.class_names))
+        released = [c.fake_label_probs for c in run.clients]
+        tqdm.write("\n".join(f"hospital {i}: N = {n}" + (f", DP class mix {np.round(p.numpy(), 3).tolist()}"
+                                                          if p is not None and run.config.private else "")
+                             for i, (n, p) in enumerate(zip(sizes, released))))
+        if run.config.debug_exact_counts:
+            tqdm.write(f"NOT PRIVATE (--debug-exact-counts): exact class counts in {out / DEBUG_COUNTS}")
 
 
 def _versions() -> dict[str, str]:

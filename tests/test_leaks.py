@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +12,7 @@ from conftest import write_npz
 from hfgan_core import engine
 from hfgan_core.data import load_dataset
 from hfgan_core.privacy import SIMULATION_NOTE
-from hfgan_core.train import TrainConfig, _load_checkpoint, setup, train
+from hfgan_core.train import DEBUG_COUNTS, TrainConfig, _load_checkpoint, setup, train
 
 
 @pytest.fixture
@@ -99,3 +100,21 @@ def test_baselines_noise_follows_the_same_rule(simulation):
 
     for make in (classifier, gan):
         assert torch.equal(make(), make()) == simulation
+
+
+def test_exact_class_counts_stay_out_of_public_outputs(tiny, tmp_path, capsys):
+    """Each per-class count has sensitivity 1: config.json, privacy.json and the console carry
+    hospital sizes (public) and at most a DP class mix; exact counts only in a file marked NOT
+    PRIVATE, on request."""
+    run = train(config(fake_labels="histogram"), tmp_path / "run", progress=True, dataset=tiny)
+    exact = [np.bincount(tiny.train.labels[p], minlength=3).tolist() for p in run.parts]
+    printed = capsys.readouterr()
+    info = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert info["client_sizes"] == [sum(c) for c in exact] and "client_class_counts" not in info
+    for text in ((tmp_path / "run" / "config.json").read_text(), (tmp_path / "run" / "privacy.json").read_text(),
+                 printed.out + printed.err):
+        assert not any(" ".join(f"{v:>8d}" for v in row) in text or str(row) in text for row in exact)
+    assert not (tmp_path / "run" / DEBUG_COUNTS).exists()
+    train(config(debug_exact_counts=True), tmp_path / "debug", progress=False, dataset=tiny)
+    debug = json.loads((tmp_path / "debug" / DEBUG_COUNTS).read_text())
+    assert debug["warning"].startswith("NOT PRIVATE") and debug["client_class_counts"] == exact
