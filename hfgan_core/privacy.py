@@ -203,6 +203,26 @@ class ClientBudget:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("max_steps", "curve")}
 
 
+def epsilon_replace_one(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+                        histogram_sigma: float | None = None) -> float:
+    """epsilon(delta) under replace-one adjacency (one record swapped for another, N_i fixed): the
+    clipped gradient can move by 2C instead of C. Google's dp-accounting PLD accountant with its
+    REPLACE_ONE relation for the Poisson-subsampled Gaussian (its Gaussian uses sensitivity 2 there,
+    conservative for the label histogram, whose replace-one sensitivity is sqrt 2)."""
+    import dp_accounting
+    from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+    if steps == 0 and not histogram_sigma:
+        return 0.0
+    acc = PLDAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE,
+                        value_discretization_interval=1e-3)
+    if steps:
+        acc.compose(dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier)),
+                    steps)
+    if histogram_sigma:
+        acc.compose(dp_accounting.GaussianDpEvent(histogram_sigma))
+    return float(acc.get_epsilon(delta))
+
+
 def noise_seed(simulation: bool, *key: int) -> int:
     """A seed for a DP noise stream. Deployment (``simulation=False``): drawn from the operating
     system's entropy and never written anywhere, so nobody who reads the run's files can

@@ -30,8 +30,8 @@ from .data import MedicalDataset, load_dataset
 from .errors import UserError
 from .models import Generator, build_models
 from .partition import class_counts, partition
-from .privacy import (SIMULATION_NOTE, ClientBudget, PrivacyCurve, calibrate_noise, float_key, max_steps_within,
-                      noise_seed, noisy_label_histogram)
+from .privacy import (SIMULATION_NOTE, ClientBudget, PrivacyCurve, calibrate_noise, epsilon_replace_one, float_key,
+                      max_steps_within, noise_seed, noisy_label_histogram)
 from .synthesis import save_synthetic
 
 
@@ -334,6 +334,14 @@ def write_privacy(run: Run, out: Path) -> dict:
                           for cl_ in run.clients}}
     if c.private:
         report["max_epsilon"] = max(v["epsilon"] for v in report["clients"].values())
+        for cl_, v in zip(run.clients, report["clients"].values()):
+            b = cl_.budget
+            v["epsilon_replace_one"] = epsilon_replace_one(noise_multiplier=b.noise_multiplier,
+                                                           sample_rate=b.sample_rate, steps=b.steps, delta=b.delta,
+                                                           histogram_sigma=b.histogram_sigma)
+        report["max_epsilon_replace_one"] = max(v["epsilon_replace_one"] for v in report["clients"].values())
+        report["adjacency"] = ("epsilon: add or remove one record (N_i treated as public), the accountant above; "
+                               "epsilon_replace_one: one record replaced by another, dp-accounting PLD")
     (out / "privacy.json").write_text(json.dumps(report, indent=2, default=str))
     return report
 

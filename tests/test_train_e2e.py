@@ -58,6 +58,8 @@ def test_dp_run_accounts_every_step(pneumonia, tmp_path):
     assert privacy["accountant"] == "prv" and privacy["delta"] == 1e-5
     assert all(v["steps"] == 8 for v in privacy["clients"].values())
     assert 9 < privacy["max_epsilon"] <= 10  # calibrated to the target, never over it
+    assert all(v["epsilon_replace_one"] > v["epsilon"] for v in privacy["clients"].values())  # sensitivity 2C
+    assert privacy["max_epsilon_replace_one"] == max(v["epsilon_replace_one"] for v in privacy["clients"].values())
     lines = _metrics(tmp_path / "run")
     # nothing un-noised about the data per round (a round's wall time follows the Poisson batch sizes)
     assert all(set(line) == {"round", "selected", "d_loss_fake", "g_loss", "steps", "epsilon"} for line in lines)
