@@ -61,7 +61,8 @@ OUT = Path("results/recipe_search/generators.jsonl")
 
 def run_recipe(name: str, dataset: str, epsilon: float, seed: int, runs_dir: Path) -> dict:
     config = TrainConfig(**(RECIPES[name] | dict(dataset=dataset, epsilon=epsilon, seed=seed, clients=5,
-                                                 partition="dirichlet", alpha=0.5, delta=1e-5)))
+                                                 partition="dirichlet", alpha=0.5, delta=1e-5,
+                                                 simulation_noise=True)))
     prov = provenance("cpu")
     started = time.time()
     ds = load_dataset(dataset)

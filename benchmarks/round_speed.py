@@ -40,7 +40,7 @@ def measure(device: str, repeats: int, rounds: int, data_dir: str | None) -> dic
     ds = load_dataset("pneumoniamnist", data_dir)
     total = 3 + repeats * rounds  # warm-up rounds + timed rounds, per engine
     config = TrainConfig(dataset="pneumoniamnist", clients=5, alpha=0.5, epsilon=10.0, rounds=total,
-                         accountant="rdp", device=device)
+                         accountant="rdp", device=device, simulation_noise=True)  # twins: the same draws
     runs = {"loop": setup(config, ds), "batched": setup(config, ds)}
     steps = {"loop": train_round, "batched": engine.train_round}
     for name, run in runs.items():  # warm-up: allocator, kernels, first-call costs

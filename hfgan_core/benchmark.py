@@ -36,7 +36,8 @@ from .synthesis import balanced_labels, images_for_labels
 from .extractor import load_or_train_extractor
 from .federated import DPSpec, FedConfig, train_federated
 from .metrics import classification_metrics, fid, inception_score, inception_weights, mix_accuracy, standard_fid_is
-from .partition import class_counts, partition
+from .partition import partition
+from .privacy import compute_epsilon, noise_seed, noisy_label_histogram
 from .train import TrainConfig, train
 
 Arrays = tuple[torch.Tensor, torch.Tensor]
@@ -160,11 +161,26 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
     report = {"dataset": ds.name, "data_file": str(ds.path), "image_size": ds.image_size,
               "config": asdict(config), "profile": {"name": config.profile, **_profile_json(prof)},
               "extractor": extractor_info, "reference": _reference(extractor, dev, test),
-              "hospital_class_counts": hospitals, "runs": records, "gan_quality": gan_quality, "wall_time_s": time.time() - started,
+              "hospitals": hospitals, "class_mix_release": class_mix_release(config.delta, prof.accountant),
+              "runs": records, "gan_quality": gan_quality, "wall_time_s": time.time() - started,
               "provenance": prov}
     (out / "runs.json").write_text(json.dumps(jsonable(report), indent=2))
     write_tables(out)
     return report
+
+
+MIX_SIGMA = 10.0  # noise multiplier of the per-hospital class-mix histogram the benchmark publishes
+
+
+def class_mix_release(delta: float, accountant: str) -> dict:
+    """What the published class mixes cost: one Gaussian release of each hospital's class counts
+    (one record moves one count by 1), on top of (composed with) whatever the hospital's GAN spent."""
+    eps = compute_epsilon(noise_multiplier=MIX_SIGMA, sample_rate=1.0, steps=1, delta=delta, accountant=accountant)
+    return {"mechanism": "counts + N(0, sigma^2) per class, clipped at 0, normalised (add/remove one record)",
+            "sigma": MIX_SIGMA, "epsilon": eps, "delta": delta, "accountant": accountant,
+            "noise": "simulation (derived from the seed, like every noise draw of the benchmark)",
+            "note": "per record, per hospital; composes with the GAN's epsilon for anyone who sees both. "
+                    "Hospital sizes are treated as public."}
 
 
 def load_runs(out: str | Path) -> dict:
@@ -235,8 +251,11 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
     val = ds.val.tensors()
     fed = replace(prof.fed, seed=seed, device=c.device)
     k = ds.num_classes
-    counts = class_counts(ds.train.labels, parts, k)  # (hospitals, K)
-    mixes = counts / counts.sum(axis=1, keepdims=True)
+    # Each hospital's class mix, for per-hospital accuracy and figures: a DP histogram (exact counts
+    # have sensitivity 1 and never leave this function's caller unpublished; see class_mix_release)
+    mixes = np.stack([noisy_label_histogram(ds.train.labels[p], k, MIX_SIGMA,
+                                            np.random.default_rng(noise_seed(True, seed, 17, i)))
+                      for i, p in enumerate(parts)])  # (hospitals, K)
     records, quality = [], []
 
     def judge(gan: str, eps: float, generators: list, spent: float) -> None:
@@ -319,7 +338,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             t0 = time.time()
             res = train_dpfedavg_gan(hospitals, num_classes=k, config=DPFedAvgGANConfig(
                 **(prof.dpgan | {"epsilon": eps, "delta": c.delta, "seed": seed, "accountant": prof.accountant,
-                                 "device": c.device})))
+                                 "device": c.device, "simulation_noise": True})))
             synth = [images_for_labels([res.generator], balanced_labels(n_synth(h), k), seed + 80 + i)
                      for i, h in enumerate(hospitals)]
             log("dpfedavg_gan", eps, [fed_run("dpfedavg_gan", synthetic=synth).model], t0,
@@ -328,18 +347,19 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             judge("dpfedavg_gan", eps, [res.generator], res.epsilon)
         if "dp_fedavg" in wanted:
             t0 = time.time()
-            dp = DPSpec(epsilon=eps, delta=c.delta, accountant=prof.accountant) if math.isfinite(eps) else None
+            dp = (DPSpec(epsilon=eps, delta=c.delta, accountant=prof.accountant, simulation_noise=True)
+                  if math.isfinite(eps) else None)
             res = fed_run("dp_fedavg", dp=dp)
             spent = max(res.epsilons) if res.epsilons else math.inf
             log("dp_fedavg", eps, [res.model], t0, {"unit": "record" if res.epsilons else None, "gan_epsilon": None,
                                                      "classifier_dp": not math.isinf(eps), "released_epsilon": spent})
-    return records, counts.tolist(), quality
+    return records, {"sizes": [len(p) for p in parts], "dp_class_mix": mixes.round(4).tolist()}, quality
 
 
 def _gan_config(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, *, epsilon: float) -> TrainConfig:
     gan = TrainConfig(dataset=ds.name, data_dir=c.data_dir, clients=c.clients, partition=c.partition, alpha=c.alpha,
                       epsilon=epsilon, delta=c.delta, seed=seed, device=c.device, accountant=prof.accountant,
-                      **prof.gan)
+                      simulation_noise=True, **prof.gan)  # a research simulation: reproducible from its seeds
     if prof.gan_epochs:  # "100 epochs": rounds that show a median hospital its data that many times
         sizes = [len(p) for p in partition(ds.train.labels, c.clients, scheme=c.partition, alpha=c.alpha,
                                            min_size=gan.min_client_size, seed=seed)]

@@ -26,16 +26,24 @@ import torch.nn.functional as F
 from torch import nn
 
 SUPPORTED = (nn.Linear, nn.Conv2d, nn.Embedding)
+# Layers that mix examples even without trainable parameters: each example's output (and so its
+# "per-example" gradient) depends on the other examples, which per-example clipping cannot bound.
+MIXING = (nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm)
 
 
 class PerExampleClipper:
     """Computes the sum of per-example clipped gradients of ``model``'s parameters."""
 
-    def __init__(self, model: nn.Module, *, max_grad_norm: float) -> None:
+    def __init__(self, model: nn.Module, *, max_grad_norm: float,
+                 probe: tuple[torch.Tensor, ...] | None = None) -> None:
+        """``probe``: a few example inputs (a batch of 3 or more) to check that no layer mixes
+        examples, including parameter-free ones no type check can know (minibatch-stddev)."""
         if not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be positive, got {max_grad_norm}")
         self.model, self.max_grad_norm = model, max_grad_norm
         self.layers = self._prepare_layers(model)
+        if probe is not None:
+            self._check_examples_independent(model, probe)
         self._records: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
         self._capturing = False
         for layer in self.layers:
@@ -45,6 +53,11 @@ class PerExampleClipper:
     def _prepare_layers(model: nn.Module) -> list[nn.Module]:
         layers = []
         for name, m in model.named_modules():
+            if isinstance(m, MIXING) or (isinstance(m, nn.modules.instancenorm._InstanceNorm)
+                                         and m.track_running_stats):
+                raise ValueError(f"layer '{name}' ({type(m).__name__}) mixes examples (batch statistics), with or "
+                                 "without parameters, so one record would move every example's gradient and "
+                                 "per-example clipping would not bound it; use GroupNorm-free layers or none")
             own = [p for p in m.parameters(recurse=False) if p.requires_grad]
             if not own:
                 continue
@@ -56,6 +69,17 @@ class PerExampleClipper:
                 raise ValueError(f"layer '{name}': only Conv2d with groups=1 and zero padding is supported")
             layers.append(m)
         return layers
+
+    @staticmethod
+    def _check_examples_independent(model: nn.Module, probe: tuple[torch.Tensor, ...]) -> None:
+        """Each example's output must be what the model gives it alone (train mode, no grad)."""
+        with torch.no_grad():
+            together = model(*probe)
+            alone = torch.cat([model(*(t[i:i + 1] for t in probe)) for i in range(len(probe[0]))])
+        if not torch.allclose(together, alone, rtol=1e-4, atol=1e-5):
+            raise ValueError("the model's output for one example depends on the other examples in the batch "
+                             f"(max difference {float((together - alone).abs().max()):.3g}): some layer mixes examples "
+                             "(batch statistics, minibatch-stddev), which per-example clipping cannot bound")
 
     def _store(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         if not self._capturing:

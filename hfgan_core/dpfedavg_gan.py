@@ -23,7 +23,7 @@ import torch
 
 from . import client as cl
 from .models import build_models
-from .privacy import calibrate_noise, compute_epsilon
+from .privacy import calibrate_noise, compute_epsilon, float_key, noise_seed
 
 Arrays = tuple[torch.Tensor, torch.Tensor]
 
@@ -46,6 +46,7 @@ class DPFedAvgGANConfig:
     ndf: int = 32
     aux_weight: float = 1.0
     seed: int = 0
+    simulation_noise: bool = False  # True: the server's noise derived from the seed (research); False: OS entropy
     device: str = "cpu"
 
 
@@ -70,6 +71,8 @@ def train_dpfedavg_gan(clients: list[Arrays], *, num_classes: int, config: DPFed
     private = not math.isinf(c.epsilon)
     z = calibrate_noise(target_epsilon=c.epsilon, delta=c.delta, sample_rate=c.client_rate, steps=c.rounds,
                         accountant=c.accountant) if private else 0.0
+    noise_rng = torch.Generator(device=c.device).manual_seed(noise_seed(c.simulation_noise, c.seed, 13,
+                                                                         float_key(c.epsilon)))
     expected = c.client_rate * len(clients)  # fixed denominator: the realised count is data-independent
     for r in range(c.rounds):
         # (1) update D: clipped local updates, summed, noised, averaged (DP-FedAvg)
@@ -83,7 +86,7 @@ def train_dpfedavg_gan(clients: list[Arrays], *, num_classes: int, config: DPFed
             total = [t + d * scale for t, d in zip(total, delta)]
         with torch.no_grad():
             for p, g, t in zip(discriminator.parameters(), global_state, total):
-                noise = torch.randn_like(t) * z * c.update_clip
+                noise = torch.randn(t.shape, generator=noise_rng, device=t.device, dtype=t.dtype) * z * c.update_clip
                 p.copy_(g + (t + noise) / max(expected, 1e-12))
         # (2) update the server's G against the new D
         for _ in range(c.g_steps):

@@ -29,7 +29,7 @@ from torch import nn
 from . import server as sv
 from .classifier import SmallCNN, predict_proba
 from .metrics import classification_metrics
-from .privacy import calibrate_noise, compute_epsilon
+from .privacy import calibrate_noise, compute_epsilon, float_key, noise_seed
 
 Arrays = tuple[torch.Tensor, torch.Tensor]  # images (N, C, H, W) in [-1, 1], labels (N,)
 
@@ -55,6 +55,7 @@ class DPSpec:
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     accountant: str = "prv"
+    simulation_noise: bool = False  # True: masks and noise derived from the seed (research); False: OS entropy
 
 
 def augmentation(image_size: int):
@@ -190,7 +191,8 @@ def _train_private(model: nn.Module, data: Arrays, config: FedConfig, dp: DPSpec
     from opacus.optimizers import DPOptimizer
     x, y = data
     q = _rate(config, data)
-    gen = torch.Generator(device=x.device).manual_seed(seed)  # Poisson masks and Opacus's noise, on the data's device
+    # Poisson masks and Opacus's noise, on the data's device, from a stream nobody can regenerate (by default)
+    gen = torch.Generator(device=x.device).manual_seed(noise_seed(dp.simulation_noise, seed, float_key(dp.epsilon)))
     private = GradSampleModule(model)
     opt = DPOptimizer(torch.optim.Adam(private.parameters(), lr=config.lr), noise_multiplier=sigma,
                       max_grad_norm=dp.max_grad_norm, expected_batch_size=max(1, round(q * len(y))), generator=gen)

@@ -116,7 +116,7 @@ def _run_dataset(c: QualityRunConfig, name: str, out: Path, progress: bool, resu
             run_dir = out / name / "quality_runs" / f"hfgan-seed{seed}-eps{eps}"
             cfg = TrainConfig(**(c.gan | dict(dataset=name, data_dir=c.data_dir, clients=c.clients,
                                               partition=c.partition, alpha=c.alpha, epsilon=eps, delta=c.delta,
-                                              seed=seed, device=c.device)))
+                                              seed=seed, device=c.device, simulation_noise=True)))
             gens, trained = _trained_generators(cfg, run_dir, ds, resume=resume, progress=progress)
             t0 = time.time()
             q = generator_quality(gens, ds, extractor, config=replace(qc, seed=seed))
@@ -178,21 +178,21 @@ def plot_samples(ds, runs_dir: Path, seed: int, epsilons: list[float], path: Pat
 def _trained_generators(cfg: TrainConfig, run_dir: Path, ds, *, resume: bool, progress: bool
                         ) -> tuple[list, dict]:
     """The run's released generators and how they were trained: ``rounds``, ``max_epsilon``,
-    ``train_s`` (training wall time; for a run continued or reused it is summed from the
-    folder's file times) and ``resumed`` (none, checkpoint or finished)."""
+    ``train_s`` (wall time of the rounds, over resumes; runs without timing.json, from before it
+    was written, get the time between their first and last file) and ``resumed`` (none,
+    checkpoint or finished)."""
     same = resume and (run_dir / "config.json").exists() and TrainConfig.from_dict(
         json.loads((run_dir / "config.json").read_text())["config"]) == cfg
-    started = (run_dir / "config.json").stat().st_mtime if same else None
-    t0 = time.time()
     if same and (run_dir / "generators.pt").exists():
-        how, train_s = "finished", (run_dir / "generators.pt").stat().st_mtime - started
+        how = "finished"
     else:
         how = "checkpoint" if same and (run_dir / "checkpoint.pt").exists() else "none"
-        earlier = (run_dir / "checkpoint.pt").stat().st_mtime - started if how == "checkpoint" else 0.0
         if how == "none":
             shutil.rmtree(run_dir, ignore_errors=True)  # our own output from an earlier call
         train(cfg, run_dir, resume=how == "checkpoint", progress=progress, dataset=ds)
-        train_s = earlier + time.time() - t0
+    timing = run_dir / "timing.json"
+    train_s = (json.loads(timing.read_text())["train_s"] if timing.exists() else
+               (run_dir / "generators.pt").stat().st_mtime - (run_dir / "config.json").stat().st_mtime)
     privacy = json.loads((run_dir / "privacy.json").read_text())
     gens = load_generators(run_dir / "generators.pt", cfg.device)
     spent = max(v["epsilon"] for v in privacy["clients"].values())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import secrets
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -135,7 +136,10 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
                 hi = min(hi, mid)
             else:
                 lo = max(lo, mid)
-    assert eps(hi) <= target_epsilon  # the guarantee this function exists for
+    if not eps(hi) <= target_epsilon:  # the guarantee this function exists for (not an assert: -O drops those)
+        raise RuntimeError(f"calibrate_noise: sigma={hi:.4g} gives epsilon={eps(hi):.4f} > target {target_epsilon} "
+                           f"({accountant} accountant, {steps} steps, sample rate {sample_rate:.4g}); refusing an "
+                           "uncalibrated sigma. Try --accountant rdp and report this")
     return hi
 
 
@@ -197,6 +201,46 @@ class ClientBudget:
 
     def to_json(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("max_steps", "curve")}
+
+
+def epsilon_replace_one(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+                        histogram_sigma: float | None = None) -> float:
+    """epsilon(delta) under replace-one adjacency (one record swapped for another, N_i fixed): the
+    clipped gradient can move by 2C instead of C. Google's dp-accounting PLD accountant with its
+    REPLACE_ONE relation for the Poisson-subsampled Gaussian (its Gaussian uses sensitivity 2 there,
+    conservative for the label histogram, whose replace-one sensitivity is sqrt 2)."""
+    import dp_accounting
+    from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+    if steps == 0 and not histogram_sigma:
+        return 0.0
+    acc = PLDAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE,
+                        value_discretization_interval=1e-3)
+    if steps:
+        acc.compose(dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier)),
+                    steps)
+    if histogram_sigma:
+        acc.compose(dp_accounting.GaussianDpEvent(histogram_sigma))
+    return float(acc.get_epsilon(delta))
+
+
+def noise_seed(simulation: bool, *key: int) -> int:
+    """A seed for a DP noise stream. Deployment (``simulation=False``): drawn from the operating
+    system's entropy and never written anywhere, so nobody who reads the run's files can
+    regenerate the noise and subtract it. Simulation: derived from ``key`` (the run's seed and
+    whatever must separate streams), bit-reproducible, and the guarantee then assumes a trusted
+    simulator, because anyone with config.json can redraw every noise value."""
+    if not simulation:
+        return secrets.randbits(63)
+    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def float_key(x: float) -> int:
+    """A float as an integer seed component (bit pattern), so epsilon = 10 and 1 never share draws."""
+    return int(np.float64(x).view(np.uint64))
+
+
+SIMULATION_NOTE = ("simulation noise: every DP noise draw is derived from --seed (bit-reproducible research "
+                   "mode); anyone with config.json can regenerate it, so the guarantee assumes a trusted simulator")
 
 
 def noisy_label_histogram(labels: np.ndarray, num_classes: int, sigma: float | None,

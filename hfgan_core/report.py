@@ -81,9 +81,10 @@ def plot_samples(bench_dir: str | Path, path: str | Path, *, data_dir: str | Non
                       for c in range(ds.num_classes)])  # (K * per_class, C, H, W)
     grids = [("real (validation split)", make_grid(real, nrow=per_class, normalize=True, value_range=(-1, 1))
               .permute(1, 2, 0).numpy())]
-    counts = report["hospital_class_counts"][str(seed)]
-    for i, row in enumerate(counts):
-        grids.append((f"G_{i} of hospital {i}\n(N = {sum(row)}: {'/'.join(map(str, row))})",
+    hospitals = report["hospitals"][str(seed)]
+    mixes = hospitals.get("dp_class_mix") or [None] * len(hospitals["sizes"])  # runs before the DP mix: sizes only
+    for i, (n, mix) in enumerate(zip(hospitals["sizes"], mixes)):
+        grids.append((f"G_{i} of hospital {i}\n(N = {n}" + (f"; DP mix {_mix_label(mix)})" if mix else ")"),
                       plt.imread(run_dir / f"samples_client{i}.png")))
     fig, axes = plt.subplots(1, len(grids), figsize=(2.3 * len(grids), 0.3 * ds.num_classes + 1.2),
                              layout="constrained")
@@ -95,7 +96,7 @@ def plot_samples(bench_dir: str | Path, path: str | Path, *, data_dir: str | Non
     size = ds.image_size
     axes[0].set_yticks([2 + c * (size + 2) + size / 2 for c in range(ds.num_classes)], ds.class_names, fontsize=7)
     fig.suptitle(f"{report['dataset']}: HF-GAN samples at ε = {_eps_label(eps)} (seed {seed}; rows = classes, "
-                 "per-hospital counts by class)", fontsize=9)
+                 "hospital sizes" + (" and DP class mixes)" if hospitals.get("dp_class_mix") else ")"), fontsize=9)
     return _save(fig, path)
 
 
@@ -133,6 +134,11 @@ def plot_privacy_utility(rows: list[dict], path: str | Path, *, title: str = "")
     return _save(fig, path)
 
 
+def _mix_label(mix: list[float]) -> str:
+    """A DP class mix as percentages, e.g. '62/38 %'."""
+    return "/".join(f"{100 * m:.0f}" for m in mix) + " %"
+
+
 def plot_per_hospital(bench_dir: str | Path, path: str | Path,
                       methods: tuple[str, ...] = ("local", "fedavg", "hfgan", "hfgan_synth_only", "centralized")):
     """Test accuracy on each hospital's class mix (first seed, the table's epsilon): who gains
@@ -140,22 +146,23 @@ def plot_per_hospital(bench_dir: str | Path, path: str | Path,
     import matplotlib.pyplot as plt
     report = load_runs(bench_dir)
     seed, eps = report["config"]["seeds"][0], float(report["config"]["epsilons"][0])
-    counts = report["hospital_class_counts"][str(seed)]
+    hospitals = report["hospitals"][str(seed)]  # public sizes and DP class mixes
+    where = np.arange(len(hospitals["sizes"]))
     chosen = [m for m in methods if m in report["config"]["methods"]]
-    fig, ax = plt.subplots(figsize=(1.6 * len(counts) + 3, 3.4), layout="constrained")
+    fig, ax = plt.subplots(figsize=(1.6 * len(where) + 3, 3.4), layout="constrained")
     width = 0.8 / len(chosen)
     for j, method in enumerate(chosen):
         want = eps if method in PRIVATE_ROWS else math.inf
         run = next(r for r in report["runs"] if r["method"] == method and r["seed"] == seed and r["epsilon"] == want)
-        ax.bar(np.arange(len(counts)) + (j - (len(chosen) - 1) / 2) * width, run["per_hospital_accuracy"], width,
+        ax.bar(where + (j - (len(chosen) - 1) / 2) * width, run["per_hospital_accuracy"], width,
                label=("Local only (the hospital's own model)" if method == "local" else METHODS[method].label)
                + (f" (ε = {_eps_label(eps)})" if method in PRIVATE_ROWS else ""))
-    ax.set_xticks(np.arange(len(counts)), [f"hospital {i}\nN = {sum(c)}\n{'/'.join(map(str, c))}"
-                                           for i, c in enumerate(counts)], fontsize=7)
+    ax.set_xticks(where, [f"hospital {i}\nN = {n}\n{_mix_label(mix)}"
+                          for i, (n, mix) in enumerate(zip(hospitals["sizes"], hospitals["dp_class_mix"]))], fontsize=7)
     ax.set_ylabel("accuracy on the hospital's class mix")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    ax.set_title(f"{report['dataset']}: per-hospital test accuracy (seed {seed}; counts by class under each hospital)",
+    ax.set_title(f"{report['dataset']}: per-hospital test accuracy (seed {seed}; size and DP class mix under each hospital)",
                  fontsize=9)
     return _save(fig, path)
 

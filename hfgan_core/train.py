@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -28,8 +29,9 @@ from .clipping import PerExampleClipper
 from .data import MedicalDataset, load_dataset
 from .errors import UserError
 from .models import Generator, build_models
-from .partition import class_counts, format_class_counts, partition
-from .privacy import ClientBudget, PrivacyCurve, calibrate_noise, max_steps_within, noisy_label_histogram
+from .partition import class_counts, partition
+from .privacy import (SIMULATION_NOTE, ClientBudget, PrivacyCurve, calibrate_noise, epsilon_replace_one, float_key,
+                      max_steps_within, noise_seed, noisy_label_histogram)
 from .synthesis import save_synthetic
 
 
@@ -37,6 +39,7 @@ from .synthesis import save_synthetic
 # With DP each D step costs privacy and D's gradient is mostly noise (the noise's norm is ~25x the
 # clipped signal's): D takes 5 steps per G step, 2,000 in all per hospital, and averages its noisy
 # gradients with Adam momentum 0.9. Without DP the steps are free: one D step per G step, 2,000 rounds.
+DEBUG_COUNTS = "NOT_PRIVATE_exact_class_counts.json"
 RECIPE = {"dp": dict(rounds=400, d_steps=5, beta1_d=0.9),
           "no_dp": dict(rounds=2000, d_steps=1, beta1_d=0.5)}
 
@@ -77,7 +80,9 @@ class TrainConfig:
     g_ema: float = 0.99  # > 0 keeps an EMA of each G_i's weights (this decay) and samples from it
     fake_labels: str = "uniform"  # labels of D's fakes: uniform, or histogram (a DP label histogram per client)
     histogram_sigma: float = 10.0  # noise multiplier of that histogram release (counted in epsilon)
-    seed: int = 0
+    seed: int = 0  # models, partition, selection; DP noise only with simulation_noise
+    simulation_noise: bool = False  # True: noise streams derived from seed (research); False: OS entropy
+    debug_exact_counts: bool = False  # also write the exact class counts, to a file marked NOT PRIVATE
     device: str = "cpu"
     checkpoint_every: int = 25
     synthetic_per_class: int = 1000  # images per class in the released synthetic.npz (0: none)
@@ -122,6 +127,7 @@ class Run:
     clipper: PerExampleClipper | None
     schedule: list[list[int]]
     round: int = 0
+    train_seconds: float = 0.0  # wall time of all rounds so far (over resumes)
 
     @property
     def objective(self) -> cl.Objective:
@@ -158,21 +164,33 @@ def setup(config: TrainConfig, dataset: MedicalDataset | None = None) -> Run:
         probs = None
         if config.fake_labels == "histogram":
             sigma_h = config.histogram_sigma if config.private else None
-            probs = torch.as_tensor(noisy_label_histogram(ds.train.labels[idx], ds.num_classes, sigma_h,
-                                                          np.random.default_rng([config.seed, 2, cid])),
+            rng = np.random.default_rng(noise_seed(config.simulation_noise, config.seed, 2, cid,
+                                                   float_key(config.epsilon)))
+            probs = torch.as_tensor(noisy_label_histogram(ds.train.labels[idx], ds.num_classes, sigma_h, rng),
                                     dtype=torch.float32)
         clients.append(cl.Client(cid, x_all[idx].to(device), y_all[idx].to(device), gen,
                                  torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=betas), budget,
-                                 ema, config.g_ema, probs, hospital_rng(config.seed, cid, device)))
+                                 ema, config.g_ema, probs, hospital_rng(config, cid, device)))
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=(config.beta1_d, config.beta2))
-    clipper = PerExampleClipper(discriminator, max_grad_norm=config.max_grad_norm) if config.private else None
+    clipper = PerExampleClipper(discriminator, max_grad_norm=config.max_grad_norm,
+                                probe=_probe(ds, device)) if config.private else None
     return Run(config, ds, parts, clients, discriminator, d_opt, clipper, schedule)
 
 
-def hospital_rng(seed: int, cid: int, device: torch.device) -> torch.Generator:
-    """Hospital ``cid``'s own random stream (Poisson masks, fakes, noise) on the run's device,
-    seeded from (seed, cid): reproducible research runs. Its state is saved in checkpoints."""
-    return torch.Generator(device=device).manual_seed(int(np.random.SeedSequence([seed, 5, cid]).generate_state(1)[0]))
+def _probe(ds: MedicalDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three random inputs for the clipper's check that D treats examples independently."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, ds.channels, ds.image_size, ds.image_size, generator=gen)
+    return x.to(device), (torch.arange(3) % ds.num_classes).to(device)
+
+
+def hospital_rng(c: TrainConfig, cid: int, device: torch.device) -> torch.Generator:
+    """Hospital ``cid``'s own random stream (Poisson masks, fakes, DP noise) on the run's device:
+    from OS entropy, or with ``simulation_noise`` from (seed, cid, epsilon, sigma) so that runs at
+    different epsilons never share draws. Its state is saved in checkpoints (which hold the
+    hospitals' private state anyway), so resume continues the stream on any device."""
+    seed = noise_seed(c.simulation_noise, c.seed, 5, cid, float_key(c.epsilon), float_key(c.noise_multiplier or 0.0))
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def check_config(c: TrainConfig) -> None:
@@ -223,12 +241,12 @@ def check_budgets(run: Run, selected: list[cl.Client]) -> None:
                                   f"(delta={c.delta}); stopping with the budget intact")
 
 
-def round_line(run: Run, chosen: list[int], d_loss_fake: float, g_losses: list[float], started: float) -> dict:
-    """The round's metrics.jsonl line."""
+def round_line(run: Run, chosen: list[int], d_loss_fake: float, g_losses: list[float]) -> dict:
+    """The round's metrics.jsonl line. No timing: a round's wall time is an un-noised function of
+    the realised (Poisson) batch sizes, so only the whole run's time is written (timing.json)."""
     line = {"round": run.round, "selected": chosen, "d_loss_fake": d_loss_fake,
             "g_loss": float(np.mean(g_losses)) if g_losses else None,
-            "steps": {str(cl_.cid): cl_.budget.steps for cl_ in run.clients if cl_.budget is not None},
-            "round_time_s": time.perf_counter() - started}
+            "steps": {str(cl_.cid): cl_.budget.steps for cl_ in run.clients if cl_.budget is not None}}
     if run.clients[0].budget is not None:
         line["epsilon"] = {str(cl_.cid): cl_.budget.update_epsilon() for cl_ in run.clients}
     return line
@@ -239,7 +257,6 @@ def train_round(run: Run) -> dict:
     c, chosen = run.config, run.schedule[run.round]
     selected = [run.clients[i] for i in chosen]
     check_budgets(run, selected)
-    started = time.perf_counter()
     d_fake = []
     for _ in range(c.d_steps):  # (1) update D with DP gradients from the selected clients
         uploads = []
@@ -257,7 +274,7 @@ def train_round(run: Run) -> dict:
                                   objective=run.objective)
                 for client in selected for _ in range(c.g_steps)]
     run.round += 1
-    return round_line(run, chosen, float(np.mean(d_fake)), g_losses, started)
+    return round_line(run, chosen, float(np.mean(d_fake)), g_losses)
 
 
 class BudgetExhausted(Exception):
@@ -276,6 +293,7 @@ def _save_checkpoint(run: Run, out: Path) -> None:
              "budgets": [c.budget.steps if c.budget else 0 for c in run.clients],
              "epsilons": [c.budget.epsilon if c.budget else 0.0 for c in run.clients],
              "hospital_rngs": [c.rng.get_state() for c in run.clients],  # on any device: resume redraws nothing
+             "train_seconds": run.train_seconds,
              "torch_rng": torch.get_rng_state()}
     tmp = out / "checkpoint.pt.tmp"
     torch.save(state, tmp)
@@ -284,7 +302,7 @@ def _save_checkpoint(run: Run, out: Path) -> None:
 
 def _load_checkpoint(run: Run, out: Path) -> None:
     state = torch.load(out / "checkpoint.pt", weights_only=False)
-    run.round = state["round"]
+    run.round, run.train_seconds = state["round"], state.get("train_seconds", 0.0)
     run.discriminator.load_state_dict(state["discriminator"])
     run.d_optimizer.load_state_dict(state["d_optimizer"])
     for c, g, ema, o, steps, eps in zip(run.clients, state["generators"], state["ema_generators"],
@@ -307,6 +325,8 @@ def write_privacy(run: Run, out: Path) -> dict:
               "accountant": c.accountant if c.private else None, "delta": c.delta if c.private else None,
               "target_epsilon": c.epsilon if c.private else None, "max_grad_norm": c.max_grad_norm,
               "rounds_completed": run.round,
+              "noise_source": ("derived from the seed (simulation: assumes a trusted simulator)" if c.simulation_noise
+                               else "OS entropy, never written (nobody holding the run's files can regenerate it)"),
               "clients": {str(cl_.cid): (cl_.budget.to_json() if cl_.budget else
                                          {"n_examples": cl_.n_examples, "epsilon": math.inf})
                           | ({"released_label_frequencies": cl_.fake_label_probs.tolist()}
@@ -314,6 +334,14 @@ def write_privacy(run: Run, out: Path) -> dict:
                           for cl_ in run.clients}}
     if c.private:
         report["max_epsilon"] = max(v["epsilon"] for v in report["clients"].values())
+        for cl_, v in zip(run.clients, report["clients"].values()):
+            b = cl_.budget
+            v["epsilon_replace_one"] = epsilon_replace_one(noise_multiplier=b.noise_multiplier,
+                                                           sample_rate=b.sample_rate, steps=b.steps, delta=b.delta,
+                                                           histogram_sigma=b.histogram_sigma)
+        report["max_epsilon_replace_one"] = max(v["epsilon_replace_one"] for v in report["clients"].values())
+        report["adjacency"] = ("epsilon: add or remove one record (N_i treated as public), the accountant above; "
+                               "epsilon_replace_one: one record replaced by another, dp-accounting PLD")
     (out / "privacy.json").write_text(json.dumps(report, indent=2, default=str))
     return report
 
@@ -387,6 +415,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, stop_af
     elif (out / "checkpoint.pt").exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     run = setup(config, dataset)
+    if config.private and config.simulation_noise:
+        print(f"note: {SIMULATION_NOTE}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
     if resume:
@@ -408,11 +438,13 @@ def _train_loop(run: Run, out: Path, metrics_path: Path, *, stop_after: int | No
         with metrics_path.open("a") as log:
             step = engine.train_round if c.engine == "batched" else train_round
             while run.round < c.rounds:
+                started = time.perf_counter()
                 try:
                     line = step(run)
                 except BudgetExhausted as exc:
                     tqdm.write(f"stopped: {exc}")
                     break
+                run.train_seconds += time.perf_counter() - started
                 if "epsilon" in line:
                     max_eps = max(line["epsilon"].values())
                 log.write(json.dumps(line) + "\n")
@@ -432,6 +464,8 @@ def _train_loop(run: Run, out: Path, metrics_path: Path, *, stop_after: int | No
             cl_.budget.update_epsilon()
         cl.standing_bn_stats(cl_.sampler, seed=c.seed)  # the released sampler, ready for eval mode
     privacy = write_privacy(run, out)
+    (out / "timing.json").write_text(json.dumps({"rounds_completed": run.round, "train_s": run.train_seconds,
+                                                 "device": c.device, "torch_threads": torch.get_num_threads()}))
     save_sample_grids(run, out)
     save_generators(run, out)
     if c.synthetic_per_class > 0:
@@ -440,16 +474,30 @@ def _train_loop(run: Run, out: Path, metrics_path: Path, *, stop_after: int | No
 
 
 def _write_config(run: Run, out: Path, *, echo: bool = True) -> None:
+    """config.json: settings, dataset, hospital sizes (public under our threat model) and versions.
+    Exact per-class counts have sensitivity 1 each, so they are printed and written only with
+    ``debug_exact_counts``, to a file named as not private."""
     ds = run.dataset
-    counts = class_counts(ds.train.labels, run.parts, ds.num_classes)
+    sizes = [len(p) for p in run.parts]
     info = {"config": asdict(run.config),
             "dataset": {"name": ds.name, "path": str(ds.path), "image_size": ds.image_size,
                         "channels": ds.channels, "class_names": list(ds.class_names)},
-            "client_class_counts": counts.tolist(),
+            "client_sizes": sizes,
             "versions": _versions()}
     (out / "config.json").write_text(json.dumps(info, indent=2))
+    if run.config.debug_exact_counts:
+        counts = class_counts(ds.train.labels, run.parts, ds.num_classes)
+        (out / DEBUG_COUNTS).write_text(json.dumps({
+            "warning": "NOT PRIVATE: exact per-class counts of every hospital (each has sensitivity 1). "
+                       "For debugging on the data owner's machine; never publish this file.",
+            "class_names": list(ds.class_names), "client_class_counts": counts.tolist()}, indent=2))
     if echo:
-        tqdm.write(format_class_counts(counts, ds.class_names))
+        released = [c.fake_label_probs for c in run.clients]
+        tqdm.write("\n".join(f"hospital {i}: N = {n}" + (f", DP class mix {np.round(p.numpy(), 3).tolist()}"
+                                                          if p is not None and run.config.private else "")
+                             for i, (n, p) in enumerate(zip(sizes, released))))
+        if run.config.debug_exact_counts:
+            tqdm.write(f"NOT PRIVATE (--debug-exact-counts): exact class counts in {out / DEBUG_COUNTS}")
 
 
 def _versions() -> dict[str, str]:

@@ -7,11 +7,22 @@ import torch.nn.functional as F
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from hfgan_core.client import discriminator_gradient
+from hfgan_core.client import Objective, discriminator_gradient, per_example_d_loss
 from hfgan_core.clipping import PerExampleClipper
 from hfgan_core.models import Discriminator, Generator, build_models
 
 C = 0.7
+
+
+def example_loss(model: nn.Module, x, y, target) -> torch.Tensor:
+    """One example's D loss written out again: BCE on the real/fake logit, plus (default D) the
+    AC-GAN class cross-entropy when the example is real."""
+    logit = model(x, y)
+    loss = F.binary_cross_entropy_with_logits(logit, target, reduction="sum")
+    if model.aux is not None and float(target) == 1.0:
+        h = model.features(x).sum(dim=(2, 3))
+        loss = loss + F.cross_entropy(model.aux(h), y, reduction="sum")
+    return loss
 
 
 def brute_force(model: nn.Module, x, y, target, max_norm: float):
@@ -19,8 +30,9 @@ def brute_force(model: nn.Module, x, y, target, max_norm: float):
     total = [torch.zeros_like(p) for p in model.parameters()]
     norms = []
     for i in range(len(x)):
-        loss = F.binary_cross_entropy_with_logits(model(x[i:i + 1], y[i:i + 1]), target[i:i + 1], reduction="sum")
-        grads = torch.autograd.grad(loss, list(model.parameters()))
+        loss = example_loss(model, x[i:i + 1], y[i:i + 1], target[i:i + 1])
+        grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(model.parameters(), grads)]
         norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
         norms.append(norm)
         for t, g in zip(total, grads):
@@ -36,16 +48,17 @@ def tiny_batch(size: int, channels: int, n: int = 10, scale: float = 1.0, seed: 
     return x, y, target
 
 
-@pytest.mark.parametrize("size,channels", [(28, 1), (64, 3)])
-def test_clipped_sum_matches_brute_force(size, channels):
+@pytest.mark.parametrize("size,channels,aux", [(28, 1, False), (64, 3, False), (28, 1, True), (64, 3, True)])
+def test_clipped_sum_matches_brute_force(size, channels, aux):
+    """aux=True is the default D: AC-GAN head inside each example's clipped gradient."""
     torch.manual_seed(0)
-    model = Discriminator(num_classes=3, channels=channels, image_size=size, ndf=8).double()
+    model = Discriminator(num_classes=3, channels=channels, image_size=size, ndf=8, aux_classifier=aux).double()
     x, y, target = tiny_batch(size, channels, scale=3.0)
     _, unclipped = brute_force(model, x, y, target, float("inf"))
     c = float(unclipped.median())  # half the examples get clipped, half pass unchanged
     clipper = PerExampleClipper(model, max_grad_norm=c)
     with clipper.capture():
-        losses = F.binary_cross_entropy_with_logits(model(x, y), target, reduction="none")
+        losses = per_example_d_loss(model, x, y, target.bool(), Objective())
     got, norms = clipper.clipped_grad_sum(losses)
     want, want_norms = brute_force(model, x, y, target, c)
     assert torch.allclose(norms, want_norms, rtol=1e-9)
@@ -82,10 +95,12 @@ def test_ghost_and_direct_norm_paths_agree_on_linear_with_positions():
         assert all(torch.allclose(g, w) for g, w in zip(got, want))
 
 
-def test_neighbouring_batches_differ_by_at_most_c_over_normaliser():
-    """Add or remove one real record: the upload before noise moves by <= C / normaliser."""
+@pytest.mark.parametrize("aux", [False, True])
+def test_neighbouring_batches_differ_by_at_most_c_over_normaliser(aux):
+    """Add or remove one real record: the upload before noise moves by <= C / normaliser (also
+    for the default D, whose class head adds a loss term on real records only)."""
     torch.manual_seed(1)
-    model = Discriminator(num_classes=3, channels=1, image_size=28, ndf=8).double()
+    model = Discriminator(num_classes=3, channels=1, image_size=28, ndf=8, aux_classifier=aux).double()
     clipper = PerExampleClipper(model, max_grad_norm=C)
     x, y, _ = tiny_batch(28, 1, n=16, scale=50.0, seed=3)  # large inputs: every gradient norm >> C
     fake = (x[10:], y[10:])
@@ -136,3 +151,33 @@ def test_model_shapes(size, channels):
     assert x.shape == (5, channels, size, size) and y.shape == (5,)
     assert d(x, y).shape == (5,)
     assert float(x.detach().abs().max()) <= 1.0
+
+
+class MinibatchStddev(nn.Module):
+    """ProGAN's minibatch-stddev: a parameter-free layer that mixes examples."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x.std(dim=0, keepdim=True).mean().expand(x.shape[0], 1, *x.shape[2:])], dim=1)
+
+
+class Scorer(nn.Module):
+    def __init__(self, mixing: nn.Module | None) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.mix = mixing or nn.Identity()
+        self.head = nn.Linear((5 if isinstance(mixing, MinibatchStddev) else 4) * 28 * 28, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mix(self.conv(x)).flatten(1)).squeeze(1)
+
+
+@pytest.mark.parametrize("mixing,match", [(nn.BatchNorm2d(4, affine=False), "mixes examples"),
+                                          (nn.InstanceNorm2d(4, track_running_stats=True), "mixes examples"),
+                                          (MinibatchStddev(), "depends on the other examples")])
+def test_clipper_rejects_parameter_free_batch_mixing(mixing, match):
+    probe = (torch.randn(3, 1, 28, 28), torch.tensor([0, 1, 0]))
+    with pytest.raises(ValueError, match=match):
+        PerExampleClipper(Scorer(mixing), max_grad_norm=1.0, probe=probe)
+    PerExampleClipper(Scorer(None), max_grad_norm=1.0, probe=probe)  # the same model without it is fine
+    _, d = build_models(num_classes=2, channels=1, image_size=28)
+    PerExampleClipper(d, max_grad_norm=1.0, probe=probe)  # and so is our D

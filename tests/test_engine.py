@@ -22,7 +22,8 @@ def tiny(tmp_path):
 
 def config(**kw) -> TrainConfig:
     base = dict(dataset="tiny", clients=3, partition="quantity", alpha=2.0, min_client_size=20, rounds=6,
-                batch_size=8, ndf=8, ngf=8, nz=16, accountant="rdp")
+                batch_size=8, ndf=8, ngf=8, nz=16, accountant="rdp",
+                simulation_noise=True)  # twin runs draw the same noise: the engines are compared draw for draw
     return TrainConfig(**(base | kw))
 
 

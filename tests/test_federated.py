@@ -20,7 +20,7 @@ def tiny_run(tmp_path):
     write_npz(tmp_path / "tiny.npz", n=(120, 20, 20), classes=2)
     cfg = TrainConfig(dataset="tiny", clients=3, partition="quantity", alpha=2.0, min_client_size=20, rounds=4,
                       batch_size=8, ndf=8, ngf=8, nz=16, accountant="rdp", client_fraction=0.67,
-                      d_steps=1)  # one D step a round: the test replays it by hand
+                      d_steps=1, simulation_noise=True)  # one D step a round: the test replays it by hand
     return setup(cfg, load_dataset("tiny", tmp_path))
 
 

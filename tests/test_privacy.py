@@ -153,3 +153,39 @@ def test_noisy_label_histogram():
     draws = np.stack([noisy_label_histogram(labels, 4, 5.0, np.random.default_rng(s)) for s in range(400)])
     assert np.allclose(draws.sum(1), 1.0) and (draws >= 0).all()
     assert np.allclose(draws.mean(0)[:3], [0.7, 0.2, 0.1], atol=0.01)
+
+
+def test_calibration_guarantee_is_a_real_check(monkeypatch):
+    """The final 'epsilon(sigma) <= target' is checked with an exception, not an assert that
+    ``python -O`` would drop: an accountant that answers differently the second time it is asked
+    about the same sigma (a stand-in for any non-monotone or unstable accountant) is refused."""
+    import hfgan_core.privacy as pv
+    seen: dict[float, int] = {}
+
+    def unstable(*, noise_multiplier, **_):
+        seen[noise_multiplier] = seen.get(noise_multiplier, 0) + 1
+        if noise_multiplier == 0:
+            return math.inf
+        return 10.0 / noise_multiplier if seen[noise_multiplier] == 1 else 100.0
+
+    monkeypatch.setattr(pv, "compute_epsilon", unstable)
+    with pytest.raises(RuntimeError, match="refusing an uncalibrated sigma"):
+        pv.calibrate_noise(target_epsilon=5.0, delta=1e-5, sample_rate=0.01, steps=10)
+
+
+def test_replace_one_epsilon_matches_the_gaussian_closed_form():
+    """Without subsampling, T steps of a Gaussian with sensitivity 2C (replace-one) and noise
+    sigma*C compose to a Gaussian mechanism with mu = 2 sqrt(T) / sigma, whose delta(eps) has a
+    closed form (Balle & Wang 2018): delta = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+    from hfgan_core.privacy import epsilon_replace_one
+    sigma, steps, delta = 8.0, 20, 1e-5
+    mu = 2 * math.sqrt(steps) / sigma
+    closed = brentq(lambda e: norm.cdf(-e / mu + mu / 2) - math.exp(e) * norm.cdf(-e / mu - mu / 2) - delta, 1e-6, 50)
+    got = epsilon_replace_one(noise_multiplier=sigma, sample_rate=1.0, steps=steps, delta=delta)
+    assert closed <= got <= closed * 1.01  # the PLD discretisation errs on the safe side
+    # with subsampling: above add/remove (the record can move the sum by 2C), below twice it
+    kw = dict(noise_multiplier=1.0, sample_rate=0.05, steps=300, delta=1e-5)
+    add_remove = compute_epsilon(accountant="prv", **kw)
+    assert add_remove < epsilon_replace_one(**kw) < 2 * add_remove + 1

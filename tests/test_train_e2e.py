@@ -17,12 +17,8 @@ from hfgan_core.synthesis import synthesize
 from hfgan_core.models import Generator
 from hfgan_core.train import TrainConfig, train
 
-TIMING = {"round_time_s"}
-
-
 def _metrics(path):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-            for line in (path / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +29,7 @@ def pneumonia():
 
 def small(**kw) -> TrainConfig:
     base = dict(dataset="pneumoniamnist", clients=3, rounds=6, d_steps=1, batch_size=32, checkpoint_every=2,
+                simulation_noise=True,  # reproducible: the tests compare runs draw for draw
                 accountant="rdp", synthetic_per_class=10)
     return TrainConfig(**(base | kw))
 
@@ -61,7 +58,13 @@ def test_dp_run_accounts_every_step(pneumonia, tmp_path):
     assert privacy["accountant"] == "prv" and privacy["delta"] == 1e-5
     assert all(v["steps"] == 8 for v in privacy["clients"].values())
     assert 9 < privacy["max_epsilon"] <= 10  # calibrated to the target, never over it
+    assert all(v["epsilon_replace_one"] > v["epsilon"] for v in privacy["clients"].values())  # sensitivity 2C
+    assert privacy["max_epsilon_replace_one"] == max(v["epsilon_replace_one"] for v in privacy["clients"].values())
     lines = _metrics(tmp_path / "run")
+    # nothing un-noised about the data per round (a round's wall time follows the Poisson batch sizes)
+    assert all(set(line) == {"round", "selected", "d_loss_fake", "g_loss", "steps", "epsilon"} for line in lines)
+    timing = json.loads((tmp_path / "run" / "timing.json").read_text())
+    assert timing["rounds_completed"] == 8 and timing["train_s"] > 0
     for cid, budget in privacy["clients"].items():  # epsilon every round, rising to what privacy.json reports
         trajectory = [line["epsilon"][cid] for line in lines]
         assert len(trajectory) == 8 and trajectory == sorted(trajectory) and 0 < trajectory[0]
@@ -91,6 +94,8 @@ def test_resume_reaches_the_same_metrics(pneumonia, tmp_path):
         assert torch.equal(a, b)
     assert (json.loads((tmp_path / "part" / "privacy.json").read_text())["clients"]
             == json.loads((tmp_path / "full" / "privacy.json").read_text())["clients"])
+    timing = json.loads((tmp_path / "part" / "timing.json").read_text())
+    assert 0 < timing["train_s"] < 10 * json.loads((tmp_path / "full" / "timing.json").read_text())["train_s"]
 
 
 def test_fixed_sigma_stops_before_exceeding_target(pneumonia, tmp_path, capsys):

@@ -1,0 +1,120 @@
+"""What leaves the pipeline besides the noisy uploads must not break the claim (issue 10): the
+noise cannot be regenerated from the published files, per-round logs carry nothing un-noised."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_npz
+from hfgan_core import engine
+from hfgan_core.data import load_dataset
+from hfgan_core.privacy import SIMULATION_NOTE
+from hfgan_core.train import DEBUG_COUNTS, TrainConfig, _load_checkpoint, setup, train
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    write_npz(tmp_path / "tiny.npz", n=(150, 20, 20), classes=3)
+    return load_dataset("tiny", tmp_path)
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(dataset="tiny", clients=3, partition="quantity", alpha=2.0, min_client_size=20, rounds=2,
+                d_steps=1, batch_size=8, ndf=8, ngf=8, nz=16, accountant="rdp", epsilon=10.0,
+                synthetic_per_class=2)
+    return TrainConfig(**(base | kw))
+
+
+def first_uploads(cfg: TrainConfig, ds) -> list[torch.Tensor]:
+    run = setup(cfg, ds)
+    uploads, _ = engine.private_uploads(run, run.clients, engine.draw_batch(run, run.clients))
+    return [torch.cat([g.flatten() for g in u]) for u in uploads]
+
+
+def test_default_noise_cannot_be_regenerated_from_the_seed(tiny, tmp_path):
+    """By default two runs with the same settings and seed upload different noise: whoever reads
+    config.json (which records the seed) cannot redraw it and subtract it."""
+    a, b = first_uploads(config(), tiny), first_uploads(config(), tiny)
+    assert all(not torch.equal(u, v) for u, v in zip(a, b))
+    run = train(config(), tmp_path / "run", progress=False, dataset=tiny)
+    seeds = [str(h.rng.initial_seed()) for h in run.clients]
+    for name in ("config.json", "privacy.json", "metrics.jsonl", "timing.json", "synthetic.json"):
+        text = (tmp_path / "run" / name).read_text()
+        assert not any(s in text for s in seeds), name  # the streams' seeds are written nowhere
+    assert "OS entropy" in json.loads((tmp_path / "run" / "privacy.json").read_text())["noise_source"]
+
+
+def test_simulation_noise_is_reproducible_but_never_shared_across_epsilons(tiny, tmp_path, capsys):
+    sim = config(simulation_noise=True)
+    a, b = first_uploads(sim, tiny), first_uploads(sim, tiny)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))  # research mode: bit-reproducible
+    streams = {}
+    for eps in (10.0, 1.0):
+        run = setup(config(simulation_noise=True, epsilon=eps), tiny)
+        streams[eps] = torch.randn(1000, generator=run.clients[0].rng)
+    assert not torch.allclose(streams[10.0], streams[1.0])  # no standard-normal draw reused at another epsilon
+    train(sim, tmp_path / "run", progress=False, dataset=tiny)
+    assert SIMULATION_NOTE in capsys.readouterr().err  # the run says what its guarantee then assumes
+    assert "trusted simulator" in json.loads((tmp_path / "run" / "privacy.json").read_text())["noise_source"]
+
+
+def test_resume_continues_an_entropy_seeded_stream(tiny, tmp_path):
+    """Without a seed to fall back on, resume must restore each hospital's stream from the
+    checkpoint, state for state (on CUDA too: ``test_engine`` checks that on a GPU)."""
+    train(config(rounds=4), tmp_path / "part", progress=False, stop_after=2, dataset=tiny)
+    saved = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["hospital_rngs"]
+    resumed = setup(config(rounds=4), tiny)
+    _load_checkpoint(resumed, tmp_path / "part")
+    for h, state in zip(resumed.clients, saved):
+        assert torch.equal(h.rng.get_state(), state)
+
+
+def _hospitals(n: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.rand(48, 1, 28, 28, generator=gen) * 2 - 1, torch.randint(2, (48,), generator=gen))
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("simulation", [False, True])
+def test_baselines_noise_follows_the_same_rule(simulation):
+    """The DP-SGD classifier's and DP-FedAvg-GAN's noise: OS entropy by default, reproducible only
+    in simulation mode."""
+    from hfgan_core.dpfedavg_gan import DPFedAvgGANConfig, train_dpfedavg_gan
+    from hfgan_core.federated import DPSpec, FedConfig, train_federated
+    hospitals = _hospitals()
+
+    def classifier():
+        res = train_federated(hospitals, hospitals[0], num_classes=2,
+                              config=FedConfig(rounds=1, batch_size=16, width=8),
+                              dp=DPSpec(epsilon=3.0, accountant="rdp", simulation_noise=simulation))
+        return torch.cat([p.detach().flatten() for p in res.model.parameters()])
+
+    def gan():
+        cfg = DPFedAvgGANConfig(rounds=1, local_steps=1, batch_size=8, nz=8, ngf=8, ndf=8, epsilon=5.0,
+                                accountant="rdp", simulation_noise=simulation)
+        res = train_dpfedavg_gan(hospitals, num_classes=2, config=cfg)
+        return torch.cat([p.detach().flatten() for p in res.generator.parameters()])
+
+    for make in (classifier, gan):
+        assert torch.equal(make(), make()) == simulation
+
+
+def test_exact_class_counts_stay_out_of_public_outputs(tiny, tmp_path, capsys):
+    """Each per-class count has sensitivity 1: config.json, privacy.json and the console carry
+    hospital sizes (public) and at most a DP class mix; exact counts only in a file marked NOT
+    PRIVATE, on request."""
+    run = train(config(fake_labels="histogram"), tmp_path / "run", progress=True, dataset=tiny)
+    exact = [np.bincount(tiny.train.labels[p], minlength=3).tolist() for p in run.parts]
+    printed = capsys.readouterr()
+    info = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert info["client_sizes"] == [sum(c) for c in exact] and "client_class_counts" not in info
+    for text in ((tmp_path / "run" / "config.json").read_text(), (tmp_path / "run" / "privacy.json").read_text(),
+                 printed.out + printed.err):
+        assert not any(" ".join(f"{v:>8d}" for v in row) in text or str(row) in text for row in exact)
+    assert not (tmp_path / "run" / DEBUG_COUNTS).exists()
+    train(config(debug_exact_counts=True), tmp_path / "debug", progress=False, dataset=tiny)
+    debug = json.loads((tmp_path / "debug" / DEBUG_COUNTS).read_text())
+    assert debug["warning"].startswith("NOT PRIVATE") and debug["client_class_counts"] == exact
