@@ -1,0 +1,62 @@
+"""Measuring what the noise buys: attacks on HF-GAN's outputs and an empirical privacy audit.
+
+So far: the statistics every attack reports (ROC AUC and the true-positive rate at a low
+false-positive rate) and the one-run audit's conversion from canary guesses to a lower bound on
+epsilon (Steinke, Nasr & Jagielski, "Privacy auditing with one (1) training run", NeurIPS 2023).
+
+The audit: m canaries, each inserted into the training data with probability 1/2, independently.
+After training, an auditor scores every canary and guesses "in" for the r_+ highest scores and
+"out" for the r_- lowest (abstaining on the rest, r = r_+ + r_-). If the training run is
+(epsilon, delta)-DP with respect to each canary, the number v of correct guesses is at most
+Binomial(r, e^eps / (1 + e^eps)) up to a delta term (their Theorem 3), so a v that is too large
+for a given epsilon rejects it; the largest epsilon rejected at confidence 1 - beta is a lower
+bound on the true epsilon, valid with probability >= 1 - beta.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.optimize import brentq
+from scipy.stats import binom
+
+
+def audit_p_value(*, m: int, r: int, v: int, epsilon: float, delta: float) -> float:
+    """P[at least v of r guesses correct] for an (epsilon, delta)-DP run with m canaries: the
+    binomial tail with success probability e^eps / (1 + e^eps), plus Steinke et al.'s delta term
+    2 m delta max_i (P[Binomial = v - i .. v - 1 summed] / i)."""
+    if not 0 <= v <= r <= m:
+        raise ValueError(f"need 0 <= v <= r <= m (got v={v}, r={r}, m={m})")
+    p = math.exp(epsilon) / (1 + math.exp(epsilon)) if epsilon < 700 else 1.0
+    tail = float(binom.sf(v - 1, r, p))  # P[W >= v]
+    if v == 0 or delta == 0:
+        return min(1.0, tail)
+    i = np.arange(1, v + 1)
+    mass = np.cumsum(binom.pmf(v - i, r, p))  # mass[i - 1] = P[v - i <= W <= v - 1]
+    return min(1.0, tail + 2 * m * delta * float(np.max(mass / i)))
+
+
+def epsilon_lower_bound(*, m: int, r: int, v: int, delta: float, confidence: float = 0.95,
+                        max_epsilon: float = 100.0) -> float:
+    """The largest epsilon the guesses reject at ``confidence``: with probability >= confidence
+    the run's true epsilon (at this delta) is at least this. 0 when nothing is rejected."""
+    beta = 1 - confidence
+
+    def excess(eps: float) -> float:  # > 0 while eps is rejected (p-value below beta)
+        return beta - audit_p_value(m=m, r=r, v=v, epsilon=eps, delta=delta)
+
+    if excess(0.0) <= 0:
+        return 0.0
+    if excess(max_epsilon) > 0:
+        return max_epsilon
+    return float(brentq(excess, 0.0, max_epsilon, xtol=1e-6))
+
+
+def best_guesses(scores_in: np.ndarray, scores_out: np.ndarray, *, guesses: int) -> tuple[int, int]:
+    """Guess "in" for the ``guesses`` highest-scoring canaries (r = guesses, abstain on the rest);
+    returns (r, v), the guesses made and how many were right. ``scores_in`` are the canaries that
+    were inserted, ``scores_out`` those that were not."""
+    scores = np.concatenate([scores_in, scores_out])
+    truth = np.concatenate([np.ones(len(scores_in), bool), np.zeros(len(scores_out), bool)])
+    top = np.argsort(-scores, kind="stable")[:guesses]
+    return len(top), int(truth[top].sum())

@@ -1,0 +1,58 @@
+"""The one-run audit's conversion from canary guesses to an epsilon lower bound, against a
+brute-force binomial tail and against mechanisms whose epsilon is known."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from hfgan_core.attacks import audit_p_value, best_guesses, epsilon_lower_bound
+
+
+def brute_tail(r: int, v: int, eps: float) -> float:
+    p = math.exp(eps) / (1 + math.exp(eps))
+    return sum(math.comb(r, k) * p ** k * (1 - p) ** (r - k) for k in range(v, r + 1))
+
+
+@pytest.mark.parametrize("r,v,eps", [(50, 40, 1.0), (200, 120, 0.3), (10, 10, 2.0), (30, 0, 1.0)])
+def test_p_value_without_delta_is_the_binomial_tail(r, v, eps):
+    assert math.isclose(audit_p_value(m=2 * r, r=r, v=v, epsilon=eps, delta=0.0), brute_tail(r, v, eps),
+                        rel_tol=1e-9, abs_tol=1e-15)
+    assert audit_p_value(m=2 * r, r=r, v=v, epsilon=eps, delta=1e-3) >= audit_p_value(
+        m=2 * r, r=r, v=v, epsilon=eps, delta=0.0)  # delta only makes the test more lenient
+
+
+def test_lower_bound_is_where_the_tail_crosses_beta():
+    r, v = 400, 300
+    got = epsilon_lower_bound(m=1000, r=r, v=v, delta=0.0)
+    lo, hi = 0.0, 20.0  # an independent bisection on the brute-force tail
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if brute_tail(r, v, mid) < 0.05 else (lo, mid)
+    assert math.isclose(got, lo, abs_tol=1e-4)
+    assert epsilon_lower_bound(m=1000, r=r, v=r // 2, delta=1e-5) == 0.0  # chance-level guesses reject nothing
+
+
+def randomized_response_audit(eps: float, m: int, rng: np.random.Generator) -> float:
+    """m canaries in or out with probability 1/2; the auditor sees each bit through randomized
+    response with parameter eps (an eps-DP release of each canary) and guesses on all of them."""
+    inside = rng.random(m) < 0.5
+    keep = rng.random(m) < math.exp(eps) / (1 + math.exp(eps))
+    seen = np.where(keep, inside, ~inside)
+    r, v = best_guesses(seen[inside].astype(float), seen[~inside].astype(float), guesses=int(seen.sum()))
+    v += int((~seen & ~inside).sum())  # "out" guesses for the canaries seen as out
+    return epsilon_lower_bound(m=m, r=m, v=v, delta=1e-5)
+
+
+def test_audit_never_claims_more_than_a_known_epsilon_and_catches_a_broken_one():
+    rng = np.random.default_rng(0)
+    bounds = [randomized_response_audit(1.0, 1000, rng) for _ in range(100)]
+    assert np.mean(np.array(bounds) > 1.0) <= 0.10  # valid at 95 %: exceeded in about 5 % of runs at most
+    assert np.median(bounds) > 0.5  # and not vacuous: 1,000 canaries pin epsilon = 1 down to ~0.8
+    assert randomized_response_audit(20.0, 1000, rng) > 4.0  # no noise to speak of: far above a claim of 1
+
+
+def test_bad_counts_are_refused():
+    with pytest.raises(ValueError, match="v <= r <= m"):
+        audit_p_value(m=10, r=20, v=5, epsilon=1.0, delta=0.0)
