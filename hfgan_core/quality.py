@@ -153,13 +153,16 @@ def _prdc_per_class(sample_feats: list[np.ndarray], real_feats: np.ndarray, halv
     return {m: [s[m] for s in scores] for m in ("precision", "recall", "density", "coverage")}
 
 
+def nearest_distances(x: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
+    """Pixel L2 distance from each image of ``x`` to its nearest image in ``reference``."""
+    t = reference.flatten(1)
+    return torch.cat([torch.cdist(x[i:i + 512].flatten(1), t).min(dim=1).values
+                      for i in range(0, len(x), 512)]).numpy()
+
+
 def copy_check(fakes: torch.Tensor, train: torch.Tensor, val: torch.Tensor) -> dict:
     """Nearest-training-image distances (pixel L2) of fakes against those of real validation images."""
-    def nearest(x: torch.Tensor) -> np.ndarray:
-        t = train.flatten(1)
-        return torch.cat([torch.cdist(x[i:i + 512].flatten(1), t).min(dim=1).values
-                          for i in range(0, len(x), 512)]).numpy()
-    d_fake, d_val = nearest(fakes), nearest(val)
+    d_fake, d_val = nearest_distances(fakes, train), nearest_distances(val, train)
     p05, p50 = np.quantile(d_val, 0.05), np.quantile(d_val, 0.5)
     return {"nn_below_val_p05": float((d_fake < p05).mean()), "nn_below_val_median": float((d_fake < p50).mean()),
             "nn_median_fake": float(np.median(d_fake)), "nn_median_val": float(p50)}

@@ -1,13 +1,17 @@
-"""The one-run audit's conversion from canary guesses to an epsilon lower bound, against a
-brute-force binomial tail and against mechanisms whose epsilon is known."""
+"""Membership inference statistics against pairwise counts, the attacks on planted leaks, and the
+one-run audit's conversion from canary guesses to an epsilon lower bound, against a brute-force
+binomial tail and against mechanisms whose epsilon is known."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import pytest
+import torch
 
-from hfgan_core.attacks import audit_p_value, best_guesses, epsilon_lower_bound
+from hfgan_core.attacks import (attack_summary, audit_p_value, best_guesses, discriminator_membership_scores,
+                               epsilon_lower_bound, generator_membership_scores)
+from hfgan_core.models import Discriminator
 
 
 def brute_tail(r: int, v: int, eps: float) -> float:
@@ -56,3 +60,35 @@ def test_audit_never_claims_more_than_a_known_epsilon_and_catches_a_broken_one()
 def test_bad_counts_are_refused():
     with pytest.raises(ValueError, match="v <= r <= m"):
         audit_p_value(m=10, r=20, v=5, epsilon=1.0, delta=0.0)
+
+
+def test_attack_summary_against_pairwise_counts():
+    rng = np.random.default_rng(1)
+    members, nonmembers = rng.normal(0.5, 1, 300), rng.normal(0, 1, 400)
+    got = attack_summary(members, nonmembers, fpr=0.05)
+    pairs = (members[:, None] > nonmembers[None, :]).mean() + 0.5 * (members[:, None] == nonmembers[None, :]).mean()
+    assert math.isclose(got["auc"], pairs, rel_tol=1e-12)
+    threshold = np.sort(nonmembers)[int(np.ceil(0.95 * (len(nonmembers) - 1)))]
+    assert (nonmembers > threshold).mean() <= 0.05
+    assert got["tpr_at_fpr"] == (members > threshold).mean()
+
+
+def test_gan_leaks_finds_copied_records_and_not_fresh_ones():
+    gen = torch.Generator().manual_seed(0)
+    members, nonmembers = torch.rand(60, 1, 8, 8, generator=gen), torch.rand(60, 1, 8, 8, generator=gen)
+    copies = members + 0.01 * torch.randn(60, 1, 8, 8, generator=gen)  # a generator that memorised its data
+    fresh = torch.rand(200, 1, 8, 8, generator=gen)  # one that did not
+    leak = attack_summary(generator_membership_scores(members, copies), generator_membership_scores(nonmembers, copies))
+    assert leak["auc"] == 1.0 and leak["tpr_at_fpr"] == 1.0
+    none = attack_summary(generator_membership_scores(members, fresh), generator_membership_scores(nonmembers, fresh))
+    assert 0.35 < none["auc"] < 0.65
+
+
+def test_logan_scores_are_the_discriminators_logits_in_batches():
+    torch.manual_seed(0)
+    d = Discriminator(num_classes=2, channels=1, image_size=28, ndf=8)
+    x, y = torch.randn(70, 1, 28, 28), torch.randint(2, (70,))
+    got = discriminator_membership_scores(d, x, y, batch=16)
+    with torch.no_grad():
+        want = torch.stack([d(x[i:i + 1], y[i:i + 1])[0] for i in range(70)]).numpy()
+    assert np.allclose(got, want, atol=1e-5)
