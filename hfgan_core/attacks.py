@@ -27,7 +27,7 @@ from scipy.optimize import brentq
 from scipy.stats import binom
 from sklearn.metrics import roc_auc_score
 
-from .client import Objective, per_example_d_loss
+from .client import Objective, per_example_d_loss, total_variation
 from .quality import nearest_distances
 
 
@@ -50,9 +50,8 @@ def invert_upload(discriminator: torch.nn.Module, upload: list[torch.Tensor], la
         grads = torch.autograd.grad(losses.sum(), params, create_graph=True)
         dot = sum((g * t).sum() for g, t in zip(grads, target))
         cosine = dot / (torch.sqrt(sum((g ** 2).sum() for g in grads)) * target_norm + 1e-12)
-        tv = (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
         opt.zero_grad(set_to_none=True)
-        (1 - cosine + tv_weight * tv).backward(inputs=[x])
+        (1 - cosine + tv_weight * total_variation(x).mean()).backward(inputs=[x])
         opt.step()
         with torch.no_grad():
             x.clamp_(-1, 1)

@@ -191,11 +191,15 @@ def generator_losses(discriminator: nn.Module, x_fake: torch.Tensor, y_fake: tor
         dx = (x_fake[:, :half] - x_fake[:, half:2 * half]).abs().flatten(2).mean(2)  # (H, B/2)
         dz = (z[:, :half] - z[:, half:2 * half]).abs().mean(2)
         loss = loss + objective.mode_seeking / ((dx / dz).mean(1) + 1e-5)
-    if objective.smoothness > 0:  # mean absolute difference of neighbouring pixels, per hospital
-        tv = ((x_fake[..., 1:, :] - x_fake[..., :-1, :]).abs().flatten(2).mean(2)
-              + (x_fake[..., :, 1:] - x_fake[..., :, :-1]).abs().flatten(2).mean(2)).mean(1)  # (H,)
-        loss = loss + objective.smoothness * tv
+    if objective.smoothness > 0:
+        loss = loss + objective.smoothness * total_variation(x_fake).mean(1)  # (H,)
     return loss
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of neighbouring pixels, per image: x (..., C, S, S) -> (...)."""
+    return ((x[..., 1:, :] - x[..., :-1, :]).abs().flatten(-3).mean(-1)
+            + (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(-3).mean(-1))
 
 
 def generator_batch(generator: Generator, batch_size: int, objective: Objective = Objective(),

@@ -150,7 +150,6 @@ def plot_samples(ds, runs_dir: Path, seed: int, epsilons: list[float], path: Pat
     import matplotlib.pyplot as plt
     from torchvision.utils import make_grid
 
-    from .train import load_generators
     k = ds.num_classes
     x, y = ds.val.tensors()
     blocks = [("real (validation)", torch.cat([x[y == c][:10] for c in range(k)]), 10)]

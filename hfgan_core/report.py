@@ -82,9 +82,10 @@ def plot_samples(bench_dir: str | Path, path: str | Path, *, data_dir: str | Non
     grids = [("real (validation split)", make_grid(real, nrow=per_class, normalize=True, value_range=(-1, 1))
               .permute(1, 2, 0).numpy())]
     hospitals = report["hospitals"][str(seed)]
-    mixes = hospitals.get("dp_class_mix") or [None] * len(hospitals["sizes"])  # runs before the DP mix: sizes only
+    has_mix = "dp_class_mix" in hospitals  # runs redacted before the DP mix existed carry sizes only
+    mixes = hospitals["dp_class_mix"] if has_mix else [None] * len(hospitals["sizes"])
     for i, (n, mix) in enumerate(zip(hospitals["sizes"], mixes)):
-        grids.append((f"G_{i} of hospital {i}\n(N = {n}" + (f"; DP mix {_mix_label(mix)})" if mix else ")"),
+        grids.append((f"G_{i} of hospital {i}\n(N = {n}" + (f"; DP mix {_mix_label(mix)})" if has_mix else ")"),
                       plt.imread(run_dir / f"samples_client{i}.png")))
     fig, axes = plt.subplots(1, len(grids), figsize=(2.3 * len(grids), 0.3 * ds.num_classes + 1.2),
                              layout="constrained")
@@ -96,7 +97,7 @@ def plot_samples(bench_dir: str | Path, path: str | Path, *, data_dir: str | Non
     size = ds.image_size
     axes[0].set_yticks([2 + c * (size + 2) + size / 2 for c in range(ds.num_classes)], ds.class_names, fontsize=7)
     fig.suptitle(f"{report['dataset']}: HF-GAN samples at ε = {_eps_label(eps)} (seed {seed}; rows = classes, "
-                 "hospital sizes" + (" and DP class mixes)" if hospitals.get("dp_class_mix") else ")"), fontsize=9)
+                 "hospital sizes" + (" and DP class mixes)" if has_mix else ")"), fontsize=9)
     return _save(fig, path)
 
 

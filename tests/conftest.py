@@ -32,3 +32,21 @@ def write_npz(path: Path, *, n=(40, 12, 12), size=28, channels=1, classes=3, see
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **arrays)
     return path
+
+
+# A small run on a tiny file: 3 hospitals (quantity skew), tiny models; tests add what they vary.
+TINY_RUN = dict(dataset="tiny", clients=3, partition="quantity", alpha=2.0, min_client_size=20, batch_size=8,
+                ndf=8, ngf=8, nz=16, accountant="rdp")
+
+
+def tiny_config(**kw):
+    from hfgan_core.train import TrainConfig
+    return TrainConfig(**(TINY_RUN | kw))
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """tiny.npz: 150 / 20 / 20 random-pixel images of 3 classes, loaded."""
+    from hfgan_core.data import load_dataset
+    write_npz(tmp_path / "tiny.npz", n=(150, 20, 20), classes=3)
+    return load_dataset("tiny", tmp_path)

@@ -7,24 +7,15 @@ import json
 import pytest
 import torch
 
-from conftest import write_npz
+from conftest import tiny_config
 from hfgan_core import client as cl
 from hfgan_core import engine
-from hfgan_core.data import load_dataset
 from hfgan_core.train import TrainConfig, setup, train, train_round
 
 
-@pytest.fixture
-def tiny(tmp_path):
-    write_npz(tmp_path / "tiny.npz", n=(150, 20, 20), classes=3)
-    return load_dataset("tiny", tmp_path)
-
-
 def config(**kw) -> TrainConfig:
-    base = dict(dataset="tiny", clients=3, partition="quantity", alpha=2.0, min_client_size=20, rounds=6,
-                batch_size=8, ndf=8, ngf=8, nz=16, accountant="rdp",
-                simulation_noise=True)  # twin runs draw the same noise: the engines are compared draw for draw
-    return TrainConfig(**(base | kw))
+    # twin runs draw the same noise (simulation_noise): the engines are compared draw for draw
+    return tiny_config(**(dict(rounds=6, simulation_noise=True) | kw))
 
 
 def twin_runs(ds, **kw):

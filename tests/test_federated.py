@@ -8,18 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_npz
+from conftest import tiny_config, write_npz
 from hfgan_core import client as cl
 from hfgan_core import server as sv
 from hfgan_core.data import load_dataset
-from hfgan_core.train import TrainConfig, setup, train_round
+from hfgan_core.train import setup, train_round
 
 
 @pytest.fixture
 def tiny_run(tmp_path):
     write_npz(tmp_path / "tiny.npz", n=(120, 20, 20), classes=2)
-    cfg = TrainConfig(dataset="tiny", clients=3, partition="quantity", alpha=2.0, min_client_size=20, rounds=4,
-                      batch_size=8, ndf=8, ngf=8, nz=16, accountant="rdp", client_fraction=0.67,
+    cfg = tiny_config(rounds=4, client_fraction=0.67,
                       d_steps=1, simulation_noise=True)  # one D step a round: the test replays it by hand
     return setup(cfg, load_dataset("tiny", tmp_path))
 

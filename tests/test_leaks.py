@@ -8,24 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_npz
+from conftest import tiny_config
 from hfgan_core import engine
-from hfgan_core.data import load_dataset
 from hfgan_core.privacy import SIMULATION_NOTE
 from hfgan_core.train import DEBUG_COUNTS, TrainConfig, _load_checkpoint, setup, train
 
 
-@pytest.fixture
-def tiny(tmp_path):
-    write_npz(tmp_path / "tiny.npz", n=(150, 20, 20), classes=3)
-    return load_dataset("tiny", tmp_path)
-
-
 def config(**kw) -> TrainConfig:
-    base = dict(dataset="tiny", clients=3, partition="quantity", alpha=2.0, min_client_size=20, rounds=2,
-                d_steps=1, batch_size=8, ndf=8, ngf=8, nz=16, accountant="rdp", epsilon=10.0,
-                synthetic_per_class=2)
-    return TrainConfig(**(base | kw))
+    return tiny_config(**(dict(rounds=2, d_steps=1, epsilon=10.0, synthetic_per_class=2) | kw))
 
 
 def first_uploads(cfg: TrainConfig, ds) -> list[torch.Tensor]:
