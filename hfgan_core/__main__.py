@@ -24,7 +24,8 @@ _HELP = {
     "max_grad_norm": "per-example clipping norm C",
     "epsilon": "per-record, per-hospital epsilon target ('inf' disables DP)",
     "delta": "delta of the (epsilon, delta) guarantee", "accountant": "prv (default) or rdp",
-    "noise_multiplier": "fixed sigma instead of calibrating it; training stops when epsilon is reached",
+    "noise_multiplier": "fixed sigma instead of calibrating it; training stops when epsilon is reached "
+                        "(0 with --epsilon inf: clipping only, no noise and no guarantee -- a control)",
     "client_fraction": "fraction of clients selected each round",
     "download": "fetch a missing MedMNIST file through the medmnist package",
     "debug_exact_counts": "also write each hospital's exact class counts to NOT_PRIVATE_exact_class_counts.json "
@@ -92,6 +93,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue interrupted runs with the same settings from their folders instead of retraining")
     q.add_argument("--no-progress", action="store_true")
 
+    a = sub.add_parser("attacks", help="privacy attacks and the canary audit over epsilon and seeds: table 4")
+    a.add_argument("--dataset", default="pneumoniamnist", help=_HELP["dataset"])
+    a.add_argument("--data-dir", default=None, help=_HELP["data_dir"])
+    a.add_argument("--profile", default="paper", help="smoke (tests), quick (about 1 h on 2 cores) or paper (the recipe)")
+    a.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    a.add_argument("--epsilon", nargs="+", type=float, default=[float("inf"), 10.0, 1.0],
+                   help="per-record, per-hospital epsilons ('inf' = the clipping-only control, sigma = 0)")
+    a.add_argument("--clients", type=int, default=5, help=_HELP["clients"])
+    a.add_argument("--alpha", type=float, default=0.5, help=_HELP["alpha"])
+    a.add_argument("--partition", default="dirichlet", help=_HELP["partition"])
+    a.add_argument("--delta", type=float, default=1e-5, help=_HELP["delta"])
+    a.add_argument("--device", default="cpu")
+    a.add_argument("--out", default="results", help="table4_privacy_attacks.md here, runs in <out>/privacy_attacks")
+    a.add_argument("--resume", action="store_true", help="keep runs already in <out>/privacy_attacks")
+    a.add_argument("--render-only", action="store_true", help="only rebuild the table and figure from attacks.json")
+    a.add_argument("--no-progress", action="store_true")
+
     t = sub.add_parser("tables", help="run the dataset notebooks (papermill) and write results/README.md")
     t.add_argument("--profile", default="quick", help="smoke, quick (2-core CPU) or paper (GPU)")
     t.add_argument("--device", default="cpu")
@@ -109,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         return _benchmark(args)
     if args.command == "quality":
         return _quality(args)
+    if args.command == "attacks":
+        return _attacks(args)
     if args.command == "tables":
         try:
             return make_tables(profile=args.profile, device=args.device, datasets=args.datasets, out=args.out,
@@ -141,6 +161,23 @@ def _quality(args: argparse.Namespace) -> int:
         if path is None:
             run_quality(config, args.out, progress=not args.no_progress, resume=args.resume)
             path = Path(args.out) / "gan_quality.md"
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"done: {path}")
+    return 0
+
+
+def _attacks(args: argparse.Namespace) -> int:
+    from .attacks.experiment import AttackConfig, plot_inversions, run_attacks, write_table
+    config = AttackConfig(dataset=args.dataset, data_dir=args.data_dir, profile=args.profile, seeds=args.seeds,
+                          epsilons=args.epsilon, clients=args.clients, partition=args.partition, alpha=args.alpha,
+                          delta=args.delta, device=args.device)
+    try:
+        if not args.render_only:
+            run_attacks(config, args.out, resume=args.resume, progress=not args.no_progress)
+        path = write_table(args.out)
+        plot_inversions(args.out, Path(args.out) / "figures" / "table4_inversion.png")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

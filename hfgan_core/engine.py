@@ -84,10 +84,14 @@ def private_uploads(run, selected: list[cl.Client], batch: DBatch) -> tuple[list
     with run.clipper.capture():
         losses = cl.per_example_d_loss(run.discriminator, batch.x, batch.y, batch.is_real, run.objective)
     sums, _ = run.clipper.clipped_grad_sum(losses, segments=batch.sizes)  # each (H, *param.shape)
-    uploads = [privatize([s[i] for s in sums], noise_multiplier=h.budget.noise_multiplier,
+    if run.audit is not None:  # a privacy audit's canaries join each hospital's clipped sum
+        run.audit.insert(sums, selected)
+    uploads = [privatize([s[i] for s in sums], noise_multiplier=h.budget.noise_multiplier if h.budget else 0.0,
                          max_grad_norm=c.max_grad_norm, normaliser=cl.normaliser(c.batch_size, h.n_examples, c.n_fakes),
                          generator=h.rng)
                for i, h in enumerate(selected)]
+    if run.audit is not None:  # ... and the auditor, on the server, scores them on the uploads
+        run.audit.observe(uploads, selected)
     return uploads, losses.detach()
 
 

@@ -64,6 +64,7 @@ class TrainConfig:
     delta: float = 1e-5
     accountant: str = "prv"
     noise_multiplier: float | None = None  # fixed sigma instead of calibration; training stops at epsilon
+    # (0 with epsilon inf: clipping only, no noise -- the control that separates clipping from noise)
     lr_d: float = 1e-3  # DCGAN's 2e-4 learns too little from noisy gradients (README, session 1)
     lr_g: float = 1e-3
     beta1: float = 0.5
@@ -101,6 +102,11 @@ class TrainConfig:
         return not math.isinf(self.epsilon)
 
     @property
+    def clipped(self) -> bool:
+        """Per-example clipping is on: with DP, or in the clipping-only control (sigma = 0)."""
+        return self.private or self.noise_multiplier == 0
+
+    @property
     def n_fakes(self) -> int:
         return self.batch_size if self.fakes is None else self.fakes
 
@@ -129,6 +135,7 @@ class Run:
     schedule: list[list[int]]
     round: int = 0
     train_seconds: float = 0.0  # wall time of all rounds so far (over resumes)
+    audit: object | None = None  # attacks.CanaryAudit when the run is being audited (batched engine)
 
     @property
     def objective(self) -> cl.Objective:
@@ -174,7 +181,7 @@ def setup(config: TrainConfig, dataset: MedicalDataset | None = None) -> Run:
                                  ema, config.g_ema, probs, hospital_rng(config, cid, device)))
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=(config.beta1_d, config.beta2))
     clipper = PerExampleClipper(discriminator, max_grad_norm=config.max_grad_norm,
-                                probe=_probe(ds, device)) if config.private else None
+                                probe=_probe(ds, device)) if config.clipped else None
     return Run(config, ds, parts, clients, discriminator, d_opt, clipper, schedule)
 
 
@@ -202,8 +209,9 @@ def check_config(c: TrainConfig) -> None:
               (c.max_grad_norm > 0, f"--max-grad-norm must be positive (got {c.max_grad_norm})"),
               (c.epsilon > 0, f"--epsilon must be positive (got {c.epsilon}); use inf to train without DP"),
               (0 < c.delta < 1, f"--delta must lie in (0, 1) (got {c.delta})"),
-              (c.noise_multiplier is None or c.noise_multiplier > 0,
-               f"--noise-multiplier must be positive (got {c.noise_multiplier})"),
+              (c.noise_multiplier is None or c.noise_multiplier > 0 or (c.noise_multiplier == 0 and not c.private),
+               f"--noise-multiplier must be positive (got {c.noise_multiplier}); 0 (clipping only, no noise) "
+               "needs --epsilon inf"),
               (c.checkpoint_every >= 1, f"--checkpoint-every must be >= 1 (got {c.checkpoint_every})"),
               (c.fake_labels in ("uniform", "histogram"),
                f"--fake-labels must be uniform or histogram (got {c.fake_labels})"),
@@ -322,7 +330,9 @@ def _load_checkpoint(run: Run, out: Path) -> None:
 def write_privacy(run: Run, out: Path) -> dict:
     c = run.config
     report = {"unit": "one training record (image + label) of one hospital",
-              "mechanism": "Poisson-subsampled Gaussian on per-example clipped D gradients, noised on the client",
+              "mechanism": ("Poisson-subsampled Gaussian on per-example clipped D gradients, noised on the client"
+                            if c.private else "per-example clipping only, no noise: no guarantee" if c.clipped
+                            else "none: plain D gradients, no guarantee"),
               "accountant": c.accountant if c.private else None, "delta": c.delta if c.private else None,
               "target_epsilon": c.epsilon if c.private else None, "max_grad_norm": c.max_grad_norm,
               "rounds_completed": run.round,

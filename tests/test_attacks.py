@@ -116,3 +116,115 @@ def test_gradient_inversion_recovers_an_unnoised_image_and_not_a_noised_one():
     lost = reconstruction_quality(invert_upload(d, noisy, y, image_shape=(1, 28, 28)), x)
     assert got["psnr"] > start["psnr"] + 10 and got["ssim"] > 0.5  # recognisable (25 dB, SSIM 0.63): it leaked
     assert lost["psnr"] < start["psnr"] + 3 and lost["ssim"] < 0.2  # no better than where it started
+
+
+# ---------------------------------------------------------------------------------------------
+# The canary audit inside a training run
+
+def _audited_run(tiny, **kw):
+    from conftest import tiny_config
+    from hfgan_core.attacks import CanaryAudit
+    from hfgan_core.train import setup
+    run = setup(tiny_config(simulation_noise=True, synthetic_per_class=0, **kw), tiny)
+    run.audit = CanaryAudit(run, per_hospital=300, seed=0)
+    return run
+
+
+def test_a_canary_adds_exactly_one_clipped_record_at_its_coordinate(tiny):
+    """The same D step with and without the audit (identical hospital streams: canaries draw from
+    their own): uploads differ only at inserted canaries' coordinates, by C / normaliser each."""
+    from conftest import tiny_config
+    from hfgan_core import engine
+    from hfgan_core.client import normaliser
+    from hfgan_core.train import setup
+    audited = _audited_run(tiny, epsilon=2.0, rounds=2, d_steps=1)
+    plain = setup(tiny_config(simulation_noise=True, synthetic_per_class=0, epsilon=2.0, rounds=2, d_steps=1), tiny)
+    sel_a, sel_p = audited.clients, plain.clients
+    up_a, _ = engine.private_uploads(audited, sel_a, engine.draw_batch(audited, sel_a))
+    up_p, _ = engine.private_uploads(plain, sel_p, engine.draw_batch(plain, sel_p))
+    c = audited.config
+    sampled = 0
+    for h, a, p in zip(sel_a, up_a, up_p):
+        diff = torch.cat([(x - y).flatten() for x, y in zip(a, p)]).double()
+        moved = torch.nonzero(diff.abs() > 1e-6).flatten()
+        unit = c.max_grad_norm / normaliser(c.batch_size, h.n_examples, c.n_fakes)
+        assert set(moved.tolist()) <= set(audited.audit.coords[h.cid][audited.audit.inside[h.cid]].tolist())
+        assert torch.allclose(diff[moved], torch.full_like(diff[moved], unit), rtol=1e-4)
+        q = min(1.0, c.batch_size / h.n_examples)
+        n_in = int(audited.audit.inside[h.cid].sum())
+        assert abs(len(moved) - q * n_in) < 4 * math.sqrt(n_in * q * (1 - q)) + 1  # each joins w.p. q
+        sampled += len(moved)
+    assert sampled > 0
+
+
+def test_audit_stays_below_the_claim_and_catches_a_mechanism_without_noise(tiny, monkeypatch):
+    """A small run at epsilon = 1: the one-run lower bound stays below the claim; the same run
+    with the noise switched off behind the accountant's back is caught far above it."""
+    from hfgan_core import engine
+
+    def audit(**kw):
+        run = _audited_run(tiny, epsilon=1.0, rounds=15, d_steps=2, **kw)
+        for _ in range(run.config.rounds):
+            engine.train_round(run)
+        claimed = max(h.budget.update_epsilon() for h in run.clients)
+        return run.audit.result(delta=run.config.delta)["epsilon_lower"], claimed
+
+    lower, claimed = audit()
+    assert claimed <= 1.0 + 1e-6 and lower <= claimed
+    honest_privatize = engine.privatize
+    monkeypatch.setattr(engine, "privatize", lambda sums, **kw: honest_privatize(sums, **(kw | {"noise_multiplier": 0.0})))
+    broken, claimed = audit()
+    assert claimed <= 1.0 + 1e-6 and broken > 2.5  # the claim says 1; the uploads show far more
+
+
+def test_attack_table_end_to_end_and_bad_input(tmp_path, capsys):
+    """``python -m hfgan_core attacks`` on a tiny file: one JSON per run, the table, the figure;
+    bad flags get one line and exit 2, writing nothing."""
+    from conftest import write_npz
+    from hfgan_core.__main__ import main
+    write_npz(tmp_path / "tiny.npz", n=(150, 20, 20), classes=3)
+    common = ["attacks", "--dataset", "tiny", "--data-dir", str(tmp_path), "--profile", "smoke", "--clients", "3",
+              "--partition", "quantity", "--alpha", "2", "--no-progress"]
+    assert main(common + ["--epsilon", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert "--epsilon must be positive" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(common + ["--profile", "huge", "--out", str(tmp_path / "bad")]) == 2
+    assert "unknown profile" in capsys.readouterr().err
+    out = tmp_path / "res"
+    assert main(common + ["--seeds", "0", "1", "--epsilon", "inf", "2", "--out", str(out)]) == 0
+    runs = sorted(p.name for p in (out / "privacy_attacks").glob("eps*.json"))
+    assert runs == ["eps2-seed0.json", "eps2-seed1.json", "epsinf-seed0.json", "epsinf-seed1.json"]
+    table = (out / "table4_privacy_attacks.md").read_text()
+    for attack in ("Gradient inversion", "LOGAN", "GAN-Leaks", "Canary audit"):
+        assert sum(attack in line for line in table.splitlines() if line.startswith("| ")) == 2  # one per epsilon
+    assert (out / "figures" / "table4_inversion.png").stat().st_size > 0
+    import json
+    report = json.loads((out / "privacy_attacks" / "attacks.json").read_text())
+    by_eps = {float(r["epsilon_target"]): r for r in report["runs"] if r["seed"] == 0}
+    assert float(by_eps[2.0]["epsilon_claimed"]) <= 2.0 + 1e-6
+    assert by_eps[2.0]["audit"]["epsilon_lower"] <= float(by_eps[2.0]["epsilon_claimed"])
+    assert by_eps[float("inf")]["noise_multipliers"] == [0.0, 0.0, 0.0]  # the clipping-only control
+
+
+def test_clipping_only_control_clips_without_noise(tiny):
+    """epsilon inf with sigma 0: every upload is exactly the clipped sum / normaliser (the
+    control that keeps the mechanism but the noise); sigma 0 with a finite epsilon is refused."""
+    from conftest import tiny_config
+    from hfgan_core import engine
+    from hfgan_core.client import normaliser
+    from hfgan_core.errors import UserError
+    from hfgan_core.train import setup
+    with pytest.raises(UserError, match="needs --epsilon inf"):
+        setup(tiny_config(epsilon=1.0, noise_multiplier=0.0), tiny)
+    run = setup(tiny_config(epsilon=math.inf, noise_multiplier=0.0, synthetic_per_class=0), tiny)
+    assert run.clipper is not None and all(h.budget is None for h in run.clients)
+    batch = engine.draw_batch(run, run.clients)
+    uploads, _ = engine.private_uploads(run, run.clients, batch)
+    with run.clipper.capture():
+        from hfgan_core.client import per_example_d_loss
+        losses = per_example_d_loss(run.discriminator, batch.x, batch.y, batch.is_real, run.objective)
+    sums, norms = run.clipper.clipped_grad_sum(losses, segments=batch.sizes)
+    c = run.config
+    for i, h in enumerate(run.clients):
+        scale = normaliser(c.batch_size, h.n_examples, c.n_fakes)
+        assert all(torch.allclose(u, s[i] / scale, atol=1e-7) for u, s in zip(uploads[i], sums))
+    assert float(norms.max()) > c.max_grad_norm  # clipping did bite
