@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("attacks", help="privacy attacks and the canary audit over epsilon and seeds: table 4")
     a.add_argument("--dataset", default="pneumoniamnist", help=_HELP["dataset"])
     a.add_argument("--data-dir", default=None, help=_HELP["data_dir"])
-    a.add_argument("--profile", default="paper", help="smoke (tests), quick (about 1 h on 2 cores) or paper (the recipe)")
+    a.add_argument("--profile", default="paper", help="smoke (tests), quick (50 rounds: a preview) or paper (the DP recipe, 400 rounds)")
     a.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     a.add_argument("--epsilon", nargs="+", type=float, default=[float("inf"), 10.0, 1.0],
                    help="per-record, per-hospital epsilons ('inf' = the clipping-only control, sigma = 0)")
@@ -118,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="default: results (results/smoke for the smoke profile)")
     t.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the notebooks' (0 1 2)")
     t.add_argument("--jobs", type=int, default=1, help="notebooks run side by side (each gets cores / jobs threads)")
+    t.add_argument("--no-attacks", action="store_true", help="skip table 4 (the attacks on the chest X-ray runs)")
     return parser
 
 
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tables":
         try:
             return make_tables(profile=args.profile, device=args.device, datasets=args.datasets, out=args.out,
-                               data_dir=args.data_dir, jobs=args.jobs,
+                               data_dir=args.data_dir, jobs=args.jobs, attacks=not args.no_attacks,
                                parameters={"seeds": args.seeds} if args.seeds else None)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -177,7 +178,7 @@ def _attacks(args: argparse.Namespace) -> int:
         if not args.render_only:
             run_attacks(config, args.out, resume=args.resume, progress=not args.no_progress)
         path = write_table(args.out)
-        plot_inversions(args.out, Path(args.out) / "figures" / "table4_inversion.png")
+        plot_inversions(args.out, Path(args.out) / "figures" / "table4_privacy_attacks_inversion.png")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -41,6 +41,9 @@ TABLES = {t.dataset: t for t in [
     Table("brainmri", "table2_brain_mri", "02_brain_mri.ipynb", "Table 2: brain MRI (4 tumour classes)"),
     Table("retinamnist", "table3_retinal_fundus", "03_retinal_fundus.ipynb", "Table 3: retinal fundus (RetinaMNIST)")]}
 FIGURES = ("samples", "privacy_utility", "per_hospital")
+# Table 4 attacks the chest X-ray runs; it runs whenever the chest X-ray data is there (attacks=False skips it)
+ATTACK_TABLE = Table("pneumoniamnist", "table4_privacy_attacks", "04_privacy_attacks.ipynb",
+                     "Table 4: privacy attacks and audit (chest X-ray)")
 
 
 def figure_path(out_dir: str | Path, dataset: str, kind: str) -> Path:
@@ -184,9 +187,10 @@ def _save(fig, path: str | Path):
 
 def make_tables(*, profile: str = "quick", device: str = "cpu", datasets: list[str] | None = None,
                 out: str | Path | None = None, data_dir: str | None = None, jobs: int = 1,
-                parameters: dict | None = None) -> int:
-    """Execute each dataset notebook (papermill) and rebuild results/README.md. A dataset whose
-    file is missing or unreadable is skipped with how to get it; the others still run.
+                parameters: dict | None = None, attacks: bool = True) -> int:
+    """Execute each dataset notebook (papermill), and notebook 04 (table 4, the attacks on the
+    chest X-ray runs) when chest X-ray is among them, then rebuild results/README.md. A dataset
+    whose file is missing or unreadable is skipped with how to get it; the others still run.
     ``parameters`` overrides more notebook parameters (e.g. seeds). Returns 0, or 1 if a notebook failed."""
     datasets = _check_tables(profile, datasets, jobs)
     out = Path(out or ("results/smoke" if profile == "smoke" else "results")).resolve()
@@ -194,22 +198,23 @@ def make_tables(*, profile: str = "quick", device: str = "cpu", datasets: list[s
     for name in datasets:
         try:
             load_dataset(name, data_dir)
-            ready.append(name)
+            ready.append(TABLES[name])
         except UserError as exc:
             print(f"skipping {TABLES[name].stem}: {exc}", file=sys.stderr, flush=True)
-            status[name] = f"not run: {exc}"
+            status[TABLES[name].stem] = f"not run: {exc}"
+    if attacks and TABLES[ATTACK_TABLE.dataset] in ready:
+        ready.append(ATTACK_TABLE)
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     params = {"profile": profile, "device": device, "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
               "out_dir": str(out), "threads": threads} | (parameters or {})
     started = time.time()
 
-    def run(i_name: tuple[int, str]) -> tuple[str, str]:
-        i, name = i_name
-        t = TABLES[name]
+    def run(i_t: tuple[int, Table]) -> tuple[str, str]:
+        i, t = i_t
         sys.stdout.write(f"[{i + 1}/{len(ready)}] notebooks/{t.notebook} (profile {profile}, {device}) -> "
                          f"{out / 'notebooks' / t.notebook}\n")  # one write: lines of side-by-side jobs stay whole
         sys.stdout.flush()
-        return name, _execute(t, params, out, progress_bar=jobs == 1)
+        return t.stem, _execute(t, params, out, progress_bar=jobs == 1)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         status |= dict(pool.map(run, enumerate(ready)))
     run_line = (f"`make tables` with profile `{profile}`, device `{device}`, {jobs} notebook(s) at a time"
@@ -217,7 +222,8 @@ def make_tables(*, profile: str = "quick", device: str = "cpu", datasets: list[s
                 + f"; finished {time.strftime('%Y-%m-%d %H:%M %Z')} after {(time.time() - started) / 60:.1f} min.")
     readme = write_readme(out, status, run_line)
     failed = [n for n, s in status.items() if s.startswith("failed")]
-    print(f"{len(ready) - len(failed)} of {len(datasets)} tables written; {readme}", flush=True)
+    skipped = sum(s.startswith("not run") for s in status.values())
+    print(f"{len(ready) - len(failed)} of {len(ready) + skipped} tables written; {readme}", flush=True)
     return 1 if failed else 0
 
 
@@ -260,18 +266,19 @@ def write_readme(out: str | Path, status: dict[str, str] | None = None, run_line
              "privacy unit, δ, extractor, hardware, wall time and git commit of the run that made it.\n"]
     if run_line:
         parts.append(f"Last run: {run_line}\n")
-    for name, t in TABLES.items():
+    for t in [*TABLES.values(), ATTACK_TABLE]:
         md = out / f"{t.stem}.md"
         parts.append(f"## {t.title}\n")
-        if name in status:
-            parts.append(f"Last `make tables`: {status[name]}.\n")
+        if t.stem in status:
+            parts.append(f"Last `make tables`: {status[t.stem]}.\n")
         if not md.exists():
             parts.append("No table yet.\n")
             continue
         parts.append(f"Executed notebook: [`notebooks/{t.notebook}`](notebooks/{t.notebook}).\n")
         parts.append(md.read_text().split("\n", 2)[2])  # the table without its heading
-        parts += [f"![{kind}](figures/{figure_path(out, name, kind).name})\n" for kind in FIGURES
-                  if figure_path(out, name, kind).exists()]
+        figures = ([f"figures/{t.stem}_inversion.png"] if t is ATTACK_TABLE else
+                   [f"figures/{figure_path(out, t.dataset, kind).name}" for kind in FIGURES])
+        parts += [f"![{Path(f).stem}]({f})\n" for f in figures if (out / f).exists()]
     path = out / "README.md"
     path.write_text("\n".join(parts))
     return path

@@ -194,9 +194,9 @@ def test_attack_table_end_to_end_and_bad_input(tmp_path, capsys):
     runs = sorted(p.name for p in (out / "privacy_attacks").glob("eps*.json"))
     assert runs == ["eps2-seed0.json", "eps2-seed1.json", "epsinf-seed0.json", "epsinf-seed1.json"]
     table = (out / "table4_privacy_attacks.md").read_text()
-    for attack in ("Gradient inversion", "LOGAN", "GAN-Leaks", "Canary audit"):
+    for attack in ("D of round 1", "final D", "LOGAN", "GAN-Leaks", "Canary audit"):
         assert sum(attack in line for line in table.splitlines() if line.startswith("| ")) == 2  # one per epsilon
-    assert (out / "figures" / "table4_inversion.png").stat().st_size > 0
+    assert (out / "figures" / "table4_privacy_attacks_inversion.png").stat().st_size > 0
     import json
     report = json.loads((out / "privacy_attacks" / "attacks.json").read_text())
     by_eps = {float(r["epsilon_target"]): r for r in report["runs"] if r["seed"] == 0}

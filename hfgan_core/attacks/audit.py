@@ -84,7 +84,10 @@ def audit_epsilon(scores: np.ndarray, inside: np.ndarray, *, delta: float, confi
         eps = epsilon_lower_bound(m=m, r=r, v=v, delta=delta, confidence=1 - beta)
         if eps > best["epsilon_lower"] or best["guesses"] == 0:
             best = {"epsilon_lower": eps, "guesses": r, "correct": v}
-    return best | {"canaries": m, "inserted": int(inside.sum()), "confidence": confidence, "delta": delta}
+    ceiling = max(epsilon_lower_bound(m=m, r=r, v=r, delta=delta, confidence=1 - beta)
+                  for r in (max(1, int(f * m)) for f in fractions) if r <= inside.sum())
+    return best | {"canaries": m, "inserted": int(inside.sum()), "confidence": confidence, "delta": delta,
+                   "ceiling": ceiling}  # what these canaries would show if every guess were right
 
 
 class CanaryAudit:

@@ -11,12 +11,15 @@ After training, with the run's own final models:
     members are training records (as many as the validation split holds), non-members the
     validation split;
 (c) gradient inversion: the server inverts the upload a batch of one image would produce at the
-    hospital with the least noise (its own sigma), for a few of its images.
+    hospital with the least noise (its own sigma), for a few of its images, against D as it was
+    in round 1 (what every first upload is computed on, and what a malicious server could send
+    again at any time) and against the final D.
 
     python -m hfgan_core attacks --profile paper --out results     # what notebook 04 runs
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -55,7 +58,7 @@ class AttackProfile:
 PROFILES = {
     "smoke": AttackProfile(rounds=4, canaries=200, inversions=2, inversion_steps=20, synthetic_per_class=50,
                            gan=dict(batch_size=16, nz=16, ngf=8, ndf=8, accountant="rdp", min_client_size=20)),
-    "quick": AttackProfile(rounds=100, canaries=1000, inversions=4, inversion_steps=300, synthetic_per_class=500),
+    "quick": AttackProfile(rounds=50, canaries=1000, inversions=4, inversion_steps=300, synthetic_per_class=500),
     "paper": AttackProfile(rounds=400, canaries=1000, inversions=16, inversion_steps=400, synthetic_per_class=1000),
 }
 
@@ -123,6 +126,7 @@ def attack_one(c: AttackConfig, ds: MedicalDataset, eps: float, seed: int, folde
     prof = PROFILES[c.profile]
     run = setup(train_config(c, eps, seed), ds)
     run.audit = CanaryAudit(run, per_hospital=prof.canaries, seed=10_000 + seed)
+    first_d = copy.deepcopy(run.discriminator)  # D of round 1, for the inversion
     started = time.time()
     for _ in tqdm(range(prof.rounds), disable=not progress, desc=f"attacks {_tag(eps, seed)}", unit="round"):
         try:
@@ -140,7 +144,8 @@ def attack_one(c: AttackConfig, ds: MedicalDataset, eps: float, seed: int, folde
               "client_sizes": [h.n_examples for h in run.clients], "train_s": train_s,
               "audit": run.audit.result(delta=c.delta)}
     record["membership"] = membership(run, ds, seed, prof.synthetic_per_class)
-    record["inversion"] = inversion(run, prof, seed, folder / f"{_tag(eps, seed)}_inversion.pt")
+    record["inversion"] = {name: inversion(run, d, prof, seed, folder / f"{_tag(eps, seed)}_inversion_{name}.pt")
+                           for name, d in (("first", first_d), ("final", run.discriminator))}
     record["wall_s"] = time.time() - started
     return record
 
@@ -159,7 +164,7 @@ def membership(run, ds: MedicalDataset, seed: int, per_class: int) -> dict:
     return {"logan": logan, "gan_leaks": leaks | {"synthetic_images": len(synthetic)}}
 
 
-def inversion(run, prof: AttackProfile, seed: int, keep: Path) -> dict:
+def inversion(run, discriminator: torch.nn.Module, prof: AttackProfile, seed: int, keep: Path) -> dict:
     """The server inverts a one-image upload (clipped gradient + the hospital's noise; fakes
     left out, which only helps the attacker) of the least-noised hospital, image by image."""
     c = run.config
@@ -167,17 +172,17 @@ def inversion(run, prof: AttackProfile, seed: int, keep: Path) -> dict:
     sigma = target.budget.noise_multiplier if target.budget else 0.0
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(target.n_examples, generator=gen)[:prof.inversions]
-    params = list(run.discriminator.parameters())
+    params = list(discriminator.parameters())
     noise = torch.Generator(device=params[0].device).manual_seed(20_000 + seed)
     originals, rebuilt, scores = target.images[idx], [], []
     for x, y in zip(originals, target.labels[idx]):
         x, y = x[None], y[None]
-        loss = cl.per_example_d_loss(run.discriminator, x, y, 1, run.objective).sum()
+        loss = cl.per_example_d_loss(discriminator, x, y, 1, run.objective).sum()
         grad = torch.autograd.grad(loss, params)
         norm = torch.sqrt(sum((g ** 2).sum() for g in grad))
         scale = min(1.0, c.max_grad_norm / (float(norm) + 1e-6))  # clipped to C, as the mechanism does
         upload = [g * scale + gaussian_noise_like(g, sigma * c.max_grad_norm, noise) for g in grad]
-        r = invert_upload(run.discriminator, upload, y, image_shape=tuple(x.shape[1:]), steps=prof.inversion_steps,
+        r = invert_upload(discriminator, upload, y, image_shape=tuple(x.shape[1:]), steps=prof.inversion_steps,
                           objective=run.objective, seed=seed)
         rebuilt.append(r)
         scores.append(reconstruction_quality(r, x))
@@ -192,8 +197,11 @@ def inversion(run, prof: AttackProfile, seed: int, keep: Path) -> dict:
 # The table
 
 ROWS = [  # (key, attack, what the number is, how to read it)
-    ("inversion", "Gradient inversion (server)", "PSNR dB / SSIM of rebuilt images",
-     "the server rebuilds images from one hospital's upload of a one-image batch"),
+    ("first", "Gradient inversion (server), D of round 1", "PSNR dB / SSIM of rebuilt images",
+     "the server rebuilds images from one hospital's upload of a one-image batch, computed on D as it was "
+     "in round 1 (a malicious server can send that D again at any time)"),
+    ("final", "Gradient inversion (server), final D", "PSNR dB / SSIM of rebuilt images",
+     "the same against the trained D"),
     ("logan", "Membership inference on D (LOGAN)", "ROC AUC / TPR at 1 % FPR",
      "anyone holding D tells training records from unseen ones; 0.5 / 0.01 is chance"),
     ("gan_leaks", "Membership inference on the synthetic images (GAN-Leaks)", "ROC AUC / TPR at 1 % FPR",
@@ -216,14 +224,15 @@ def summarise(runs: list[dict]) -> list[dict]:
             group = [r for r in runs if float(r["epsilon_target"]) == eps]
             row = {"attack": key, "epsilon_target": eps, "seeds": [r["seed"] for r in group],
                    "epsilon_claimed": _pair(group, lambda r: r["epsilon_claimed"])}
-            if key == "inversion":
-                row |= {"a": _pair(group, lambda r: r["inversion"]["psnr"]),
-                        "b": _pair(group, lambda r: r["inversion"]["ssim"]),
-                        "reference": (_pair(group, lambda r: r["inversion"]["reference_mean_image"]["psnr"])[0],
-                                      _pair(group, lambda r: r["inversion"]["reference_mean_image"]["ssim"])[0])}
+            if key in ("first", "final"):
+                row |= {"a": _pair(group, lambda r: r["inversion"][key]["psnr"]),
+                        "b": _pair(group, lambda r: r["inversion"][key]["ssim"]),
+                        "reference": (_pair(group, lambda r: r["inversion"][key]["reference_mean_image"]["psnr"])[0],
+                                      _pair(group, lambda r: r["inversion"][key]["reference_mean_image"]["ssim"])[0])}
             elif key == "audit":
                 row |= {"a": _pair(group, lambda r: r["audit"]["epsilon_lower"]),
-                        "canaries": group[0]["audit"]["canaries"]}
+                        "canaries": group[0]["audit"]["canaries"],
+                        "ceiling": min(r["audit"].get("ceiling", math.nan) for r in group)}
             else:
                 row |= {"a": _pair(group, lambda r: r["membership"][key]["auc"]),
                         "b": _pair(group, lambda r: r["membership"][key]["tpr_at_fpr"])}
@@ -247,12 +256,12 @@ def table_markdown(report: dict) -> str:
         for row in (r for r in rows if r["attack"] == key):
             claimed = float(row["epsilon_claimed"][0])
             claimed = "∞" if math.isinf(claimed) else f"{claimed:.2f}"
-            if key == "inversion":
+            if key in ("first", "final"):
                 result = f"PSNR {_ms(row['a'], 1)} dB, SSIM {_ms(row['b'], 2)}"
                 ref = f"mean training image: {row['reference'][0]:.1f} dB, SSIM {row['reference'][1]:.2f}"
             elif key == "audit":
                 result = f"ε ≥ {_ms(row['a'], 2)}"
-                ref = f"{row['canaries']} canaries"
+                ref = f"{row['canaries']} canaries; all guesses right would show {row['ceiling']:.1f}"
             else:
                 result = f"AUC {_ms(row['a'], 3)}, TPR@1% {_ms(row['b'], 3)}"
                 ref = "chance: 0.500, 0.010"
@@ -280,27 +289,31 @@ def write_table(out: str | Path) -> Path:
     return path
 
 
-def plot_inversions(out: str | Path, path: str | Path, *, seed: int = 0):
-    """Originals (top row) and what the server rebuilt from their uploads at each epsilon (seed ``seed``)."""
+def plot_inversions(out: str | Path, path: str | Path, *, seed: int = 0, columns: int = 8):
+    """Originals (top row) and what the server rebuilt from their one-image uploads, per epsilon,
+    against D of round 1 and the final D (seed ``seed``)."""
     import matplotlib.pyplot as plt
     folder = Path(out) / "privacy_attacks"
-    kept = sorted(folder.glob(f"eps*-seed{seed}_inversion.pt"),
-                  key=lambda p: -float(p.name.split("-")[0][3:]))
-    if not kept:
+    data = []
+    for p in sorted(folder.glob(f"eps*-seed{seed}_inversion_first.pt"), key=lambda p: -float(p.name.split("-")[0][3:])):
+        eps = p.name.split("-")[0][3:]
+        for when in ("first", "final"):
+            kept = torch.load(folder / p.name.replace("_first", f"_{when}"), weights_only=True)
+            label = f"ε {'∞ (σ=0)' if eps == 'inf' else eps}, {'D round 1' if when == 'first' else 'final D'}"
+            data.append((label, kept))
+    if not data:
         raise UserError(f"no inversions in {folder}: run the attacks first")
-    data = [(p.name.split("-")[0][3:], torch.load(p, weights_only=True)) for p in kept]
-    n = len(data[0][1]["originals"])
-    fig, axes = plt.subplots(len(data) + 1, n, figsize=(1.3 * n, 1.4 * (len(data) + 1)), squeeze=False)
-    rows = [("original", data[0][1]["originals"])] + [(f"ε = {'∞ (σ=0)' if e == 'inf' else e}", d["reconstructions"])
-                                                      for e, d in data]
+    n = min(columns, len(data[0][1]["originals"]))
+    rows = [("original", data[0][1]["originals"])] + [(label, d["reconstructions"]) for label, d in data]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 1.2, 1.1 * len(rows)), squeeze=False)
     for r, (label, images) in enumerate(rows):
         for j in range(n):
             ax = axes[r][j]
             ax.imshow(((images[j].permute(1, 2, 0).squeeze(-1) + 1) / 2).clamp(0, 1).numpy(), cmap="gray",
                       vmin=0, vmax=1)
             ax.set_xticks([]), ax.set_yticks([])
-        axes[r][0].set_ylabel(label, fontsize=8)
-    fig.suptitle("Gradient inversion of one-image uploads (chest X-ray)", fontsize=9)
+        axes[r][0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle("Gradient inversion of one-image uploads (chest X-ray): what the server rebuilds", fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
