@@ -1,5 +1,6 @@
-# make tables -- the three results tables: runs notebooks/01-03 with papermill, writes results/README.md
-#                (PROFILE=quick|paper|smoke, DEVICE=cpu|cuda, DATASETS=..., JOBS=notebooks side by side)
+# make tables -- the results tables: runs notebooks/01-04 with papermill, writes results/README.md; fetches a
+#                missing PneumoniaMNIST / RetinaMNIST through medmnist (PROFILE=quick|paper|smoke,
+#                DEVICE=cpu|cuda, DATASETS=..., JOBS=notebooks side by side, DATA_DIR=where the .npz files are)
 # make quality -- generator quality on validation (results/gan_quality.md): every dataset, seeds 0-2, eps inf/10/1
 # make test  -- the test suite (creates .venv on first use)
 # make demo  -- one HF-GAN run on PneumoniaMNIST with 5 hospitals at epsilon = 10 (the recipe)
@@ -16,6 +17,7 @@ PROFILE ?= quick
 DEVICE ?= cpu
 DATASETS ?= pneumoniamnist brainmri retinamnist
 JOBS ?= 1
+DATA_DIR ?= data
 
 env: $(STAMP)
 
@@ -26,17 +28,19 @@ $(STAMP): pyproject.toml environment.yml
 	touch $@
 
 tables: $(STAMP)
-	$(PY) -m hfgan_core tables --profile $(PROFILE) --device $(DEVICE) --datasets $(DATASETS) --jobs $(JOBS)
+	$(PY) -m hfgan_core tables --profile $(PROFILE) --device $(DEVICE) --datasets $(DATASETS) --jobs $(JOBS) \
+		--data-dir $(DATA_DIR)
 
 quality: $(STAMP)
-	$(PY) -m hfgan_core quality --datasets $(DATASETS) --seeds 0 1 2 --epsilon inf 10 1 --device $(DEVICE) --out results
+	$(PY) -m hfgan_core quality --datasets $(DATASETS) --seeds 0 1 2 --epsilon inf 10 1 --device $(DEVICE) --out results \
+		--data-dir $(DATA_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	HFGAN_DATA_DIR=$(abspath $(DATA_DIR)) $(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(PY) -m hfgan_core train --dataset pneumoniamnist --clients 5 --partition dirichlet --alpha 0.5 \
-		--epsilon 10 --delta 1e-5 --seed 0 --device cpu --out results/runs/demo
+		--epsilon 10 --delta 1e-5 --seed 0 --device cpu --out results/runs/demo --data-dir $(DATA_DIR) --download
 
 bench: $(STAMP)
 	$(PY) benchmarks/round_speed.py

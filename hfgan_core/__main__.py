@@ -118,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="default: results (results/smoke for the smoke profile)")
     t.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the notebooks' (0 1 2)")
     t.add_argument("--jobs", type=int, default=1, help="notebooks run side by side (each gets cores / jobs threads)")
+    t.add_argument("--no-download", action="store_true",
+                   help="do not fetch missing MedMNIST files (PneumoniaMNIST, RetinaMNIST) through medmnist")
     t.add_argument("--no-attacks", action="store_true", help="skip table 4 (the attacks on the chest X-ray runs)")
     return parser
 
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tables":
         try:
             return make_tables(profile=args.profile, device=args.device, datasets=args.datasets, out=args.out,
-                               data_dir=args.data_dir, jobs=args.jobs, attacks=not args.no_attacks,
+                               data_dir=args.data_dir, jobs=args.jobs, attacks=not args.no_attacks, download=not args.no_download,
                                parameters={"seeds": args.seeds} if args.seeds else None)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)

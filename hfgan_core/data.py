@@ -17,6 +17,7 @@ import csv
 import hashlib
 import os
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,8 @@ class Preset:
     how_to_get: str
 
 
-_MEDMNIST_HINT = "run again with --download (fetches it through the medmnist package) or copy {file} into {dir}"
+_MEDMNIST_HINT = ("fetch it with `python -m hfgan_core.data check {name} --download --data-dir {dir}` (through the "
+                  "medmnist package; `make tables` does this by itself) or copy {file} into {dir}")
 _BRAIN_HINT = ("build it from the Kaggle 'Brain Tumor MRI Dataset' folders with "
                "`python -m hfgan_core.data build-brainmri --from <folder with Training/ and Testing/> --out {dir}`")
 PRESETS: dict[str, Preset] = {
@@ -97,7 +99,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
     directory = resolve_data_dir(data_dir)
     path = directory / f"{name}.npz"
     if not path.exists():
-        if download:
+        if download and _medmnist_flag(name) is not None:
             download_medmnist(name, directory)
         else:
             raise UserError(f"{path} not found: {_how_to_get(name, directory)}")
@@ -115,9 +117,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
 def _how_to_get(name: str, directory: Path) -> str:
     preset = PRESETS.get(name)
     if preset is not None:
-        return preset.how_to_get.format(file=f"{name}.npz", dir=directory)
+        return preset.how_to_get.format(file=f"{name}.npz", dir=directory, name=name)
     if _medmnist_flag(name) is not None:
-        return _MEDMNIST_HINT.format(file=f"{name}.npz", dir=directory)
+        return _MEDMNIST_HINT.format(file=f"{name}.npz", dir=directory, name=name)
     return f"put a MedMNIST-format {name}.npz there, or point --data-dir / HFGAN_DATA_DIR at its folder"
 
 
@@ -211,20 +213,45 @@ def _medmnist_info(name: str) -> dict | None:
 
 
 def download_medmnist(name: str, directory: Path) -> Path:
+    """Fetch ``<name>.npz`` through the medmnist package (from MedMNIST's Zenodo record), saying
+    what and where; verify its MD5 against medmnist's registry, its keys and its split sizes; only
+    then move it into ``directory`` (a failed or corrupt download leaves nothing behind)."""
     found = _medmnist_flag(name)
     if found is None:
         raise UserError(f"--download only fetches MedMNIST sets and '{name}' is not one; "
                         f"{_how_to_get(name, directory)}")
     flag, size = found
     import medmnist
+    info = medmnist.INFO[flag]
+    suffix = "" if size == 28 else f"_{size}"
+    url, md5 = info[f"url{suffix}"], info[f"MD5{suffix}"]
+    print(f"fetching {name}.npz (MedMNIST, {info['license']}) from {url.split('?')[0]} into {directory}/",
+          file=sys.stderr, flush=True)
     directory.mkdir(parents=True, exist_ok=True)
-    cls = getattr(medmnist, medmnist.INFO[flag]["python_class"])
-    try:
-        cls(split="train", root=str(directory), download=True, size=size)
-    except Exception as exc:  # network errors come in many types
-        raise UserError(f"downloading {name} failed ({exc}); check the network or copy {name}.npz "
-                        f"into {directory}") from None
-    return directory / f"{name}.npz"
+    target = directory / f"{name}.npz"
+    with tempfile.TemporaryDirectory(dir=directory, prefix=f".{name}-download-") as tmp:
+        got = Path(tmp) / f"{name}.npz"
+        try:
+            getattr(medmnist, info["python_class"])(split="train", root=tmp, download=True, size=size)
+        except Exception:  # network errors and medmnist's own checksum error come in many types
+            if not got.exists():
+                raise UserError(f"downloading {name} failed (no connection to {url.split('/')[2]}?); check the "
+                                f"network or copy {name}.npz into {directory}") from None
+        _verify_download(got, md5, info["n_samples"])
+        got.replace(target)
+    return target
+
+
+def _verify_download(path: Path, md5: str, n_samples: dict[str, int]) -> None:
+    digest = hashlib.md5(path.read_bytes()).hexdigest()
+    if digest != md5:
+        raise UserError(f"downloaded {path.name} is corrupt (MD5 {digest}, medmnist lists {md5}); "
+                        "run again, or fetch it by hand from MedMNIST's Zenodo record")
+    arrays = _read_npz(path)
+    for split, n in n_samples.items():
+        if len(arrays[f"{split}_labels"]) != n:
+            raise UserError(f"downloaded {path.name} has {len(arrays[f'{split}_labels'])} {split} images, "
+                            f"medmnist lists {n}; run again, or fetch it by hand")
 
 
 # ---------------------------------------------------------------------------------------------

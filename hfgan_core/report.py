@@ -187,17 +187,19 @@ def _save(fig, path: str | Path):
 
 def make_tables(*, profile: str = "quick", device: str = "cpu", datasets: list[str] | None = None,
                 out: str | Path | None = None, data_dir: str | None = None, jobs: int = 1,
-                parameters: dict | None = None, attacks: bool = True) -> int:
+                parameters: dict | None = None, attacks: bool = True, download: bool = True) -> int:
     """Execute each dataset notebook (papermill), and notebook 04 (table 4, the attacks on the
-    chest X-ray runs) when chest X-ray is among them, then rebuild results/README.md. A dataset
-    whose file is missing or unreadable is skipped with how to get it; the others still run.
+    chest X-ray runs) when chest X-ray is among them, then rebuild results/README.md. A missing
+    MedMNIST file is fetched (``download``: through the medmnist package, verified); any other
+    missing or unreadable file is skipped with how to get it (brain MRI: the one-time build), and
+    the others still run.
     ``parameters`` overrides more notebook parameters (e.g. seeds). Returns 0, or 1 if a notebook failed."""
     datasets = _check_tables(profile, datasets, jobs)
     out = Path(out or ("results/smoke" if profile == "smoke" else "results")).resolve()
     ready, status = [], {}
     for name in datasets:
         try:
-            load_dataset(name, data_dir)
+            load_dataset(name, data_dir, download=download)
             ready.append(TABLES[name])
         except UserError as exc:
             print(f"skipping {TABLES[name].stem}: {exc}", file=sys.stderr, flush=True)

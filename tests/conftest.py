@@ -50,3 +50,24 @@ def tiny(tmp_path):
     from hfgan_core.data import load_dataset
     write_npz(tmp_path / "tiny.npz", n=(150, 20, 20), classes=3)
     return load_dataset("tiny", tmp_path)
+
+
+@pytest.fixture
+def fake_zenodo(tmp_path, monkeypatch):
+    """A loopback HTTP server standing in for MedMNIST's Zenodo record, serving a small
+    MedMNIST-format retinamnist.npz; medmnist's registry points at it (URL, MD5, split sizes)."""
+    import hashlib
+    import http.server
+    import threading
+    from functools import partial
+    import medmnist
+    served = write_npz(tmp_path / "zenodo" / "retinamnist.npz", n=(30, 10, 10), size=28, channels=3, classes=5)
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served.parent))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    info = dict(medmnist.INFO["retinamnist"], url=f"http://127.0.0.1:{server.server_port}/retinamnist.npz",
+                MD5=hashlib.md5(served.read_bytes()).hexdigest(), n_samples={"train": 30, "val": 10, "test": 10})
+    monkeypatch.setitem(medmnist.INFO, "retinamnist", info)
+    yield info, served
+    server.shutdown()

@@ -169,3 +169,28 @@ def test_brainmri_converter_split_recipe(tmp_path):
 def test_converter_rejects_wrong_folder(tmp_path):
     with pytest.raises(UserError, match="no Training/ folder"):
         build_brainmri(tmp_path, tmp_path / "out")
+
+
+def test_download_fetches_verifies_and_says_what(tmp_path, fake_zenodo, capsys):
+    info, served = fake_zenodo
+    ds = load_dataset("retinamnist", tmp_path / "data", download=True)
+    assert len(ds.train) == 30 and ds.channels == 3
+    assert (tmp_path / "data" / "retinamnist.npz").read_bytes() == served.read_bytes()
+    err = capsys.readouterr().err
+    assert "fetching retinamnist.npz" in err and "CC BY 4.0" in err and str(tmp_path / "data") in err
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["retinamnist.npz"]  # no temporary left
+
+
+@pytest.mark.parametrize("fault,message", [("md5", "is corrupt"), ("sizes", "medmnist lists 31"),
+                                           ("offline", "downloading retinamnist failed")])
+def test_bad_download_is_refused_and_leaves_nothing(tmp_path, fake_zenodo, fault, message):
+    info, _ = fake_zenodo
+    if fault == "md5":
+        info["MD5"] = "0" * 32
+    elif fault == "sizes":
+        info["n_samples"] = {"train": 31, "val": 10, "test": 10}
+    else:
+        info["url"] = "http://127.0.0.1:9/retinamnist.npz"  # the discard port: nothing listens
+    with pytest.raises(UserError, match=message):
+        load_dataset("retinamnist", tmp_path / "data", download=True)
+    assert list((tmp_path / "data").iterdir()) == []

@@ -107,3 +107,17 @@ def test_tables_cli_bad_input_is_one_clear_line(tmp_path, args, message):
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "t").exists()
+
+
+def test_make_tables_fetches_a_missing_medmnist_file(tmp_path, fake_zenodo, monkeypatch, capsys):
+    """On a fresh machine `make tables` fetches RetinaMNIST (network: a loopback stand-in), verifies
+    it and runs its table; with --no-download it is skipped, saying how to get it."""
+    ran = []
+    monkeypatch.setattr(report, "_execute", lambda t, params, out, progress_bar: ran.append(t.stem) or "ran")
+    data = tmp_path / "data"
+    assert report.make_tables(profile="smoke", out=tmp_path / "o1", data_dir=str(data), datasets=["retinamnist"],
+                              download=False) == 0
+    assert ran == [] and "check retinamnist --download" in capsys.readouterr().err
+    assert report.make_tables(profile="smoke", out=tmp_path / "o2", data_dir=str(data), datasets=["retinamnist"]) == 0
+    assert ran == ["table3_retinal_fundus"] and (data / "retinamnist.npz").exists()
+    assert "fetching retinamnist.npz" in capsys.readouterr().err
