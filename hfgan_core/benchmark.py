@@ -38,6 +38,7 @@ from .federated import DPSpec, FedConfig, train_federated
 from .metrics import classification_metrics, fid, inception_score, inception_weights, mix_accuracy, standard_fid_is
 from .partition import partition
 from .privacy import compute_epsilon, noise_seed, noisy_label_histogram
+from .models import build_models
 from .train import TrainConfig, train
 
 Arrays = tuple[torch.Tensor, torch.Tensor]
@@ -54,6 +55,10 @@ METHODS: dict[str, Method] = {
     "fedavg": Method("FedAvg"),
     "fedprox": Method("FedProx"),
     "fedavg_aug": Method("FedAvg + classical augmentation"),
+    # controls: what the synthetic rows add besides images (more steps, balanced labels, any extra pixels)
+    "fedavg_steps": Method("FedAvg, as many steps as the synthetic rows"),
+    "fedavg_balanced": Method("FedAvg, class-balanced (logit adjustment)"),
+    "fedavg_null": Method("FedAvg + null images (untrained generator)"),
     "hfgan": Method("HF-GAN (own synthetic images)", gan="hfgan"),
     "hfgan_shared": Method("HF-GAN, shared synthetic pool", gan="hfgan"),
     "hfgan_synth_only": Method("HF-GAN, synthetic only", gan="hfgan"),
@@ -91,7 +96,7 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(gan=dict(), gan_epochs=None, fed=FedConfig(rounds=5, width=16),
                      dpgan=dict(rounds=100, local_steps=1), curve_seeds=1),
     "paper": Profile(gan=dict(), gan_epochs=None,
-                     fed=FedConfig(rounds=100, width=32), dpgan=dict(rounds=1000, local_steps=5, lr_d=2e-4,
+                     fed=FedConfig(rounds=200, patience=10, width=32), dpgan=dict(rounds=1000, local_steps=5, lr_d=2e-4,
                      lr_g=2e-4), extractor_epochs=20, prefer_64px=True),
 }
 
@@ -108,6 +113,10 @@ class SealedTest:
             raise RuntimeError(f"the test split was already read for {key}: one final evaluation per result")
         self.reads.append(key)
         return self._x, self._y
+
+    def labels(self) -> np.ndarray:
+        """The test labels alone, for statistics over saved predictions (no image leaves here)."""
+        return self._y.numpy()
 
 
 @dataclass
@@ -158,6 +167,8 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
                                                                      progress, echo, weights)
         records += seed_records
         gan_quality += seed_quality
+    np.savez_compressed(out / "probas.npz", y_test=test.labels(),
+                        **{f"{r['method']}|{r['seed']}|{r['epsilon']}": r.pop("_probas") for r in records})
     report = {"dataset": ds.name, "data_file": str(ds.path), "image_size": ds.image_size,
               "config": asdict(config), "profile": {"name": config.profile, **_profile_json(prof)},
               "extractor": extractor_info, "reference": _reference(extractor, dev, test),
@@ -199,7 +210,7 @@ def _number(v):
 def write_tables(out: str | Path) -> list[dict]:
     """table.csv and table.md, rendered from runs.json alone; returns the rows."""
     report = load_runs(out)
-    rows = summarise(report["runs"], report["config"]["methods"])
+    rows = add_paired_deltas(summarise(report["runs"], report["config"]["methods"]), out)
     Path(out, "table.csv").write_text(table_csv(rows))
     Path(out, "table.md").write_text(table_markdown(rows, report))
     return rows
@@ -272,9 +283,9 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             return train_federated(clients, val, num_classes=k, config=config,
                                    progress=lambda r, scores: bar.update(1), **kw)
 
-    def log(method: str, eps: float, models: list, started: float, privacy: dict, generators=None) -> None:
+    def log(method: str, eps: float, results: list, started: float, privacy: dict, generators=None) -> None:
         tx, ty = test.read((method, seed, eps))
-        probas = [predict_proba(model, tx) for model in models]
+        probas = [predict_proba(r.model, tx) for r in results]
         scores = [classification_metrics(ty.numpy(), p) for p in probas]
         m = {"method": method, "seed": seed, "epsilon": eps, **privacy,
              **{key: float(np.mean([s[key] for s in scores])) for key in scores[0]}}  # local only: mean of 5 models
@@ -288,6 +299,12 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             m["fid_samples"] = [len(fakes), len(tx)]
             if inception:
                 m |= standard_fid_is(fakes, tx, inception, seed=seed, device=c.device)
+        m["classifier"] = {"best_round": [r.best_round for r in results], "rounds_run": [r.rounds_run for r in results],
+                           "optimizer_steps": [sum(r.steps) for r in results],
+                           "val_auc": [[h["auc"] for h in r.val_history] for r in results]}  # per model
+        if results[0].noise_multipliers is not None:
+            m["classifier"] |= {"noise_multipliers": results[0].noise_multipliers, "dp_steps": results[0].steps}
+        m["_probas"] = np.stack(probas).astype(np.float32)  # (models, N, K): the paired statistics; to probas.npz
         m["wall_time_s"] = time.time() - started
         records.append(m)
         if echo:
@@ -298,13 +315,19 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
     for method in [m for m in c.methods if m not in PRIVATE_ROWS]:
         t0 = time.time()
         if method == "local":
-            log(method, math.inf, [fed_run(method, clients=[h]).model for h in hospitals], t0, plain)
+            log(method, math.inf, [fed_run(method, clients=[h]) for h in hospitals], t0, plain)
         elif method == "centralized":
             pooled = (torch.cat([h[0] for h in hospitals]), torch.cat([h[1] for h in hospitals]))
-            log(method, math.inf, [fed_run(method, clients=[pooled]).model], t0, plain)
+            log(method, math.inf, [fed_run(method, clients=[pooled])], t0, plain)
+        elif method == "fedavg_null":  # the synthetic rows' labels and ratio, images from untrained generators
+            null = [images_for_labels([_null_generator(gan_cfg, ds, seed * 100 + i)], balanced_labels(n_synth(h), k),
+                                      seed + 90 + i) for i, h in enumerate(hospitals)]
+            log(method, math.inf, [fed_run(method, synthetic=null)], t0, plain)
         else:
-            cfg = replace(fed, mu=prof.mu if method == "fedprox" else 0.0, augment=method == "fedavg_aug")
-            log(method, math.inf, [fed_run(method, config=cfg).model], t0, plain)
+            cfg = replace(fed, mu=prof.mu if method == "fedprox" else 0.0, augment=method == "fedavg_aug",
+                          epoch_scale=1 + prof.synthetic_ratio if method == "fedavg_steps" else 1.0,
+                          logit_adjust=method == "fedavg_balanced")
+            log(method, math.inf, [fed_run(method, config=cfg)], t0, plain)
 
     on_curve = prof.curve_seeds is None or seed in c.seeds[:prof.curve_seeds]
     for eps in c.epsilons + (c.curve_epsilons if on_curve else []):
@@ -327,12 +350,12 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             for method in hf_rows:
                 t0 = time.time() - gan_time  # each row that uses the GAN carries its training time
                 if method == "hfgan":
-                    log(method, eps, [fed_run(method, synthetic=own).model], t0, privacy, gens)
+                    log(method, eps, [fed_run(method, synthetic=own)], t0, privacy, gens)
                 elif method == "hfgan_shared":
-                    log(method, eps, [fed_run(method, synthetic=shared).model], t0, privacy, gens)
+                    log(method, eps, [fed_run(method, synthetic=shared)], t0, privacy, gens)
                 else:  # synthetic only: post-processing of the DP generators, private end to end
                     empty = [(h[0][:0], h[1][:0]) for h in hospitals]
-                    log(method, eps, [fed_run(method, clients=empty, synthetic=own).model], t0,
+                    log(method, eps, [fed_run(method, clients=empty, synthetic=own)], t0,
                         privacy | {"released_epsilon": gan_eps}, gens)
         if "dpfedavg_gan" in wanted:
             t0 = time.time()
@@ -341,7 +364,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
                                  "device": c.device, "simulation_noise": True})))
             synth = [images_for_labels([res.generator], balanced_labels(n_synth(h), k), seed + 80 + i)
                      for i, h in enumerate(hospitals)]
-            log("dpfedavg_gan", eps, [fed_run("dpfedavg_gan", synthetic=synth).model], t0,
+            log("dpfedavg_gan", eps, [fed_run("dpfedavg_gan", synthetic=synth)], t0,
                 {"unit": "hospital" if math.isfinite(res.epsilon) else None, "gan_epsilon": res.epsilon, "classifier_dp": False,
                  "released_epsilon": math.inf}, [res.generator])
             judge("dpfedavg_gan", eps, [res.generator], res.epsilon)
@@ -351,9 +374,17 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
                   if math.isfinite(eps) else None)
             res = fed_run("dp_fedavg", dp=dp)
             spent = max(res.epsilons) if res.epsilons else math.inf
-            log("dp_fedavg", eps, [res.model], t0, {"unit": "record" if res.epsilons else None, "gan_epsilon": None,
+            log("dp_fedavg", eps, [res], t0, {"unit": "record" if res.epsilons else None, "gan_epsilon": None,
                                                      "classifier_dp": not math.isinf(eps), "released_epsilon": spent})
     return records, {"sizes": [len(p) for p in parts], "dp_class_mix": mixes.round(4).tolist()}, quality
+
+
+def _null_generator(gan_cfg: TrainConfig, ds: MedicalDataset, seed: int):
+    """An untrained generator of HF-GAN's architecture (its BatchNorm at initial statistics)."""
+    torch.manual_seed(seed)
+    g, _ = build_models(num_classes=ds.num_classes, channels=ds.channels, image_size=ds.image_size, nz=gan_cfg.nz,
+                        ngf=gan_cfg.ngf, ndf=gan_cfg.ndf, upsample=gan_cfg.upsample)
+    return g.eval()
 
 
 def _gan_config(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, *, epsilon: float) -> TrainConfig:
@@ -379,7 +410,7 @@ def _reference(extractor, ds: MedicalDataset, test: SealedTest) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Tables and provenance
 
-METRICS = ("accuracy", "macro_f1", "auc", "inception_score", "fid", "inception_score_inception", "fid_inception")
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "inception_score", "fid", "inception_score_inception", "fid_inception")
 
 
 def summarise(records: list[dict], methods: list[str]) -> list[dict]:
@@ -392,12 +423,41 @@ def summarise(records: list[dict], methods: list[str]) -> list[dict]:
                    "unit": runs[0]["unit"], "classifier_dp": runs[0]["classifier_dp"], "seeds": len(runs),
                    "gan_epsilon": _max(r["gan_epsilon"] for r in runs),
                    "released_epsilon": _max(r["released_epsilon"] for r in runs),
-                   "wall_time_s": float(np.mean([r["wall_time_s"] for r in runs]))}
+                   "wall_time_s": float(np.mean([r["wall_time_s"] for r in runs])),
+                   "one_class_runs": sum(r.get("predicted_classes", 2) <= 1 for r in runs)}
             for m in METRICS:
                 values = [r[m] for r in runs if r.get(m) is not None]
                 row[m] = float(np.mean(values)) if values else None
                 row[f"{m}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else None  # sample sd
             rows.append(row)
+    return rows
+
+
+def add_paired_deltas(rows: list[dict], out: str | Path, *, n_boot: int = 1000) -> list[dict]:
+    """Each row's accuracy minus FedAvg's (and minus the null-image control's), paired on seeds and
+    test images, with a 95 % bootstrap interval (``stats.paired_delta``), from <out>/probas.npz."""
+    from .stats import paired_delta
+    path = Path(out) / "probas.npz"
+    if not path.exists():
+        return rows
+    saved = np.load(path)
+    y = saved["y_test"]
+
+    def probas(method: str, eps: float) -> dict[int, np.ndarray]:
+        prefix = f"{method}|"
+        return {int(k.split("|")[1]): saved[k] for k in saved.files
+                if k.startswith(prefix) and float(k.split("|")[2]) == eps}
+
+    def accuracy(labels: np.ndarray, p: np.ndarray) -> float:  # mean over the row's models
+        return float(np.mean(p.argmax(-1) == labels))
+    for row in rows:
+        mine = probas(row["method"], row["epsilon_target"])
+        for base, key in (("fedavg", "delta_vs_fedavg"), ("fedavg_null", "delta_vs_null")):
+            theirs = probas(base, math.inf)
+            seeds = sorted(set(mine) & set(theirs))
+            d = (None if row["method"] == base or not seeds else
+                 paired_delta(y, [mine[s] for s in seeds], [theirs[s] for s in seeds], score=accuracy, n_boot=n_boot))
+            row |= {key: d and d["delta"], f"{key}_low": d and d["low"], f"{key}_high": d and d["high"]}
     return rows
 
 
@@ -422,19 +482,29 @@ def _eps(v: float | None) -> str:
 
 def table_markdown(rows: list[dict], report: dict) -> str:
     standard = any(r["fid_inception"] is not None for r in rows)
-    head = ("| method | ε target | GAN ε (unit) | classifier DP | ε of released classifier | accuracy | macro-F1 "
-            "| AUC | IS | FID |" + (" IS (Inception-v3) | FID (Inception-v3) |" if standard else ""))
-    lines = [head, "|" + " --- |" * (12 if standard else 10)]
+    paired = any(r.get("delta_vs_fedavg") is not None for r in rows)
+    head = ("| method | ε target | GAN ε (unit) | classifier DP | ε of released classifier | accuracy | balanced acc. "
+            "| macro-F1 | AUC |" + (" Δ acc. vs FedAvg [95 % CI] | Δ acc. vs null images [95 % CI] |" if paired else "")
+            + " IS | FID |" + (" IS (Inception-v3) | FID (Inception-v3) |" if standard else ""))
+    lines = [head, "|" + " --- |" * (11 + 2 * paired + 2 * standard)]
     for r in rows:
         def cell(m: str) -> str:
             if r[m] is None:
                 return "—"
             return f"{r[m]:.3f}" + (f" ± {r[m + '_sd']:.3f}" if r[m + "_sd"] is not None else "")
+
+        def delta(key: str) -> str:
+            if r.get(key) is None:
+                return "—"
+            return f"{r[key]:+.3f} [{r[key + '_low']:+.3f}, {r[key + '_high']:+.3f}]"
+        one_class = f" †{r['one_class_runs']}" if r.get("one_class_runs") else ""
         gan = "—" if r["gan_epsilon"] is None else _eps(r["gan_epsilon"]) + (f" ({r['unit']})" if r["unit"] else "")
         target = _eps(r["epsilon_target"]) if r["method"] in PRIVATE_ROWS else "—"
         lines.append(f"| {r['label']} | {target} | {gan} | {'yes' if r['classifier_dp'] else 'no'} | "
-                     f"{_eps(r['released_epsilon'])} | {cell('accuracy')} | {cell('macro_f1')} | {cell('auc')} | "
-                     f"{cell('inception_score')} | {cell('fid')} |"
+                     f"{_eps(r['released_epsilon'])} | {cell('accuracy')}{one_class} | {cell('balanced_accuracy')} | "
+                     f"{cell('macro_f1')} | {cell('auc')} |"
+                     + (f" {delta('delta_vs_fedavg')} | {delta('delta_vs_null')} |" if paired else "")
+                     + f" {cell('inception_score')} | {cell('fid')} |"
                      + (f" {cell('inception_score_inception')} | {cell('fid_inception')} |" if standard else ""))
     return "\n".join(lines) + "\n\n" + quality_markdown(report) + footnotes(report) + "\n"
 
@@ -469,7 +539,14 @@ def footnotes(report: dict) -> str:
         f"Dataset `{report['dataset']}` ({report['image_size']} px), {c['clients']} hospitals, {c['partition']} "
         f"partition (α = {c['alpha']}), profile `{report['profile']['name']}`, seeds {c['seeds']}; mean ± sample sd over seeds, "
         "test split read once per row and seed; model and round selection on the validation split."
+        + (" **A preview**: the quick profile stops every classifier after "
+           f"{report['profile'].get('fed', {}).get('rounds', '?')} rounds, before it has converged; the `paper` "
+           "profile trains until validation stops improving." if report["profile"]["name"] == "quick" else "")
         + _curve_note(report),
+        "Balanced accuracy: mean recall over classes. † n: in n of the seeds the classifier predicts one class "
+        "only (its accuracy is then the class prior). Δ: the row's test accuracy minus FedAvg's (or minus FedAvg + "
+        "null images': untrained generators, the same balanced labels and ratio), paired on seeds and test images, "
+        "mean over seeds with a 95 % bootstrap interval over both (1,000 replicates; `stats.paired_delta`).",
         f"ε: per record of one hospital (unit 'record') or per whole hospital ('hospital', DP-FedAvg-GAN), "
         f"δ = {c['delta']}, Opacus {report['profile'].get('accountant', 'prv').upper()} accountant, max over "
         "hospitals. Only rows whose classifier is DP or trained on DP synthetic images alone release a private "

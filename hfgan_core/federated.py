@@ -7,12 +7,17 @@ trains on and how:
   only data (synthetic-only);
 * ``augment``: classical torchvision v2 augmentation of every local batch;
 * ``mu > 0``: FedProx's proximal term (mu / 2) ||w - w_global||^2 in each local objective;
+* ``epoch_scale``: more (or fewer) local steps per round than one pass over the data: the control
+  that gives plain FedAvg as many steps as a hospital that adds synthetic images;
+* ``logit_adjust``: train on logits + log(local class prior) (Menon et al. 2021), so the model's
+  own logits are balanced across classes: the control for the class balance synthetic labels add;
 * ``dp``: each hospital trains with DP-SGD through Opacus (Poisson batches, per-example
   clipping, Gaussian noise), sigma calibrated for the steps it will take, accounted like
   the GAN (one record of one hospital; see ``privacy``).
 
 The server averages the returned weights by real dataset size N_i. The round kept is the
-one with the best *validation* macro-AUC: validation data only, never test.
+one with the best *validation* macro-AUC, and with ``patience`` training stops once that has not
+improved for so many rounds (``rounds`` is then a cap): validation data only, never test.
 """
 from __future__ import annotations
 
@@ -36,7 +41,8 @@ Arrays = tuple[torch.Tensor, torch.Tensor]  # images (N, C, H, W) in [-1, 1], la
 
 @dataclass
 class FedConfig:
-    rounds: int = 10
+    rounds: int = 10  # the cap when patience is set
+    patience: int | None = None  # stop after this many rounds without a better validation AUC (None: all rounds)
     local_epochs: int = 1
     batch_size: int = 64
     lr: float = 1e-3  # Adam, fresh state each round (local optimiser state never leaves a hospital)
@@ -44,6 +50,8 @@ class FedConfig:
     mu: float = 0.0  # FedProx proximal weight; 0 = FedAvg
     width: int = 32
     augment: bool = False
+    epoch_scale: float = 1.0  # local steps per round = local_epochs x ceil(epoch_scale x N_i / B)
+    logit_adjust: bool = False  # class-balanced training by logit adjustment with the hospital's own prior
     seed: int = 0
     device: str = "cpu"  # where the model and every hospital's data live during training
 
@@ -78,8 +86,10 @@ class FedResult:
     model: SmallCNN
     best_round: int
     val_history: list[dict]
-    epsilons: list[float] | None  # per hospital, for DP training
+    epsilons: list[float] | None  # per hospital, for DP training: spent over the rounds actually run
     noise_multipliers: list[float] | None
+    rounds_run: int = 0
+    steps: list[int] | None = None  # optimizer steps each hospital took
 
 
 def train_federated(clients: list[Arrays], val: Arrays, *, num_classes: int, config: FedConfig,
@@ -101,6 +111,7 @@ def train_federated(clients: list[Arrays], val: Arrays, *, num_classes: int, con
     sigmas = _calibrate(clients, schedule, config, dp) if dp else None
     augment = augmentation(size) if config.augment else None
     best, best_state, best_round, history = -math.inf, None, 0, []
+    steps = [0] * len(clients)
     for r, chosen in enumerate(schedule):
         states = []
         for i in chosen:
@@ -110,6 +121,7 @@ def train_federated(clients: list[Arrays], val: Arrays, *, num_classes: int, con
             else:
                 _train_local(local, model, data[i], config, augment, seed=_seed(config, r, i))
             states.append(local.state_dict())
+            steps[i] += _local_steps(config, clients[i]) if dp else _epoch_steps(config, data[i])
         model.load_state_dict(_average(states, [weights[i] for i in chosen]))
         scores = classification_metrics(val[1].numpy(), predict_proba(model, val[0]))
         history.append(scores)
@@ -117,13 +129,14 @@ def train_federated(clients: list[Arrays], val: Arrays, *, num_classes: int, con
             best, best_state, best_round = scores["auc"], copy.deepcopy(model.state_dict()), r + 1
         if progress:
             progress(r + 1, scores)
+        if config.patience and r + 1 - best_round >= config.patience:
+            break
     model.load_state_dict(best_state)
     epsilons = None
     if dp:
-        steps = _planned_steps(clients, schedule, config)
         epsilons = [compute_epsilon(noise_multiplier=s, sample_rate=_rate(config, c), steps=k, delta=dp.delta,
-                                    accountant=dp.accountant) for s, c, k in zip(sigmas, clients, steps)]
-    return FedResult(model, best_round, history, epsilons, sigmas)
+                                    accountant=dp.accountant) if k else 0.0 for s, c, k in zip(sigmas, clients, steps)]
+    return FedResult(model, best_round, history, epsilons, sigmas, rounds_run=len(history), steps=steps)
 
 
 def _seed(config: FedConfig, round_: int, client: int) -> int:
@@ -134,6 +147,11 @@ def _local_data(real: Arrays, synthetic: Arrays | None) -> Arrays:
     if synthetic is None:
         return real
     return torch.cat([real[0], synthetic[0]]), torch.cat([real[1], synthetic[1]])
+
+
+def _epoch_steps(config: FedConfig, data: Arrays) -> int:
+    """Optimizer steps of one round of plain local training: local_epochs passes in batches of B."""
+    return config.local_epochs * math.ceil(config.epoch_scale * len(data[1]) / config.batch_size)
 
 
 def _average(states: list[dict], weights: list[int]) -> dict:
@@ -148,17 +166,24 @@ def _train_local(model: nn.Module, global_model: nn.Module, data: Arrays, config
     anchor = [p.detach().clone() for p in global_model.parameters()] if config.mu > 0 else None
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # augmentation draws
+    steps = _epoch_steps(config, data)
+    passes = math.ceil(steps * config.batch_size / max(len(y), 1))  # whole shuffles, as many as the steps need
+    order = torch.cat([torch.randperm(len(y), generator=gen) for _ in range(passes)]) if len(y) else torch.zeros(0)
+    prior = None
+    if config.logit_adjust:  # log of this hospital's own class frequencies (it holds the labels anyway)
+        counts = torch.bincount(y, minlength=model.head.out_features).float()
+        prior = torch.log(counts.clamp_min(1) / counts.sum())  # (K,); an absent class counts as one
     model.train()
-    for _ in range(config.local_epochs):
-        for idx in torch.randperm(len(y), generator=gen).split(config.batch_size):
-            idx = idx.to(x.device)
-            xb = augment(x[idx]) if augment else x[idx]
-            loss = F.cross_entropy(model(xb), y[idx])
-            if anchor is not None:  # FedProx: stay near the round's global weights
-                loss = loss + config.mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    for idx in order.long().split(config.batch_size)[:steps]:
+        idx = idx.to(x.device)
+        xb = augment(x[idx]) if augment else x[idx]
+        logits = model(xb)
+        loss = F.cross_entropy(logits + prior if prior is not None else logits, y[idx])
+        if anchor is not None:  # FedProx: stay near the round's global weights
+            loss = loss + config.mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
 
 # ---------------------------------------------------------------------------------------------

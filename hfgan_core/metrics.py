@@ -14,7 +14,9 @@ from .errors import UserError
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """Accuracy, macro-F1 and AUC (binary, or macro one-vs-rest) from class probabilities (N, K)."""
+    """Accuracy, balanced accuracy (mean recall over classes), macro-F1 and AUC (binary, or macro
+    one-vs-rest) from class probabilities (N, K), and how many classes the model ever predicts
+    (1 marks a model that collapsed to one class, whatever its accuracy)."""
     y_true = np.asarray(y_true)
     pred = proba.argmax(axis=1)
     k = proba.shape[1]
@@ -25,7 +27,9 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
         auc = roc_auc_score(y_true, proba[:, 1])
     else:
         auc = roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=np.arange(k))
-    return {"accuracy": float(accuracy_score(y_true, pred)),
+    recalls = [(pred[y_true == c] == c).mean() for c in present]
+    return {"accuracy": float(accuracy_score(y_true, pred)), "balanced_accuracy": float(np.mean(recalls)),
+            "predicted_classes": int(len(np.unique(pred))),
             "macro_f1": float(f1_score(y_true, pred, average="macro", labels=np.arange(k), zero_division=0)),
             "auc": float(auc)}
 

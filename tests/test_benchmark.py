@@ -92,6 +92,27 @@ def test_test_split_is_read_once_per_result(smoke):
     assert sorted(k for k in reads if len(k) == 1) == [("extractor",), ("reference",)]
 
 
+def test_controls_and_paired_deltas(smoke):
+    """The equal-steps control takes the synthetic rows' optimizer steps; the null-image control
+    trains on as many images; each row's delta vs FedAvg is its accuracy minus FedAvg's on the
+    same seed, from the saved per-example probabilities."""
+    out, report, _ = smoke
+    by = {r["method"]: r for r in report["runs"]}
+    steps = {m: sum(by[m]["classifier"]["optimizer_steps"]) for m in ("fedavg", "fedavg_steps", "fedavg_null", "hfgan")}
+    rounds = by["hfgan"]["classifier"]["rounds_run"][0]
+    assert steps["fedavg_steps"] > steps["fedavg"]
+    assert abs(steps["fedavg_steps"] - steps["hfgan"]) <= rounds * 5  # within one batch per hospital and round
+    assert steps["fedavg_null"] == steps["hfgan"]  # the same labels and ratio, other images
+    saved = np.load(out / "probas.npz")
+    assert len(saved["y_test"]) == 624 and saved["local|0|inf"].shape == (5, 624, 2)
+    rows = {r["method"]: r for r in csv.DictReader((out / "table.csv").open())}
+    assert rows["fedavg"]["delta_vs_fedavg"] == ""
+    for m in ("hfgan", "fedavg_null", "centralized"):
+        assert float(rows[m]["delta_vs_fedavg"]) == pytest.approx(float(rows[m]["accuracy"]) - float(rows["fedavg"]["accuracy"]))
+        assert float(rows[m]["delta_vs_fedavg_low"]) <= float(rows[m]["delta_vs_fedavg"]) <= float(rows[m]["delta_vs_fedavg_high"])
+    assert "Δ acc. vs FedAvg" in (out / "table.md").read_text()
+
+
 def test_sealed_test_refuses_a_second_read():
     class Fake:
         class test:
@@ -169,6 +190,34 @@ def test_dp_classifier_is_calibrated_for_the_steps_it_takes(monkeypatch):
     for sigma, n, k, eps in zip(res.noise_multipliers, (96, 160), planned, res.epsilons):
         assert eps == compute_epsilon(noise_multiplier=sigma, sample_rate=16 / n, steps=k, delta=1e-5, accountant="rdp")
         assert 2.9 < eps <= 3.0
+
+
+def test_training_stops_when_validation_stops_improving(monkeypatch):
+    """With patience p the loop ends p rounds after the best validation AUC (a scripted sequence
+    stands in for the model's scores), keeps that round's model, and counts the steps taken."""
+    import hfgan_core.federated as fed
+    aucs = iter([0.6, 0.7, 0.65, 0.69, 0.8, 0.7, 0.7, 0.7, 0.9, 0.9, 0.9])
+    monkeypatch.setattr(fed, "classification_metrics", lambda y, p: {"auc": next(aucs)})
+    hospitals, val = [_toy(96, 1), _toy(40, 2)], _toy(seed=3)
+    cfg = FedConfig(rounds=11, patience=3, local_epochs=2, batch_size=16, width=8)
+    res = train_federated(hospitals, val, num_classes=2, config=cfg)
+    assert res.best_round == 5 and res.rounds_run == 8 and len(res.val_history) == 8  # 5 + 3 without progress
+    assert res.steps == [8 * 2 * 6, 8 * 2 * 3]  # rounds x local epochs x ceil(N / B)
+    aucs = iter([0.5 + 0.01 * r for r in range(11)])
+    assert train_federated(hospitals, val, num_classes=2, config=cfg).rounds_run == 11  # never stalls: the cap
+
+
+def test_dp_classifier_that_stops_early_reports_what_it_spent(monkeypatch):
+    import hfgan_core.federated as fed
+    aucs = iter([0.9, 0.5, 0.5, 0.5, 0.5, 0.5])
+    monkeypatch.setattr(fed, "classification_metrics", lambda y, p: {"auc": next(aucs)})
+    hospitals, val = [_toy(96, 1), _toy(160, 2)], _toy(seed=3)
+    cfg = FedConfig(rounds=6, patience=2, local_epochs=1, batch_size=16, width=8)
+    res = train_federated(hospitals, val, num_classes=2, config=cfg, dp=DPSpec(epsilon=3.0, accountant="rdp"))
+    assert res.rounds_run == 3 and res.steps == [3 * 6, 3 * 10]  # sigma was calibrated for 6 rounds
+    for sigma, n, k, eps in zip(res.noise_multipliers, (96, 160), res.steps, res.epsilons):
+        assert eps == compute_epsilon(noise_multiplier=sigma, sample_rate=16 / n, steps=k, delta=1e-5, accountant="rdp")
+        assert eps < 2.5  # half the planned steps: well under the target of 3
 
 
 def test_dpfedavg_gan_accounts_whole_hospitals():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import f1_score, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from hfgan_core.metrics import (classification_metrics, crossfit_threshold_accuracy, fid, frechet_distance,
                                 inception_score, mix_accuracy)
@@ -18,6 +18,11 @@ def test_classification_metrics_equal_sklearn():
     assert m["accuracy"] == np.mean(p.argmax(1) == y)
     assert m["macro_f1"] == pytest.approx(f1_score(y, p.argmax(1), average="macro"))
     assert m["auc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr"))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p.argmax(1)))
+    assert m["predicted_classes"] == 3
+    majority = classification_metrics(np.array([0, 0, 0, 1]), np.tile([0.9, 0.1], (4, 1)))
+    assert majority["accuracy"] == 0.75 and majority["balanced_accuracy"] == 0.5  # collapsed: one class only
+    assert majority["predicted_classes"] == 1
     yb = rng.integers(0, 2, 100)
     pb = rng.dirichlet(np.ones(2), 100)
     assert classification_metrics(yb, pb)["auc"] == pytest.approx(roc_auc_score(yb, pb[:, 1]))
