@@ -4,7 +4,8 @@ No Inception-v3 weights can be downloaded here, and ImageNet features say little
 28 px chest X-rays anyway, so IS and FID use a SmallCNN trained on the *real training split
 only* (epoch chosen on validation). It is cached under ``results/extractors/`` keyed by the
 data file's SHA-256, image size, training-set size and epochs, so every method and seed is scored by the same
-network; the benchmark reports its test accuracy with every table.
+network; the benchmark reports its test accuracy with every table, and the weights file's SHA-256 in
+runs.json. The extractors behind committed tables are committed too, so their FIDs can be recomputed.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def load_or_train_extractor(ds: MedicalDataset, *, epochs: int = 5, cache: Path 
     model = SmallCNN(channels=ds.channels, num_classes=ds.num_classes)
     if weights.exists() and meta.exists():
         model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
-        return model.to(device).eval(), json.loads(meta.read_text())
+        return model.to(device).eval(), json.loads(meta.read_text()) | _weights_info(weights)
     x, y = ds.train.tensors()
     model, log = train_classifier(x, y, num_classes=ds.num_classes, epochs=epochs, seed=seed, val=ds.val.tensors(),
                                   device=device)
@@ -48,4 +49,9 @@ def load_or_train_extractor(ds: MedicalDataset, *, epochs: int = 5, cache: Path 
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
     tmp.replace(weights)
     meta.write_text(json.dumps(info, indent=2))
-    return model.eval(), info
+    return model.eval(), info | _weights_info(weights)
+
+
+def _weights_info(weights: Path) -> dict:
+    """Which file scored the images, and its hash: what anyone recomputing a committed FID checks."""
+    return {"weights_file": weights.as_posix(), "weights_sha256": file_sha256(weights)}

@@ -69,6 +69,9 @@ def test_runs_json_has_provenance_and_privacy(smoke):
     assert by["dpfedavg_gan"]["unit"] == "hospital" and float(by["dpfedavg_gan"]["gan_epsilon"]) <= 10
     assert by["dp_fedavg"]["classifier_dp"] and float(by["dp_fedavg"]["released_epsilon"]) <= 10
     assert len(by["local"]["per_hospital_accuracy"]) == 5
+    from hfgan_core.extractor import file_sha256
+    ex = report["extractor"]  # the FIDs can be recomputed with exactly this file
+    assert ex["weights_sha256"] == file_sha256(ROOT / ex["weights_file"])
 
 
 def test_every_gan_is_judged_on_validation(smoke):
