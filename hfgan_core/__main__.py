@@ -110,6 +110,16 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--render-only", action="store_true", help="only rebuild the table and figure from attacks.json")
     a.add_argument("--no-progress", action="store_true")
 
+    n = sub.add_parser("noniid", help="FedAvg, null images, HF-GAN and centralized at alpha 0.1 / 0.5 / 1 and IID")
+    n.add_argument("--dataset", required=True, help=_HELP["dataset"])
+    n.add_argument("--data-dir", default=None, help=_HELP["data_dir"])
+    n.add_argument("--profile", default="quick", help="smoke (tests), quick (2-core CPU) or paper")
+    n.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    n.add_argument("--epsilon", type=float, default=10.0, help="HF-GAN's per-record epsilon")
+    n.add_argument("--device", default="cpu")
+    n.add_argument("--out", default="results", help="<out>/<dataset>/noniid/: one benchmark per setting, noniid.md")
+    n.add_argument("--no-progress", action="store_true")
+
     t = sub.add_parser("tables", help="run the dataset notebooks (papermill) and write results/README.md")
     t.add_argument("--profile", default="quick", help="smoke, quick (2-core CPU) or paper (GPU)")
     t.add_argument("--device", default="cpu")
@@ -132,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         return _quality(args)
     if args.command == "attacks":
         return _attacks(args)
+    if args.command == "noniid":
+        return _noniid(args)
     if args.command == "tables":
         try:
             return make_tables(profile=args.profile, device=args.device, datasets=args.datasets, out=args.out,
@@ -185,6 +197,20 @@ def _attacks(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"done: {path}")
+    return 0
+
+
+def _noniid(args: argparse.Namespace) -> int:
+    from .noniid import plot_noniid, run_noniid
+    try:
+        rows = run_noniid(args.dataset, args.out, profile=args.profile, seeds=args.seeds, epsilon=args.epsilon,
+                          data_dir=args.data_dir, device=args.device, progress=not args.no_progress)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    root = Path(args.out) / args.dataset / "noniid"
+    plot_noniid(rows, root / "noniid.png", title=f"{args.dataset}: accuracy as hospitals differ ({args.profile})")
+    print(f"done: {root / 'noniid.md'}")
     return 0
 
 

@@ -305,3 +305,26 @@ def test_per_hospital_accuracy_is_each_hospitals_class_mix(smoke):
     slope, intercept = np.polyfit(mixes[:, 1], fed["per_hospital_accuracy"], 1)
     assert np.allclose(intercept + slope * mixes[:, 1], fed["per_hospital_accuracy"], atol=1e-3)
     assert -1e-3 <= intercept <= 1 + 1e-3 and -1e-3 <= intercept + slope <= 1 + 1e-3  # recall_0 and recall_1 (mixes rounded)
+
+
+def test_noniid_sweep_runs_every_setting_on_the_same_seeds(tmp_path, capsys):
+    """python -m hfgan_core noniid (smoke): one benchmark per setting with the four methods, a table
+    whose HF-GAN delta is its accuracy minus FedAvg's in that setting, and a figure."""
+    real_data("pneumoniamnist.npz")
+    from hfgan_core.__main__ import main
+    from hfgan_core.noniid import SWEEP_METHODS
+    assert main(["noniid", "--dataset", "pneumoniamnist", "--profile", "smoke", "--seeds", "0", "--out",
+                 str(tmp_path), "--no-progress"]) == 0
+    root = tmp_path / "pneumoniamnist" / "noniid"
+    report = json.loads((root / "noniid.json").read_text())
+    settings = {r["setting"] for r in report["rows"]}
+    assert settings == {"α = 0.1", "α = 0.5", "α = 1", "IID"}
+    for s in settings:
+        rows = {r["method"]: r for r in report["rows"] if r["setting"] == s}
+        assert set(rows) == set(SWEEP_METHODS)
+        assert rows["hfgan"]["delta_vs_fedavg"] == pytest.approx(rows["hfgan"]["accuracy"] - rows["fedavg"]["accuracy"])
+    for sub in ("alpha0.1", "alpha0.5", "alpha1", "iid"):
+        cfg = json.loads((root / sub / "runs.json").read_text())["config"]
+        assert cfg["seeds"] == [0] and cfg["methods"] == SWEEP_METHODS
+    assert "HF-GAN − null images" in (root / "noniid.md").read_text()
+    assert (root / "noniid.png").stat().st_size > 10_000
