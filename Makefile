@@ -1,6 +1,7 @@
 # make tables -- the results tables: runs notebooks/01-04 with papermill, writes results/README.md; fetches a
-#                missing PneumoniaMNIST / RetinaMNIST through medmnist (PROFILE=quick|paper|smoke,
-#                DEVICE=cpu|cuda, DATASETS=..., JOBS=notebooks side by side, DATA_DIR=where the .npz files are)
+#                missing PneumoniaMNIST / RetinaMNIST through medmnist. PROFILE=auto|quick|paper|smoke (auto:
+#                paper on a CUDA GPU, quick otherwise), DEVICE=auto|cpu|cuda, DATASETS=..., JOBS=notebooks side
+#                by side, DATA_DIR=where the .npz files are
 # make quality -- generator quality on validation (results/gan_quality.md): every dataset, seeds 0-2, eps inf/10/1
 # make test  -- the test suite (creates .venv on first use)
 # make demo  -- one HF-GAN run on PneumoniaMNIST with 5 hospitals at epsilon = 10 (the recipe)
@@ -13,8 +14,8 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 export FLWR_TELEMETRY_ENABLED=0
 
 .PHONY: tables quality test demo bench env clean
-PROFILE ?= quick
-DEVICE ?= cpu
+PROFILE ?= auto
+DEVICE ?= auto
 DATASETS ?= pneumoniamnist brainmri retinamnist
 JOBS ?= 1
 DATA_DIR ?= data

@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--partition", default="dirichlet", help=_HELP["partition"])
     q.add_argument("--delta", type=float, default=1e-5, help=_HELP["delta"])
     q.add_argument("--data-dir", default=None, help=_HELP["data_dir"])
-    q.add_argument("--device", default="cpu")
+    q.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda when present)")
     q.add_argument("--out", default="results", help="gan_quality.md here, per-dataset JSON and runs below it")
     q.add_argument("--render-only", action="store_true", help="only rebuild gan_quality.md from the JSON files")
     q.add_argument("--resume", action="store_true",
@@ -121,8 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--no-progress", action="store_true")
 
     t = sub.add_parser("tables", help="run the dataset notebooks (papermill) and write results/README.md")
-    t.add_argument("--profile", default="quick", help="smoke, quick (2-core CPU) or paper (GPU)")
-    t.add_argument("--device", default="cpu")
+    t.add_argument("--profile", default="auto",
+                   help="auto (paper on a CUDA GPU, quick otherwise), smoke, quick (a CPU preview) or paper")
+    t.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     t.add_argument("--datasets", nargs="+", default=None, help="default: " + " ".join(TABLES))
     t.add_argument("--data-dir", default=None, help=_HELP["data_dir"])
     t.add_argument("--out", default=None, help="default: results (results/smoke for the smoke profile)")
@@ -166,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quality(args: argparse.Namespace) -> int:
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     config = QualityRunConfig(datasets=args.datasets, seeds=args.seeds, epsilons=args.epsilon, clients=args.clients,
                               alpha=args.alpha, partition=args.partition, delta=args.delta, data_dir=args.data_dir,
                               device=args.device, gan={} if args.rounds is None else {"rounds": args.rounds})

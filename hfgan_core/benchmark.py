@@ -64,6 +64,7 @@ METHODS: dict[str, Method] = {
     "hfgan_synth_only": Method("HF-GAN, synthetic only", gan="hfgan"),
     "dpfedavg_gan": Method("DP-FedAvg-GAN (+ its synthetic images)", gan="dpfedavg_gan"),
     "dp_fedavg": Method("DP classifier (DP-SGD FedAvg)"),
+    "dp_fedavg_clip": Method("DP-SGD FedAvg, clipping only (σ = 0)"),  # what clipping costs, without noise
     "centralized": Method("Centralized (pooled, non-private)"),
 }
 GAN_LABELS = {"hfgan": "HF-GAN (each hospital's generator)", "dpfedavg_gan": "DP-FedAvg-GAN (the server's generator)"}
@@ -319,6 +320,10 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
         elif method == "centralized":
             pooled = (torch.cat([h[0] for h in hospitals]), torch.cat([h[1] for h in hospitals]))
             log(method, math.inf, [fed_run(method, clients=[pooled])], t0, plain)
+        elif method == "dp_fedavg_clip":  # DP-SGD's batches and clipping, no noise: no guarantee
+            spec = DPSpec(epsilon=math.inf, delta=c.delta, accountant=prof.accountant, simulation_noise=True,
+                          clip_only=True)
+            log(method, math.inf, [fed_run(method, dp=spec)], t0, plain)
         elif method == "fedavg_null":  # the synthetic rows' labels and ratio, images from untrained generators
             null = [images_for_labels([_null_generator(gan_cfg, ds, seed * 100 + i)], balanced_labels(n_synth(h), k),
                                       seed + 90 + i) for i, h in enumerate(hospitals)]

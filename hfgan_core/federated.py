@@ -64,6 +64,7 @@ class DPSpec:
     max_grad_norm: float = 1.0
     accountant: str = "prv"
     simulation_noise: bool = False  # True: masks and noise derived from the seed (research); False: OS entropy
+    clip_only: bool = False  # sigma = 0: Poisson batches and per-example clipping, no noise (a control; epsilon inf)
 
 
 def augmentation(image_size: int):
@@ -135,7 +136,8 @@ def train_federated(clients: list[Arrays], val: Arrays, *, num_classes: int, con
     epsilons = None
     if dp:
         epsilons = [compute_epsilon(noise_multiplier=s, sample_rate=_rate(config, c), steps=k, delta=dp.delta,
-                                    accountant=dp.accountant) if k else 0.0 for s, c, k in zip(sigmas, clients, steps)]
+                                    accountant=dp.accountant) if k and s > 0 else (math.inf if k else 0.0)
+                    for s, c, k in zip(sigmas, clients, steps)]
     return FedResult(model, best_round, history, epsilons, sigmas, rounds_run=len(history), steps=steps)
 
 
@@ -205,6 +207,8 @@ def _planned_steps(clients: list[Arrays], schedule: list[list[int]], config: Fed
 
 
 def _calibrate(clients: list[Arrays], schedule, config: FedConfig, dp: DPSpec) -> list[float]:
+    if dp.clip_only:
+        return [0.0] * len(clients)
     return [calibrate_noise(target_epsilon=dp.epsilon, delta=dp.delta, sample_rate=_rate(config, c),
                             steps=max(k, 1), accountant=dp.accountant)
             for c, k in zip(clients, _planned_steps(clients, schedule, config))]

@@ -185,7 +185,7 @@ def _save(fig, path: str | Path):
 # ---------------------------------------------------------------------------------------------
 # make tables: run the notebooks, then results/README.md
 
-def make_tables(*, profile: str = "quick", device: str = "cpu", datasets: list[str] | None = None,
+def make_tables(*, profile: str = "auto", device: str = "auto", datasets: list[str] | None = None,
                 out: str | Path | None = None, data_dir: str | None = None, jobs: int = 1,
                 parameters: dict | None = None, attacks: bool = True, download: bool = True) -> int:
     """Execute each dataset notebook (papermill), and notebook 04 (table 4, the attacks on the
@@ -194,6 +194,7 @@ def make_tables(*, profile: str = "quick", device: str = "cpu", datasets: list[s
     missing or unreadable file is skipped with how to get it (brain MRI: the one-time build), and
     the others still run.
     ``parameters`` overrides more notebook parameters (e.g. seeds). Returns 0, or 1 if a notebook failed."""
+    profile, device = resolve_auto(profile, device)
     datasets = _check_tables(profile, datasets, jobs)
     out = Path(out or ("results/smoke" if profile == "smoke" else "results")).resolve()
     ready, status = [], {}
@@ -227,6 +228,17 @@ def make_tables(*, profile: str = "quick", device: str = "cpu", datasets: list[s
     skipped = sum(s.startswith("not run") for s in status.values())
     print(f"{len(ready) - len(failed)} of {len(ready) + skipped} tables written; {readme}", flush=True)
     return 1 if failed else 0
+
+
+def resolve_auto(profile: str, device: str) -> tuple[str, str]:
+    """``auto``: the paper profile on a CUDA GPU (it fits there), the quick preview on a CPU."""
+    import torch
+    gpu = torch.cuda.is_available()
+    device = ("cuda" if gpu else "cpu") if device == "auto" else device
+    if profile == "auto":
+        profile = "paper" if device.startswith("cuda") and gpu else "quick"
+        print(f"profile auto: {profile} on {device} ({'a CUDA GPU is present' if gpu else 'no CUDA GPU'})", flush=True)
+    return profile, device
 
 
 def _check_tables(profile: str, datasets: list[str] | None, jobs: int) -> list[str]:

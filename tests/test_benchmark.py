@@ -223,6 +223,23 @@ def test_dp_classifier_that_stops_early_reports_what_it_spent(monkeypatch):
         assert eps < 2.5  # half the planned steps: well under the target of 3
 
 
+def test_clipping_only_dp_classifier_clips_without_noise(monkeypatch):
+    """The DP-SGD row's control: its Poisson batches and per-example clipping, sigma 0, no epsilon."""
+    from opacus.optimizers import DPOptimizer
+    seen = []
+    original = DPOptimizer.step
+
+    def spy(self, *a, **k):
+        seen.append((self.noise_multiplier, self.max_grad_norm))
+        return original(self, *a, **k)
+    monkeypatch.setattr(DPOptimizer, "step", spy)
+    hospitals, val = [_toy(96, 1), _toy(160, 2)], _toy(seed=3)
+    res = train_federated(hospitals, val, num_classes=2, config=FedConfig(rounds=1, batch_size=16, width=8),
+                          dp=DPSpec(epsilon=math.inf, accountant="rdp", clip_only=True))
+    assert seen and set(seen) == {(0.0, 1.0)} and len(seen) == 6 + 10
+    assert res.noise_multipliers == [0.0, 0.0] and res.epsilons == [math.inf, math.inf]
+
+
 def test_dpfedavg_gan_accounts_whole_hospitals():
     hospitals = [_toy(64, s) for s in range(4)]
     hospitals = [((x.repeat(1, 1, 4, 4)[:, :, :28, :28]), y) for x, y in hospitals]  # 28 px

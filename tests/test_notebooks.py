@@ -121,3 +121,13 @@ def test_make_tables_fetches_a_missing_medmnist_file(tmp_path, fake_zenodo, monk
     assert report.make_tables(profile="smoke", out=tmp_path / "o2", data_dir=str(data), datasets=["retinamnist"]) == 0
     assert ran == ["table3_retinal_fundus"] and (data / "retinamnist.npz").exists()
     assert "fetching retinamnist.npz" in capsys.readouterr().err
+
+
+def test_auto_profile_is_paper_on_a_gpu_and_quick_otherwise(monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert report.resolve_auto("auto", "auto") == ("quick", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert report.resolve_auto("auto", "auto") == ("paper", "cuda")
+    assert report.resolve_auto("auto", "cpu") == ("quick", "cpu")  # asked for the CPU: the CPU preview
+    assert report.resolve_auto("smoke", "auto") == ("smoke", "cuda")  # an explicit profile is kept
