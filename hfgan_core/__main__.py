@@ -110,15 +110,17 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--render-only", action="store_true", help="only rebuild the table and figure from attacks.json")
     a.add_argument("--no-progress", action="store_true")
 
-    n = sub.add_parser("noniid", help="FedAvg, null images, HF-GAN and centralized at alpha 0.1 / 0.5 / 1 and IID")
-    n.add_argument("--dataset", required=True, help=_HELP["dataset"])
-    n.add_argument("--data-dir", default=None, help=_HELP["data_dir"])
-    n.add_argument("--profile", default="quick", help="smoke (tests), quick (2-core CPU) or paper")
-    n.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    n.add_argument("--epsilon", type=float, default=10.0, help="HF-GAN's per-record epsilon")
-    n.add_argument("--device", default="cpu")
-    n.add_argument("--out", default="results", help="<out>/<dataset>/noniid/: one benchmark per setting, noniid.md")
-    n.add_argument("--no-progress", action="store_true")
+    for name, what in (("noniid", "FedAvg, null images, HF-GAN and centralized at alpha 0.1 / 0.5 / 1 and IID"),
+                       ("ratio", "HF-GAN and its controls at 0.25 / 0.5 / 1 / 2 synthetic images per real image")):
+        n = sub.add_parser(name, help=what)
+        n.add_argument("--dataset", required=True, help=_HELP["dataset"])
+        n.add_argument("--data-dir", default=None, help=_HELP["data_dir"])
+        n.add_argument("--profile", default="quick", help="smoke (tests), quick (2-core CPU) or paper")
+        n.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+        n.add_argument("--epsilon", type=float, default=10.0, help="HF-GAN's per-record epsilon")
+        n.add_argument("--device", default="cpu")
+        n.add_argument("--out", default="results", help=f"<out>/<dataset>/{name}/: one benchmark per setting, {name}.md")
+        n.add_argument("--no-progress", action="store_true")
 
     t = sub.add_parser("tables", help="run the dataset notebooks (papermill) and write results/README.md")
     t.add_argument("--profile", default="auto",
@@ -143,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         return _quality(args)
     if args.command == "attacks":
         return _attacks(args)
-    if args.command == "noniid":
-        return _noniid(args)
+    if args.command in ("noniid", "ratio"):
+        return _sweep(args)
     if args.command == "tables":
         try:
             return make_tables(profile=args.profile, device=args.device, datasets=args.datasets, out=args.out,
@@ -203,17 +205,21 @@ def _attacks(args: argparse.Namespace) -> int:
     return 0
 
 
-def _noniid(args: argparse.Namespace) -> int:
-    from .noniid import plot_noniid, run_noniid
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweeps import NONIID_METHODS, RATIO_METHODS, plot_sweep, run_noniid, run_ratio
+    noniid = args.command == "noniid"
     try:
-        rows = run_noniid(args.dataset, args.out, profile=args.profile, seeds=args.seeds, epsilon=args.epsilon,
-                          data_dir=args.data_dir, device=args.device, progress=not args.no_progress)
+        rows = (run_noniid if noniid else run_ratio)(args.dataset, args.out, profile=args.profile, seeds=args.seeds,
+                                                     epsilon=args.epsilon, data_dir=args.data_dir, device=args.device,
+                                                     progress=not args.no_progress)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    root = Path(args.out) / args.dataset / "noniid"
-    plot_noniid(rows, root / "noniid.png", title=f"{args.dataset}: accuracy as hospitals differ ({args.profile})")
-    print(f"done: {root / 'noniid.md'}")
+    root = Path(args.out) / args.dataset / args.command
+    plot_sweep(rows, root / f"{args.command}.png", methods=NONIID_METHODS if noniid else RATIO_METHODS,
+               xlabel="hospitals' label skew (Dirichlet α; IID: none)" if noniid else "synthetic images per real image",
+               title=f"{args.dataset}: test accuracy ({args.profile} profile)")
+    print(f"done: {root / (args.command + '.md')}")
     return 0
 
 

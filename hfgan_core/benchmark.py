@@ -39,7 +39,7 @@ from .metrics import classification_metrics, fid, inception_score, inception_wei
 from .partition import partition
 from .privacy import compute_epsilon, noise_seed, noisy_label_histogram
 from .models import build_models
-from .train import TrainConfig, train
+from .train import TrainConfig, load_generators, train
 
 Arrays = tuple[torch.Tensor, torch.Tensor]
 
@@ -137,6 +137,7 @@ class BenchmarkConfig:
     synthetic_ratio: float | None = None  # synthetic images per real image; None = the profile's
     mu: float | None = None  # FedProx proximal weight; None = the profile's
     gan_rounds: int | None = None  # HF-GAN rounds; None = the profile's
+    gan_cache: str | None = None  # reuse finished HF-GAN runs with identical settings from here (sweeps)
 
 
 def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = True,
@@ -339,13 +340,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
         wanted = [m for m in c.methods if m in PRIVATE_ROWS and (eps in c.epsilons or m in CURVE_METHODS)]
         hf_rows = [m for m in wanted if METHODS[m].gan == "hfgan"]
         if hf_rows:
-            t0 = time.time()
-            run_dir = out / "gan_runs" / f"hfgan-seed{seed}-eps{eps}"
-            shutil.rmtree(run_dir, ignore_errors=True)  # our own output from an earlier benchmark
-            run = train(_gan_config(c, prof, ds, seed, epsilon=eps), run_dir, progress=progress, dataset=ds)
-            gens = [h.sampler for h in run.clients]
-            gan_eps = max((h.budget.epsilon for h in run.clients if h.budget), default=math.inf)
-            gan_time = time.time() - t0
+            gens, gan_eps, gan_time = _hfgan(c, prof, ds, seed, eps, out, progress)
             judge("hfgan", eps, gens, gan_eps)
             own = [images_for_labels([g], balanced_labels(n_synth(h), k), seed + i)
                    for i, (g, h) in enumerate(zip(gens, hospitals))]
@@ -382,6 +377,26 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             log("dp_fedavg", eps, [res], t0, {"unit": "record" if res.epsilons else None, "gan_epsilon": None,
                                                      "classifier_dp": not math.isinf(eps), "released_epsilon": spent})
     return records, {"sizes": [len(p) for p in parts], "dp_class_mix": mixes.round(4).tolist()}, quality
+
+
+def _hfgan(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, eps: float, out: Path,
+           progress: bool) -> tuple[list, float, float]:
+    """HF-GAN's released generators for (seed, eps), their max epsilon and training time. With
+    ``gan_cache`` a finished run there with the very same settings is reused (a sweep over what
+    happens *after* the GAN, e.g. the synthetic ratio, trains each GAN once)."""
+    config = _gan_config(c, prof, ds, seed, epsilon=eps)
+    run_dir = Path(c.gan_cache or out / "gan_runs") / f"hfgan-seed{seed}-eps{eps}"
+    done = run_dir / "generators.pt"
+    if c.gan_cache and done.exists() and json.loads((run_dir / "config.json").read_text())["config"] == \
+            json.loads(json.dumps(asdict(config))):
+        privacy = json.loads((run_dir / "privacy.json").read_text())
+        return (load_generators(done, c.device), float(privacy.get("max_epsilon", math.inf)),
+                json.loads((run_dir / "timing.json").read_text())["train_s"])
+    t0 = time.time()
+    shutil.rmtree(run_dir, ignore_errors=True)  # our own output from an earlier benchmark
+    run = train(config, run_dir, progress=progress, dataset=ds)
+    gan_eps = max((h.budget.epsilon for h in run.clients if h.budget), default=math.inf)
+    return [h.sampler for h in run.clients], gan_eps, time.time() - t0
 
 
 def _null_generator(gan_cfg: TrainConfig, ds: MedicalDataset, seed: int):

@@ -329,7 +329,7 @@ def test_noniid_sweep_runs_every_setting_on_the_same_seeds(tmp_path, capsys):
     whose HF-GAN delta is its accuracy minus FedAvg's in that setting, and a figure."""
     real_data("pneumoniamnist.npz")
     from hfgan_core.__main__ import main
-    from hfgan_core.noniid import SWEEP_METHODS
+    from hfgan_core.sweeps import NONIID_METHODS
     assert main(["noniid", "--dataset", "pneumoniamnist", "--profile", "smoke", "--seeds", "0", "--out",
                  str(tmp_path), "--no-progress"]) == 0
     root = tmp_path / "pneumoniamnist" / "noniid"
@@ -338,10 +338,33 @@ def test_noniid_sweep_runs_every_setting_on_the_same_seeds(tmp_path, capsys):
     assert settings == {"α = 0.1", "α = 0.5", "α = 1", "IID"}
     for s in settings:
         rows = {r["method"]: r for r in report["rows"] if r["setting"] == s}
-        assert set(rows) == set(SWEEP_METHODS)
+        assert set(rows) == set(NONIID_METHODS)
         assert rows["hfgan"]["delta_vs_fedavg"] == pytest.approx(rows["hfgan"]["accuracy"] - rows["fedavg"]["accuracy"])
     for sub in ("alpha0.1", "alpha0.5", "alpha1", "iid"):
         cfg = json.loads((root / sub / "runs.json").read_text())["config"]
-        assert cfg["seeds"] == [0] and cfg["methods"] == SWEEP_METHODS
+        assert cfg["seeds"] == [0] and cfg["methods"] == NONIID_METHODS
     assert "HF-GAN − null images" in (root / "noniid.md").read_text()
     assert (root / "noniid.png").stat().st_size > 10_000
+
+
+def test_ratio_sweep_trains_each_gan_once_and_matches_the_controls(tmp_path, monkeypatch):
+    """python -m hfgan_core ratio (smoke, two ratios): the HF-GAN of a seed trains once and is reused
+    by the second ratio; at each ratio the null-image control trains on as many images as HF-GAN
+    and the equal-steps control takes (about) HF-GAN's steps."""
+    real_data("pneumoniamnist.npz")
+    import hfgan_core.sweeps as sw
+    from hfgan_core.__main__ import main
+    trained = []
+    original = bm.train
+    monkeypatch.setattr(bm, "train", lambda *a, **k: trained.append(a[1]) or original(*a, **k))
+    monkeypatch.setitem(sw.run_ratio.__kwdefaults__, "ratios", (0.5, 2.0))  # two of the four, for time
+    assert main(["ratio", "--dataset", "pneumoniamnist", "--profile", "smoke", "--seeds", "0", "--out",
+                 str(tmp_path), "--no-progress"]) == 0
+    assert len(trained) == 1  # one GAN (seed 0, eps 10) for both ratios
+    root = tmp_path / "pneumoniamnist" / "ratio"
+    for ratio in ("0.5", "2"):
+        runs = {r["method"]: r for r in json.loads((root / f"ratio{ratio}" / "runs.json").read_text())["runs"]}
+        steps = {m: sum(runs[m]["classifier"]["optimizer_steps"]) for m in runs}
+        assert steps["fedavg_null"] == steps["hfgan"] > steps["fedavg"]
+        assert abs(steps["fedavg_steps"] - steps["hfgan"]) <= runs["hfgan"]["classifier"]["rounds_run"][0] * 5
+    assert "synthetic images per real image" in (root / "ratio.md").read_text() and (root / "ratio.png").exists()
