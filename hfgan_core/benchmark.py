@@ -86,19 +86,20 @@ class Profile:
     curve_seeds: int | None = None  # how many of the seeds the extra curve epsilons run on (None: all)
     quality: QualityConfig = field(default_factory=QualityConfig)  # judging every GAN on validation
     accountant: str = "prv"  # every private method's; rdp only where speed beats tightness (smoke)
+    seeds: int = 3  # how many seeds the notebooks run when not told (0, 1, ..., seeds - 1)
 
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(gan=dict(rounds=3, batch_size=16, nz=16, ngf=8, ndf=8, synthetic_per_class=20), gan_epochs=None,
                      fed=FedConfig(rounds=2, batch_size=32, width=8), dpgan=dict(rounds=3, local_steps=1,
                      batch_size=16, nz=16, ngf=8, ndf=8), synthetic_ratio=0.2, extractor_epochs=1,
-                     max_train=600, curve_seeds=1, accountant="rdp",
+                     max_train=600, curve_seeds=1, accountant="rdp", seeds=1,
                      quality=QualityConfig(per_class=20, tstr_max_epochs=2, fid_draws=1, max_manifold=50)),
     "quick": Profile(gan=dict(), gan_epochs=None, fed=FedConfig(rounds=5, width=16),
                      dpgan=dict(rounds=100, local_steps=1), curve_seeds=1),
     "paper": Profile(gan=dict(), gan_epochs=None,
                      fed=FedConfig(rounds=200, patience=10, width=32), dpgan=dict(rounds=1000, local_steps=5, lr_d=2e-4,
-                     lr_g=2e-4), extractor_epochs=20, prefer_64px=True),
+                     lr_g=2e-4), extractor_epochs=20, prefer_64px=True, seeds=5),
 }
 
 
