@@ -11,7 +11,7 @@ import torch
 from .benchmark import METHODS, BenchmarkConfig, run_benchmark
 from .errors import UserError
 from .gan_quality import DATASETS, QualityRunConfig, run_quality, write_markdown
-from .report import TABLES, make_tables
+from .report import TABLES, auto_device, make_tables
 from .train import TrainConfig, train
 
 _HELP = {
@@ -138,52 +138,43 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a ``UserError`` from any of them is one line on stderr and exit status 2."""
     args = _parser().parse_args(argv)
-    if args.command == "benchmark":
-        return _benchmark(args)
-    if args.command == "quality":
-        return _quality(args)
-    if args.command == "attacks":
-        return _attacks(args)
-    if args.command in ("noniid", "ratio"):
-        return _sweep(args)
-    if args.command == "tables":
-        try:
-            return make_tables(profile=args.profile, device=args.device, datasets=args.datasets, out=args.out,
-                               data_dir=args.data_dir, jobs=args.jobs, attacks=not args.no_attacks, download=not args.no_download,
-                               parameters={"seeds": args.seeds} if args.seeds else None)
-        except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    handler = {"train": _train, "benchmark": _benchmark, "quality": _quality, "attacks": _attacks,
+               "noniid": _sweep, "ratio": _sweep, "tables": _tables}[args.command]
     try:
-        config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-        run = train(config, args.out, resume=args.resume, stop_after=args.stop_after,
-                    progress=not args.no_progress)
+        return handler(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    run = train(config, args.out, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
     eps = [c.budget.epsilon for c in run.clients if c.budget]
     summary = f"max epsilon {max(eps):.3f} (delta={run.config.delta})" if eps else "no DP (epsilon = inf)"
     print(f"done: {run.round} rounds, {summary}; outputs in {args.out}")
     return 0
 
 
+def _tables(args: argparse.Namespace) -> int:
+    return make_tables(profile=args.profile, device=args.device, datasets=args.datasets, out=args.out,
+                       data_dir=args.data_dir, jobs=args.jobs, attacks=not args.no_attacks,
+                       download=not args.no_download, parameters={"seeds": args.seeds} if args.seeds else None)
+
+
 def _quality(args: argparse.Namespace) -> int:
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = auto_device(args.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but this machine has no CUDA GPU; use --device cpu")
     config = QualityRunConfig(datasets=args.datasets, seeds=args.seeds, epsilons=args.epsilon, clients=args.clients,
                               alpha=args.alpha, partition=args.partition, delta=args.delta, data_dir=args.data_dir,
-                              device=args.device, gan={} if args.rounds is None else {"rounds": args.rounds})
-    try:
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--device {args.device} asked for, but this machine has no CUDA GPU; use --device cpu")
-        path = write_markdown(args.out) if args.render_only else None
-        if path is None:
-            run_quality(config, args.out, progress=not args.no_progress, resume=args.resume)
-            path = Path(args.out) / "gan_quality.md"
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+                              device=device, gan={} if args.rounds is None else {"rounds": args.rounds})
+    path = write_markdown(args.out) if args.render_only else None
+    if path is None:
+        run_quality(config, args.out, progress=not args.no_progress, resume=args.resume)
+        path = Path(args.out) / "gan_quality.md"
     print(f"done: {path}")
     return 0
 
@@ -193,14 +184,10 @@ def _attacks(args: argparse.Namespace) -> int:
     config = AttackConfig(dataset=args.dataset, data_dir=args.data_dir, profile=args.profile, seeds=args.seeds,
                           epsilons=args.epsilon, clients=args.clients, partition=args.partition, alpha=args.alpha,
                           delta=args.delta, device=args.device)
-    try:
-        if not args.render_only:
-            run_attacks(config, args.out, resume=args.resume, progress=not args.no_progress)
-        path = write_table(args.out)
-        plot_inversions(args.out, Path(args.out) / "figures" / "table4_privacy_attacks_inversion.png")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if not args.render_only:
+        run_attacks(config, args.out, resume=args.resume, progress=not args.no_progress)
+    path = write_table(args.out)
+    plot_inversions(args.out, Path(args.out) / "figures" / "table4_privacy_attacks_inversion.png")
     print(f"done: {path}")
     return 0
 
@@ -208,13 +195,9 @@ def _attacks(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from .sweeps import NONIID_METHODS, RATIO_METHODS, plot_sweep, run_noniid, run_ratio
     noniid = args.command == "noniid"
-    try:
-        rows = (run_noniid if noniid else run_ratio)(args.dataset, args.out, profile=args.profile, seeds=args.seeds,
-                                                     epsilon=args.epsilon, data_dir=args.data_dir, device=args.device,
-                                                     progress=not args.no_progress)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    rows = (run_noniid if noniid else run_ratio)(args.dataset, args.out, profile=args.profile, seeds=args.seeds,
+                                                 epsilon=args.epsilon, data_dir=args.data_dir, device=args.device,
+                                                 progress=not args.no_progress)
     root = Path(args.out) / args.dataset / args.command
     plot_sweep(rows, root / f"{args.command}.png", methods=NONIID_METHODS if noniid else RATIO_METHODS,
                xlabel="hospitals' label skew (Dirichlet α; IID: none)" if noniid else "synthetic images per real image",
@@ -227,13 +210,10 @@ def _benchmark(args: argparse.Namespace) -> int:
     methods = list(METHODS) if args.methods == ["all"] else args.methods
     config = BenchmarkConfig(dataset=args.dataset, methods=methods, seeds=args.seeds, profile=args.profile,
                              epsilons=args.epsilon, curve_epsilons=args.curve_epsilon, alpha=args.alpha,
-                             clients=args.clients, partition=args.partition, delta=args.delta, data_dir=args.data_dir, device=args.device,
-                             synthetic_ratio=args.synthetic_ratio, mu=args.mu, gan_rounds=args.rounds)
-    try:
-        report = run_benchmark(config, args.out, progress=not args.no_progress)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+                             clients=args.clients, partition=args.partition, delta=args.delta, data_dir=args.data_dir,
+                             device=args.device, synthetic_ratio=args.synthetic_ratio, mu=args.mu,
+                             gan_rounds=args.rounds)
+    report = run_benchmark(config, args.out, progress=not args.no_progress)
     print(f"done: {len(report['runs'])} runs in {report['wall_time_s'] / 60:.1f} min; table in {args.out}/table.md")
     return 0
 

@@ -230,11 +230,17 @@ def make_tables(*, profile: str = "auto", device: str = "auto", datasets: list[s
     return 1 if failed else 0
 
 
+def auto_device(device: str) -> str:
+    """``auto``: cuda when a CUDA GPU is present, else cpu; any other value as given."""
+    import torch
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
 def resolve_auto(profile: str, device: str) -> tuple[str, str]:
     """``auto``: the paper profile on a CUDA GPU (it fits there), the quick preview on a CPU."""
     import torch
     gpu = torch.cuda.is_available()
-    device = ("cuda" if gpu else "cpu") if device == "auto" else device
+    device = auto_device(device)
     if profile == "auto":
         profile = "paper" if device.startswith("cuda") and gpu else "quick"
         print(f"profile auto: {profile} on {device} ({'a CUDA GPU is present' if gpu else 'no CUDA GPU'})", flush=True)

@@ -37,24 +37,15 @@ def run_noniid(dataset: str, out: str | Path, *, profile: str = "quick", seeds: 
                settings=SETTINGS, progress: bool = False) -> list[dict]:
     """One benchmark per setting under <out>/<dataset>/noniid/<setting>; writes noniid.json and
     noniid.md beside them and returns the rows."""
-    root = Path(out) / dataset / "noniid"
-    rows = []
-    for scheme, alpha in settings:
-        sub = root / ("iid" if scheme == "iid" else f"alpha{alpha:g}")
-        run_benchmark(BenchmarkConfig(dataset=dataset, methods=NONIID_METHODS, seeds=list(seeds), profile=profile,
-                                      epsilons=[epsilon], partition=scheme, alpha=alpha or 0.5, data_dir=data_dir,
-                                      device=device), sub, progress=progress, echo=progress)
-        report = load_runs(sub)
-        for row in add_paired_deltas(summarise(report["runs"], NONIID_METHODS), sub):
-            rows.append(row | {"setting": setting_label(scheme, alpha), "partition": scheme, "alpha": alpha})
-    (root / "noniid.json").write_text(json.dumps(jsonable({"dataset": dataset, "profile": profile, "seeds": list(seeds),
-                                                           "epsilon": epsilon, "rows": rows}), indent=2))
-    (root / "noniid.md").write_text(
-        sweep_markdown(rows, NONIID_METHODS, f"### {dataset}: test accuracy as hospitals differ") +
-        f"Mean ± sd over seeds {list(seeds)}, profile `{profile}`, HF-GAN at ε = {epsilon:g} per record of one hospital; "
-        "Dirichlet label skew over 5 hospitals (smaller α: more different hospitals) and an IID split. "
-        "Δ: paired on seeds and test images, 95 % bootstrap interval.\n")
-    return rows
+    points = [("iid" if scheme == "iid" else f"alpha{alpha:g}",
+               {"setting": setting_label(scheme, alpha), "partition": scheme, "alpha": alpha},
+               {"partition": scheme, "alpha": alpha or 0.5}) for scheme, alpha in settings]
+    note = (f"HF-GAN at ε = {epsilon:g} per record of one hospital; Dirichlet label skew over 5 hospitals (smaller "
+            "α: more different hospitals) and an IID split.")
+    return _sweep(Path(out) / dataset / "noniid", "noniid", points, NONIID_METHODS,
+                  f"### {dataset}: test accuracy as hospitals differ", note,
+                  dict(dataset=dataset, profile=profile, seeds=list(seeds), epsilons=[epsilon], data_dir=data_dir,
+                       device=device), progress)
 
 
 def run_ratio(dataset: str, out: str | Path, *, profile: str = "quick", seeds: list[int] = (0, 1, 2),
@@ -63,23 +54,32 @@ def run_ratio(dataset: str, out: str | Path, *, profile: str = "quick", seeds: l
     """One benchmark per synthetic ratio under <out>/<dataset>/ratio/<ratio>, all reading the
     HF-GAN runs of <out>/<dataset>/ratio/gan_runs (trained by the first ratio, reused after)."""
     root = Path(out) / dataset / "ratio"
+    points = [(f"ratio{ratio:g}", {"setting": f"{ratio:g}", "ratio": ratio}, {"synthetic_ratio": ratio})
+              for ratio in ratios]
+    note = (f"HF-GAN at ε = {epsilon:g} (one GAN per seed, shared by every ratio); each column adds that many "
+            "synthetic (or null) images per real image, and FedAvg with as many steps takes the same optimizer steps.")
+    return _sweep(root, "ratio", points, RATIO_METHODS, f"### {dataset}: synthetic images per real image", note,
+                  dict(dataset=dataset, profile=profile, seeds=list(seeds), epsilons=[epsilon], data_dir=data_dir,
+                       device=device, gan_cache=str(root / "gan_runs")), progress)
+
+
+def _sweep(root: Path, name: str, points: list[tuple[str, dict, dict]], methods: list[str], title: str, note: str,
+           common: dict, progress: bool) -> list[dict]:
+    """Run one benchmark per point (sub-folder, what its rows are labelled with, the BenchmarkConfig
+    settings it varies) on ``common`` settings; write <name>.json and <name>.md under ``root``."""
     rows = []
-    for ratio in ratios:
-        sub = root / f"ratio{ratio:g}"
-        run_benchmark(BenchmarkConfig(dataset=dataset, methods=RATIO_METHODS, seeds=list(seeds), profile=profile,
-                                      epsilons=[epsilon], synthetic_ratio=ratio, data_dir=data_dir, device=device,
-                                      gan_cache=str(root / "gan_runs")), sub, progress=progress, echo=progress)
+    for folder, labels, varied in points:
+        sub = root / folder
+        run_benchmark(BenchmarkConfig(methods=methods, **common, **varied), sub, progress=progress, echo=progress)
         report = load_runs(sub)
-        for row in add_paired_deltas(summarise(report["runs"], RATIO_METHODS), sub):
-            rows.append(row | {"setting": f"{ratio:g}", "ratio": ratio})
-    (root / "ratio.json").write_text(json.dumps(jsonable({"dataset": dataset, "profile": profile, "seeds": list(seeds),
-                                                          "epsilon": epsilon, "rows": rows}), indent=2))
-    (root / "ratio.md").write_text(
-        sweep_markdown(rows, RATIO_METHODS, f"### {dataset}: synthetic images per real image") +
-        f"Mean ± sd over seeds {list(seeds)}, profile `{profile}`, HF-GAN at ε = {epsilon:g} (one GAN per seed, "
-        "shared by every ratio); each column adds that many synthetic (or null) images per real image, and "
-        "FedAvg with as many steps takes the same optimizer steps. Δ: paired on seeds and test images, 95 % "
-        "bootstrap interval.\n")
+        rows += [row | labels for row in add_paired_deltas(summarise(report["runs"], methods), sub)]
+    c = common
+    (root / f"{name}.json").write_text(json.dumps(jsonable({"dataset": c["dataset"], "profile": c["profile"],
+                                                            "seeds": c["seeds"], "epsilon": c["epsilons"][0],
+                                                            "rows": rows}), indent=2))
+    (root / f"{name}.md").write_text(
+        sweep_markdown(rows, methods, title) + f"Mean ± sd over seeds {c['seeds']}, profile `{c['profile']}`, "
+        + note + " Δ: paired on seeds and test images, 95 % bootstrap interval.\n")
     return rows
 
 

@@ -113,23 +113,16 @@ class CanaryAudit:
         device = params[0].device
         self.rng = torch.Generator(device=device).manual_seed(seed)
         self.C = c.max_grad_norm
-        self.offsets = torch.tensor([0] + sizes, device=device).cumsum(0)  # parameter p owns [off_p, off_p+1)
+        offsets = torch.tensor([0] + sizes, device=device).cumsum(0)  # parameter p owns [off_p, off_p+1)
         coords = torch.randperm(total, generator=self.rng, device=device)[:count].view(len(hospitals), per_hospital)
         self.coords = {h.cid: coords[i] for i, h in enumerate(hospitals)}  # flat indices into D's parameters
+        self.groups = {cid: _by_parameter(flat, offsets) for cid, flat in self.coords.items()}
         self.inside = {h.cid: torch.rand(per_hospital, generator=self.rng, device=device) < 0.5 for h in hospitals}
         self.rate = {h.cid: sample_rate(c.batch_size, h.n_examples) for h in hospitals}
         self.sigma = {h.cid: h.budget.noise_multiplier if h.budget else 0.0 for h in hospitals}
         self.normaliser = {h.cid: normaliser(c.batch_size, h.n_examples, c.n_fakes) for h in hospitals}
         self.scores = {h.cid: torch.zeros(per_hospital, device=device, dtype=torch.float64) for h in hospitals}
         self.steps = {h.cid: 0 for h in hospitals}
-
-    def _per_parameter(self, cid: int, chosen: torch.Tensor):
-        """(parameter index, local flat indices, positions in the hospital's canary list)."""
-        flat = self.coords[cid][chosen]
-        which = torch.searchsorted(self.offsets, flat, right=True) - 1
-        for p in which.unique().tolist():
-            here = which == p
-            yield p, flat[here] - self.offsets[p], here
 
     def insert(self, sums: list[torch.Tensor], selected: list) -> None:
         """Add the sampled canaries' clipped gradients to each selected hospital's segment of
@@ -138,17 +131,14 @@ class CanaryAudit:
             q = self.rate[h.cid]
             sampled = self.inside[h.cid] & (torch.rand(len(self.inside[h.cid]), generator=self.rng,
                                                        device=self.rng.device) < q)
-            for p, local, _ in self._per_parameter(h.cid, sampled):
-                row = sums[p].view(sums[p].shape[0], -1)[i]
-                row.index_add_(0, local, torch.full(local.shape, self.C, dtype=row.dtype, device=row.device))
+            for p, local, here in self.groups[h.cid]:
+                row, hit = sums[p].view(sums[p].shape[0], -1)[i], local[sampled[here]]
+                row.index_add_(0, hit, torch.full(hit.shape, self.C, dtype=row.dtype, device=row.device))
 
     def observe(self, uploads: list[list[torch.Tensor]], selected: list) -> None:
         """The server's view: score every canary of each selected hospital on its upload."""
         for i, h in enumerate(selected):
-            everyone = torch.ones_like(self.inside[h.cid])
-            x = torch.empty(len(everyone), dtype=torch.float64, device=everyone.device)
-            for p, local, here in self._per_parameter(h.cid, everyone):
-                x[here] = uploads[i][p].reshape(-1)[local].double()
+            x = torch.cat([u.reshape(-1) for u in uploads[i]])[self.coords[h.cid]].double()
             x = x * self.normaliser[h.cid] / self.C  # one canary's contribution is 1 in these units
             q, sigma = self.rate[h.cid], self.sigma[h.cid]
             if sigma == 0:
@@ -165,3 +155,10 @@ class CanaryAudit:
         inside = torch.cat([self.inside[c] for c in self.inside]).cpu().numpy()
         return audit_epsilon(scores, inside, delta=delta, confidence=confidence) | {
             "uploads_observed": sum(self.steps.values())}
+
+
+def _by_parameter(flat: torch.Tensor, offsets: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Canaries' flat coordinates grouped by parameter: (parameter index, indices within it,
+    which of the canaries they are), so a step adds each group with one ``index_add_``."""
+    which = torch.searchsorted(offsets, flat, right=True) - 1
+    return [(p, flat[which == p] - offsets[p], which == p) for p in which.unique().tolist()]
