@@ -1,6 +1,6 @@
 """Table 4: every attack against the same HF-GAN training runs, over epsilon and seeds.
 
-One run per (epsilon, seed): chest X-ray, 5 hospitals, Dirichlet 0.5, the DP recipe (5 D steps per
+One run per (epsilon, seed): chest X-ray by default (``--dataset`` for another), 5 hospitals, Dirichlet 0.5, the DP recipe (5 D steps per
 round, D's Adam momentum 0.9) at every epsilon, so that only the noise differs between rows; the
 row "inf" is the clipping-only control (sigma = 0), which keeps every step of the mechanism except
 the noise. Each run carries the audit's canaries (``audit.CanaryAudit``) from its first round.
@@ -277,6 +277,10 @@ def table_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n\n" + meaning + "\n\n" + foot + "\n"
 
 
+def _name(dataset: str) -> str:
+    return {"pneumoniamnist": "chest X-ray"}.get(dataset, dataset)
+
+
 def write_table(out: str | Path) -> Path:
     """results/table4_privacy_attacks.md from <out>/privacy_attacks/attacks.json."""
     out = Path(out)
@@ -285,7 +289,8 @@ def write_table(out: str | Path) -> Path:
         raise UserError(f"{source} not found: run `python -m hfgan_core attacks --out {out}` first")
     report = json.loads(source.read_text())
     path = out / f"{STEM}.md"
-    path.write_text("### Table 4: privacy attacks and audit (chest X-ray)\n\n" + table_markdown(report))
+    path.write_text(f"### Table 4: privacy attacks and audit ({_name(report['config']['dataset'])})\n\n"
+                    + table_markdown(report))
     return path
 
 
@@ -313,7 +318,8 @@ def plot_inversions(out: str | Path, path: str | Path, *, seed: int = 0, columns
                       vmin=0, vmax=1)
             ax.set_xticks([]), ax.set_yticks([])
         axes[r][0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle("Gradient inversion of one-image uploads (chest X-ray): what the server rebuilds", fontsize=9)
+    dataset = json.loads((folder / "attacks.json").read_text())["config"]["dataset"]
+    fig.suptitle(f"Gradient inversion of one-image uploads ({_name(dataset)}):\nwhat the server rebuilds", fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
