@@ -50,6 +50,7 @@ class FedConfig:
     mu: float = 0.0  # FedProx proximal weight; 0 = FedAvg
     width: int = 32
     augment: bool = False
+    augment_strength: float = 1.0  # scales every augmentation range (1: ±10°, ±5 % shifts, 85-100 % crops, ±15 % contrast)
     epoch_scale: float = 1.0  # local steps per round = local_epochs x ceil(epoch_scale x N_i / B)
     logit_adjust: bool = False  # class-balanced training by logit adjustment with the hospital's own prior
     seed: int = 0
@@ -67,17 +68,19 @@ class DPSpec:
     clip_only: bool = False  # sigma = 0: Poisson batches and per-example clipping, no noise (a control; epsilon inf)
 
 
-def augmentation(image_size: int):
+def augmentation(image_size: int, strength: float = 1.0):
     """Flips, small rotations and shifts, crops and intensity jitter (torchvision v2), drawn
-    independently for every image."""
+    independently for every image; ``strength`` scales every range (the tuned knob)."""
     from torchvision.transforms import v2
-    one = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomAffine(degrees=10, translate=(0.05, 0.05)),
-                      v2.RandomResizedCrop(image_size, scale=(0.85, 1.0), ratio=(0.9, 1.1), antialias=True)])
+    s = strength
+    one = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomAffine(degrees=10 * s, translate=(0.05 * s, 0.05 * s)),
+                      v2.RandomResizedCrop(image_size, scale=(max(0.1, 1 - 0.15 * s), 1.0),
+                                           ratio=(1 - 0.1 * s, 1 + 0.1 * s), antialias=True)])
 
     def apply(x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) in [-1, 1]
         x = torch.stack([one(img) for img in x])
-        scale = torch.empty(len(x), 1, 1, 1).uniform_(0.85, 1.15).to(x.device)  # contrast
-        shift = torch.empty(len(x), 1, 1, 1).uniform_(-0.1, 0.1).to(x.device)  # brightness
+        scale = torch.empty(len(x), 1, 1, 1).uniform_(1 - 0.15 * s, 1 + 0.15 * s).to(x.device)  # contrast
+        shift = torch.empty(len(x), 1, 1, 1).uniform_(-0.1 * s, 0.1 * s).to(x.device)  # brightness
         return (x * scale + shift).clamp(-1, 1)
     return apply
 
@@ -110,7 +113,7 @@ def train_federated(clients: list[Arrays], val: Arrays, *, num_classes: int, con
     weights = [len(real[1]) or len(d[1]) for real, d in zip(clients, data)]
     schedule = sv.selection_schedule(config.seed, len(clients), config.rounds, fraction=config.client_fraction)
     sigmas = _calibrate(clients, schedule, config, dp) if dp else None
-    augment = augmentation(size) if config.augment else None
+    augment = augmentation(size, config.augment_strength) if config.augment else None
     best, best_state, best_round, history = -math.inf, None, 0, []
     steps = [0] * len(clients)
     for r, chosen in enumerate(schedule):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import hfgan_core.benchmark as bm
+import hfgan_core.benchmark.runner as runner
 from conftest import ROOT, real_data
 from hfgan_core.classifier import SmallCNN
 from hfgan_core.dpfedavg_gan import DPFedAvgGANConfig, train_dpfedavg_gan
@@ -39,6 +40,13 @@ def smoke(tmp_path_factory):
     finally:
         bm.SealedTest.read = original
     return out, report, reads
+
+
+def epoch_steps(run: dict) -> float:
+    """Optimizer steps of one local epoch, summed over the hospitals: what the controls equalise
+    (each row tunes its own learning rate and number of local epochs)."""
+    c = run["classifier"]
+    return sum(c["optimizer_steps"]) / (sum(c["rounds_run"]) * run["hyperparameters"]["local_epochs"])
 
 
 def test_tables_hold_every_method_and_metric(smoke):
@@ -101,10 +109,9 @@ def test_controls_and_paired_deltas(smoke):
     same seed, from the saved per-example probabilities."""
     out, report, _ = smoke
     by = {r["method"]: r for r in report["runs"]}
-    steps = {m: sum(by[m]["classifier"]["optimizer_steps"]) for m in ("fedavg", "fedavg_steps", "fedavg_null", "hfgan")}
-    rounds = by["hfgan"]["classifier"]["rounds_run"][0]
+    steps = {m: epoch_steps(by[m]) for m in ("fedavg", "fedavg_steps", "fedavg_null", "hfgan")}
     assert steps["fedavg_steps"] > steps["fedavg"]
-    assert abs(steps["fedavg_steps"] - steps["hfgan"]) <= rounds * 5  # within one batch per hospital and round
+    assert abs(steps["fedavg_steps"] - steps["hfgan"]) <= 5  # within one batch per hospital
     assert steps["fedavg_null"] == steps["hfgan"]  # the same labels and ratio, other images
     saved = np.load(out / "probas.npz")
     assert len(saved["y_test"]) == 624 and saved["local|0|inf"].shape == (5, 624, 2)
@@ -114,6 +121,54 @@ def test_controls_and_paired_deltas(smoke):
         assert float(rows[m]["delta_vs_fedavg"]) == pytest.approx(float(rows[m]["accuracy"]) - float(rows["fedavg"]["accuracy"]))
         assert float(rows[m]["delta_vs_fedavg_low"]) <= float(rows[m]["delta_vs_fedavg"]) <= float(rows[m]["delta_vs_fedavg_high"])
     assert "Δ acc. vs FedAvg" in (out / "table.md").read_text()
+
+
+def test_every_method_is_tuned_with_the_same_budget_on_validation(smoke):
+    """Each (method, epsilon) tried the profile's number of configurations of its own grid, kept the
+    one with the best validation AUC (checked by brute force), and its row is that configuration's
+    model: the row's own validation curve gives the winner's score."""
+    out, report, _ = smoke
+    budget = bm.PROFILES["smoke"].tune
+    assert budget >= 2
+    for r in report["runs"]:
+        t = report["tuning"][f"{r['method']}|{float(r['epsilon'])}"]
+        assert len(t["tried"]) == budget == t["budget"]
+        points = [p["point"] for p in t["tried"]]
+        assert len({json.dumps(p, sort_keys=True) for p in points}) == budget  # distinct points
+        for p in points:  # every point from the method's grid (the default point first)
+            assert all(v in t["space"][key] for key, v in p.items() if key in t["space"] and p is not points[0])
+        scores = [p["val_auc"] for p in t["tried"]]
+        assert t["chosen"] == points[int(np.argmax(scores))] == r["hyperparameters"]
+        c = r["classifier"]
+        row_score = np.mean([curve[b - 1] for curve, b in zip(c["val_auc"], c["best_round"])])
+        assert row_score == pytest.approx(max(scores))
+    spaces = {k.split("|")[0]: v["space"] for k, v in report["tuning"].items()}
+    assert spaces["fedprox"]["mu"] == [1e-3, 1e-2, 1e-1, 1.0]
+    assert {"batch_size", "max_grad_norm", "lr", "rounds"} <= set(spaces["dp_fedavg"]) == set(spaces["dp_fedavg_clip"])
+    assert "augment_strength" in spaces["fedavg_aug"] and set(spaces["fedavg"]) == {"lr", "local_epochs"}
+    assert "same number of configurations, 2" in (out / "table.md").read_text()
+
+
+def test_tuner_tunes_once_and_reuses_the_choice_for_other_seeds():
+    """The second seed trains once, at the first seed's winner; the winner is the best score."""
+    from hfgan_core.benchmark.tuning import Tuner, candidates
+    from hfgan_core.federated import FedConfig, FedResult
+    fed = FedConfig(rounds=8)
+    calls = []
+
+    def train(cfg, dp):
+        calls.append(cfg)
+        auc = 1 - abs(math.log10(cfg.lr) + 2.5) - 0.01 * cfg.local_epochs  # best at lr 3e-3, one epoch
+        return [FedResult(model=None, best_round=1, val_history=[{"auc": auc}], epsilons=None, noise_multipliers=None)]
+    tuner = Tuner(k=6)  # the whole lr x epochs grid
+    _, point = tuner.fit("fedavg", math.inf, 0, train, fed)
+    assert len(calls) == 6 and point == {"lr": 3e-3, "local_epochs": 1}
+    _, again = tuner.fit("fedavg", math.inf, 1, train, fed)
+    assert again == point and len(calls) == 7 and calls[-1].lr == 3e-3
+    first = candidates("fedprox", FedConfig(mu=0.01), None, k=4, seed=0)
+    assert first[0] == {"lr": 1e-3, "local_epochs": 1, "mu": 0.01}  # the profile's point first
+    assert first == candidates("fedprox", FedConfig(mu=0.01), None, k=4, seed=0)  # seeded
+    assert len(candidates("fedavg", fed, None, k=50, seed=0)) == 6  # never more than the grid
 
 
 def test_sealed_test_refuses_a_second_read():
@@ -309,9 +364,9 @@ def test_per_hospital_accuracy_is_each_hospitals_class_mix(smoke):
     assert len(sizes) == 5 and sum(sizes) == 600 and mixes.shape == (5, 2)  # the smoke subset over 5 hospitals
     assert np.allclose(mixes.sum(1), 1, atol=1e-3) and report["class_mix_release"]["epsilon"] < 1
     cfg = bm.BenchmarkConfig(dataset="pneumoniamnist", methods=["fedavg"], seeds=[0], profile="smoke")
-    ds = bm._load(cfg, bm.PROFILES["smoke"])
+    ds = runner._load(cfg, bm.PROFILES["smoke"])
     labels = ds.train.labels
-    gan = bm._gan_config(cfg, bm.PROFILES["smoke"], ds, 0, epsilon=math.inf)
+    gan = runner._gan_config(cfg, bm.PROFILES["smoke"], ds, 0, epsilon=math.inf)
     parts = partition(labels, 5, scheme="dirichlet", alpha=0.5, min_size=gan.min_client_size, seed=0)
     exact = np.stack([np.bincount(labels[p], minlength=2) / len(p) for p in parts])
     assert [len(p) for p in parts] == sizes and not np.allclose(mixes, exact, atol=1e-3)  # noised, not exact
@@ -355,8 +410,8 @@ def test_ratio_sweep_trains_each_gan_once_and_matches_the_controls(tmp_path, mon
     import hfgan_core.sweeps as sw
     from hfgan_core.__main__ import main
     trained = []
-    original = bm.train
-    monkeypatch.setattr(bm, "train", lambda *a, **k: trained.append(a[1]) or original(*a, **k))
+    original = runner.train
+    monkeypatch.setattr(runner, "train", lambda *a, **k: trained.append(a[1]) or original(*a, **k))
     monkeypatch.setitem(sw.run_ratio.__kwdefaults__, "ratios", (0.5, 2.0))  # two of the four, for time
     assert main(["ratio", "--dataset", "pneumoniamnist", "--profile", "smoke", "--seeds", "0", "--out",
                  str(tmp_path), "--no-progress"]) == 0
@@ -364,7 +419,7 @@ def test_ratio_sweep_trains_each_gan_once_and_matches_the_controls(tmp_path, mon
     root = tmp_path / "pneumoniamnist" / "ratio"
     for ratio in ("0.5", "2"):
         runs = {r["method"]: r for r in json.loads((root / f"ratio{ratio}" / "runs.json").read_text())["runs"]}
-        steps = {m: sum(runs[m]["classifier"]["optimizer_steps"]) for m in runs}
+        steps = {m: epoch_steps(runs[m]) for m in runs}
         assert steps["fedavg_null"] == steps["hfgan"] > steps["fedavg"]
-        assert abs(steps["fedavg_steps"] - steps["hfgan"]) <= runs["hfgan"]["classifier"]["rounds_run"][0] * 5
+        assert abs(steps["fedavg_steps"] - steps["hfgan"]) <= 5
     assert "synthetic images per real image" in (root / "ratio.md").read_text() and (root / "ratio.png").exists()

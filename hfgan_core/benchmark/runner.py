@@ -1,0 +1,344 @@
+"""The benchmark: every method on identical hospitals, seeds and classifier; one table per dataset.
+
+For each seed the hospitals are drawn once and shared by every method. The GANs train once
+per (seed, epsilon) and feed all rows that use them. Every private method runs at each
+``epsilons`` value (the table); the privacy-utility curve adds ``curve_epsilons`` for
+``CURVE_METHODS`` only, on the profile's first ``curve_seeds`` seeds (GAN training is the
+cost). Methods see the training split (as hospitals) and the validation split (model
+selection) only; the test split sits in a ``SealedTest`` that hands it out once per
+(method, seed, epsilon), for the final numbers.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..classifier import predict_proba
+from ..data import MedicalDataset, Split, load_dataset, resolve_data_dir
+from ..dpfedavg_gan import DPFedAvgGANConfig, train_dpfedavg_gan
+from ..errors import UserError
+from ..quality import generator_quality
+from ..synthesis import balanced_labels, images_for_labels
+from ..extractor import load_or_train_extractor
+from ..federated import DPSpec, FedConfig, FedResult, train_federated
+from ..metrics import classification_metrics, fid, inception_score, inception_weights, mix_accuracy, standard_fid_is
+from ..partition import partition
+from ..privacy import compute_epsilon, noise_seed, noisy_label_histogram
+from ..models import build_models
+from ..train import TrainConfig, load_generators, train
+from .config import CURVE_METHODS, METHODS, PRIVATE_ROWS, PROFILES, BenchmarkConfig, Profile, profile_json
+from .provenance import jsonable, provenance
+from .tables import write_tables
+from .tuning import Tuner
+
+Arrays = tuple[torch.Tensor, torch.Tensor]
+
+
+class SealedTest:
+    """The test split, handed out once per result key, never to a training function."""
+
+    def __init__(self, ds: MedicalDataset) -> None:
+        self._x, self._y = ds.test.tensors()
+        self.reads: list[tuple] = []
+
+    def read(self, key: tuple) -> Arrays:
+        if key in self.reads:
+            raise RuntimeError(f"the test split was already read for {key}: one final evaluation per result")
+        self.reads.append(key)
+        return self._x, self._y
+
+    def labels(self) -> np.ndarray:
+        """The test labels alone, for statistics over saved predictions (no image leaves here)."""
+        return self._y.numpy()
+
+
+
+def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = True,
+                  echo: bool | None = None) -> dict:
+    """Run every (method, seed, epsilon), then write table.csv, table.md and runs.json under ``out``.
+    ``progress`` shows progress bars, ``echo`` (default: same as progress) one line per result."""
+    echo = progress if echo is None else echo
+    _check(config)
+    prof = PROFILES[config.profile]
+    if config.synthetic_ratio is not None:
+        prof = replace(prof, synthetic_ratio=config.synthetic_ratio)
+    if config.mu is not None:
+        prof = replace(prof, mu=config.mu)
+    if config.gan_rounds is not None:
+        prof = replace(prof, gan=prof.gan | {"rounds": config.gan_rounds}, gan_epochs=None)
+    weights = inception_weights()  # standard FID/IS too, when the Inception-v3 weights are on disk
+    ds = _load(config, prof)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prov = provenance(config.device)  # now: the code that runs, not whatever HEAD is when it ends
+    test = SealedTest(ds)
+    dev = replace(ds, test=None)  # from here on only `test.read` reaches the test split
+    extractor, extractor_info = load_or_train_extractor(dev, epochs=prof.extractor_epochs, device=config.device)
+    tx, ty = test.read(("extractor",))
+    extractor_info = extractor_info | {"test_accuracy": float((predict_proba(extractor, tx).argmax(1) == ty.numpy()).mean())}
+    started, records, hospitals, gan_quality = time.time(), [], {}, []
+    tuner = Tuner(k=prof.tune)  # every classifier: the same number of configurations, chosen on validation
+    for seed in config.seeds:
+        seed_records, hospitals[str(seed)], seed_quality = _run_seed(config, prof, dev, seed, extractor, test, out,
+                                                                     tuner, progress, echo, weights)
+        records += seed_records
+        gan_quality += seed_quality
+    np.savez_compressed(out / "probas.npz", y_test=test.labels(),
+                        **{f"{r['method']}|{r['seed']}|{r['epsilon']}": r.pop("_probas") for r in records})
+    report = {"dataset": ds.name, "data_file": str(ds.path), "image_size": ds.image_size,
+              "config": asdict(config), "profile": {"name": config.profile, **profile_json(prof)},
+              "extractor": extractor_info, "reference": _reference(extractor, dev, test),
+              "hospitals": hospitals, "class_mix_release": class_mix_release(config.delta, prof.accountant),
+              "runs": records, "gan_quality": gan_quality, "tuning": tuner.log, "wall_time_s": time.time() - started,
+              "provenance": prov}
+    (out / "runs.json").write_text(json.dumps(jsonable(report), indent=2))
+    write_tables(out)
+    return report
+
+
+MIX_SIGMA = 10.0  # noise multiplier of the per-hospital class-mix histogram the benchmark publishes
+
+
+def class_mix_release(delta: float, accountant: str) -> dict:
+    """What the published class mixes cost: one Gaussian release of each hospital's class counts
+    (one record moves one count by 1), on top of (composed with) whatever the hospital's GAN spent."""
+    eps = compute_epsilon(noise_multiplier=MIX_SIGMA, sample_rate=1.0, steps=1, delta=delta, accountant=accountant)
+    return {"mechanism": "counts + N(0, sigma^2) per class, clipped at 0, normalised (add/remove one record)",
+            "sigma": MIX_SIGMA, "epsilon": eps, "delta": delta, "accountant": accountant,
+            "noise": "simulation (derived from the seed, like every noise draw of the benchmark)",
+            "note": "per record, per hospital; composes with the GAN's epsilon for anyone who sees both. "
+                    "Hospital sizes are treated as public."}
+
+
+
+def _check(c: BenchmarkConfig) -> None:
+    if c.profile not in PROFILES:
+        raise UserError(f"unknown profile '{c.profile}'; choose one of {', '.join(PROFILES)}")
+    unknown = [m for m in c.methods if m not in METHODS]
+    if unknown:
+        raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from all, {', '.join(METHODS)}")
+    if not c.methods or not c.seeds or not c.epsilons:
+        raise UserError("--methods, --seeds and --epsilon each need at least one value")
+    every_eps = c.epsilons + c.curve_epsilons
+    if len(set(c.seeds)) < len(c.seeds) or len(set(every_eps)) < len(every_eps):
+        raise UserError(f"--seeds {c.seeds} and --epsilon {c.epsilons} (with --curve-epsilon {c.curve_epsilons}) "
+                        "must not repeat a value")
+    if c.synthetic_ratio is not None and not c.synthetic_ratio > 0:
+        raise UserError(f"--synthetic-ratio must be positive (got {c.synthetic_ratio})")
+    if c.mu is not None and not c.mu > 0:
+        raise UserError(f"--mu (FedProx) must be positive (got {c.mu})")
+    if c.gan_rounds is not None and c.gan_rounds < 1:
+        raise UserError(f"--rounds must be at least 1 (got {c.gan_rounds})")
+    if c.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {c.device} asked for, but this machine has no CUDA GPU; use --device cpu")
+    bad = [e for e in every_eps if not e > 0]
+    if bad:
+        raise UserError(f"--epsilon values must be positive or inf (got {bad[0]})")
+
+
+def _load(c: BenchmarkConfig, prof: Profile) -> MedicalDataset:
+    name = c.dataset
+    if prof.prefer_64px and not name.endswith("_64") and (resolve_data_dir(c.data_dir) / f"{name}_64.npz").exists():
+        name = f"{name}_64"
+    ds = load_dataset(name, c.data_dir)
+    if prof.max_train and len(ds.train) > prof.max_train:
+        keep = np.sort(np.random.default_rng(0).permutation(len(ds.train))[:prof.max_train])
+        ds = replace(ds, train=Split(ds.train.images[keep], ds.train.labels[keep]))
+    return ds
+
+
+def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, extractor, test: SealedTest,
+              out: Path, tuner: Tuner, progress: bool, echo: bool,
+              inception: str | None = None) -> tuple[list[dict], dict, list]:
+    gan_cfg = _gan_config(c, prof, ds, seed, epsilon=math.inf)
+    parts = partition(ds.train.labels, c.clients, scheme=c.partition, alpha=c.alpha,
+                      min_size=gan_cfg.min_client_size, seed=seed)
+    x, y = ds.train.tensors()
+    hospitals = [(x[idx], y[idx]) for idx in parts]
+    val = ds.val.tensors()
+    fed = replace(prof.fed, seed=seed, device=c.device)
+    k = ds.num_classes
+    # Each hospital's class mix, for per-hospital accuracy and figures: a DP histogram (exact counts
+    # have sensitivity 1 and never leave this function's caller unpublished; see class_mix_release)
+    mixes = np.stack([noisy_label_histogram(ds.train.labels[p], k, MIX_SIGMA,
+                                            np.random.default_rng(noise_seed(True, seed, 17, i)))
+                      for i, p in enumerate(parts)])  # (hospitals, K)
+    records, quality = [], []
+
+    def judge(gan: str, eps: float, generators: list, spent: float) -> None:
+        """Every GAN of the benchmark gets the quality numbers (validation split only)."""
+        q = generator_quality(generators, ds, extractor, config=replace(prof.quality, seed=seed, device=c.device))
+        quality.append({"gan": gan, "seed": seed, "epsilon": eps, "max_epsilon": spent, **q})
+
+    def n_synth(h: Arrays) -> int:
+        return round(prof.synthetic_ratio * len(h[1]))
+
+    def fed_run(method: str, config: FedConfig, dp: DPSpec | None, clients: list, **kw) -> FedResult:
+        with tqdm(total=config.rounds, desc=f"{method} seed {seed} classifier", unit="round", leave=False,
+                  disable=not progress) as bar:
+            return train_federated(clients, val, num_classes=k, config=config, dp=dp,
+                                   progress=lambda r, scores: bar.update(1), **kw)
+
+    def fit(method: str, eps: float, base: FedConfig = fed, dp: DPSpec | None = None, groups=None,
+            **kw) -> tuple[list[FedResult], dict]:
+        """The row's classifier(s) at its tuned point (tuned here on the first seed that gets here);
+        ``groups``: the hospitals each model trains on (local only: one model per hospital)."""
+        groups = groups or [hospitals]
+        return tuner.fit(method, eps, seed, lambda cfg, spec: [fed_run(method, cfg, spec, g, **kw) for g in groups],
+                         base, dp)
+
+    def log(method: str, eps: float, fitted: tuple[list[FedResult], dict], started: float, privacy: dict,
+            generators=None) -> None:
+        results, point = fitted
+        tx, ty = test.read((method, seed, eps))
+        probas = [predict_proba(r.model, tx) for r in results]
+        scores = [classification_metrics(ty.numpy(), p) for p in probas]
+        m = {"method": method, "seed": seed, "epsilon": eps, **privacy,
+             **{key: float(np.mean([s[key] for s in scores])) for key in scores[0]}}  # local only: mean of 5 models
+        # accuracy on each hospital's class mix (its own model for "local"); label skew changes only the mix
+        m["per_hospital_accuracy"] = [mix_accuracy(ty.numpy(), probas[i % len(probas)].argmax(1), mix)
+                                      for i, mix in enumerate(mixes)]
+        if generators is not None:
+            fakes = images_for_labels(generators, ty, seed + 1000)[0]  # the test split's classes and counts
+            m["fid"] = fid(extractor, fakes, tx)
+            m["inception_score"], m["inception_score_sd"] = inception_score(extractor, fakes, seed=seed)
+            m["fid_samples"] = [len(fakes), len(tx)]
+            if inception:
+                m |= standard_fid_is(fakes, tx, inception, seed=seed, device=c.device)
+        m["classifier"] = {"best_round": [r.best_round for r in results], "rounds_run": [r.rounds_run for r in results],
+                           "optimizer_steps": [sum(r.steps) for r in results],
+                           "val_auc": [[h["auc"] for h in r.val_history] for r in results]}  # per model
+        if results[0].noise_multipliers is not None:
+            m["classifier"] |= {"noise_multipliers": results[0].noise_multipliers, "dp_steps": results[0].steps}
+        m["hyperparameters"] = point  # the tuned point (runs.json "tuning": the grid and every point tried)
+        m["_probas"] = np.stack(probas).astype(np.float32)  # (models, N, K): the paired statistics; to probas.npz
+        m["wall_time_s"] = time.time() - started
+        records.append(m)
+        if echo:
+            tqdm.write(f"[{ds.name}] seed {seed} eps={eps} {method}: acc {m['accuracy']:.3f} "
+                       f"macro-F1 {m['macro_f1']:.3f} AUC {m['auc']:.3f} ({m['wall_time_s']:.0f} s)")
+
+    plain = {"unit": None, "gan_epsilon": None, "classifier_dp": False, "released_epsilon": math.inf}
+    for method in [m for m in c.methods if m not in PRIVATE_ROWS]:
+        t0 = time.time()
+        if method == "local":
+            log(method, math.inf, fit(method, math.inf, groups=[[h] for h in hospitals]), t0, plain)
+        elif method == "centralized":
+            pooled = (torch.cat([h[0] for h in hospitals]), torch.cat([h[1] for h in hospitals]))
+            log(method, math.inf, fit(method, math.inf, groups=[[pooled]]), t0, plain)
+        elif method == "dp_fedavg_clip":  # DP-SGD's batches and clipping, no noise: no guarantee
+            spec = DPSpec(epsilon=math.inf, delta=c.delta, accountant=prof.accountant, simulation_noise=True,
+                          clip_only=True)
+            log(method, math.inf, fit(method, math.inf, dp=spec), t0, plain)
+        elif method == "fedavg_null":  # the synthetic rows' labels and ratio, images from untrained generators
+            null = [images_for_labels([_null_generator(gan_cfg, ds, seed * 100 + i)], balanced_labels(n_synth(h), k),
+                                      seed + 90 + i) for i, h in enumerate(hospitals)]
+            log(method, math.inf, fit(method, math.inf, synthetic=null), t0, plain)
+        else:
+            cfg = replace(fed, mu=prof.mu if method == "fedprox" else 0.0, augment=method == "fedavg_aug",
+                          epoch_scale=1 + prof.synthetic_ratio if method == "fedavg_steps" else 1.0,
+                          logit_adjust=method == "fedavg_balanced")
+            log(method, math.inf, fit(method, math.inf, base=cfg), t0, plain)
+
+    on_curve = prof.curve_seeds is None or seed in c.seeds[:prof.curve_seeds]
+    for eps in c.epsilons + (c.curve_epsilons if on_curve else []):
+        wanted = [m for m in c.methods if m in PRIVATE_ROWS and (eps in c.epsilons or m in CURVE_METHODS)]
+        hf_rows = [m for m in wanted if METHODS[m].gan == "hfgan"]
+        if hf_rows:
+            gens, gan_eps, gan_time = _hfgan(c, prof, ds, seed, eps, out, progress)
+            judge("hfgan", eps, gens, gan_eps)
+            own = [images_for_labels([g], balanced_labels(n_synth(h), k), seed + i)
+                   for i, (g, h) in enumerate(zip(gens, hospitals))]
+            shared = [images_for_labels(gens, balanced_labels(n_synth(h), k), seed + 50 + i)
+                      for i, h in enumerate(hospitals)]
+            privacy = {"unit": "record" if math.isfinite(gan_eps) else None, "gan_epsilon": gan_eps, "classifier_dp": False, "released_epsilon": math.inf}
+            for method in hf_rows:
+                t0 = time.time() - gan_time  # each row that uses the GAN carries its training time
+                if method == "hfgan":
+                    log(method, eps, fit(method, eps, synthetic=own), t0, privacy, gens)
+                elif method == "hfgan_shared":
+                    log(method, eps, fit(method, eps, synthetic=shared), t0, privacy, gens)
+                else:  # synthetic only: post-processing of the DP generators, private end to end
+                    empty = [(h[0][:0], h[1][:0]) for h in hospitals]
+                    log(method, eps, fit(method, eps, groups=[empty], synthetic=own), t0,
+                        privacy | {"released_epsilon": gan_eps}, gens)
+        if "dpfedavg_gan" in wanted:
+            t0 = time.time()
+            res = train_dpfedavg_gan(hospitals, num_classes=k, config=DPFedAvgGANConfig(
+                **(prof.dpgan | {"epsilon": eps, "delta": c.delta, "seed": seed, "accountant": prof.accountant,
+                                 "device": c.device, "simulation_noise": True})))
+            synth = [images_for_labels([res.generator], balanced_labels(n_synth(h), k), seed + 80 + i)
+                     for i, h in enumerate(hospitals)]
+            log("dpfedavg_gan", eps, fit("dpfedavg_gan", eps, synthetic=synth), t0,
+                {"unit": "hospital" if math.isfinite(res.epsilon) else None, "gan_epsilon": res.epsilon, "classifier_dp": False,
+                 "released_epsilon": math.inf}, [res.generator])
+            judge("dpfedavg_gan", eps, [res.generator], res.epsilon)
+        if "dp_fedavg" in wanted:
+            t0 = time.time()
+            dp = (DPSpec(epsilon=eps, delta=c.delta, accountant=prof.accountant, simulation_noise=True)
+                  if math.isfinite(eps) else None)
+            fitted = fit("dp_fedavg", eps, dp=dp)
+            res = fitted[0][0]
+            spent = max(res.epsilons) if res.epsilons else math.inf
+            log("dp_fedavg", eps, fitted, t0, {"unit": "record" if res.epsilons else None, "gan_epsilon": None,
+                                                     "classifier_dp": not math.isinf(eps), "released_epsilon": spent})
+    return records, {"sizes": [len(p) for p in parts], "dp_class_mix": mixes.round(4).tolist()}, quality
+
+
+def _hfgan(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, eps: float, out: Path,
+           progress: bool) -> tuple[list, float, float]:
+    """HF-GAN's released generators for (seed, eps), their max epsilon and training time. With
+    ``gan_cache`` a finished run there with the very same settings is reused (a sweep over what
+    happens *after* the GAN, e.g. the synthetic ratio, trains each GAN once)."""
+    config = _gan_config(c, prof, ds, seed, epsilon=eps)
+    run_dir = Path(c.gan_cache or out / "gan_runs") / f"hfgan-seed{seed}-eps{eps}"
+    done = run_dir / "generators.pt"
+    if c.gan_cache and done.exists() and json.loads((run_dir / "config.json").read_text())["config"] == \
+            json.loads(json.dumps(asdict(config))):
+        privacy = json.loads((run_dir / "privacy.json").read_text())
+        return (load_generators(done, c.device), float(privacy.get("max_epsilon", math.inf)),
+                json.loads((run_dir / "timing.json").read_text())["train_s"])
+    t0 = time.time()
+    shutil.rmtree(run_dir, ignore_errors=True)  # our own output from an earlier benchmark
+    run = train(config, run_dir, progress=progress, dataset=ds)
+    gan_eps = max((h.budget.epsilon for h in run.clients if h.budget), default=math.inf)
+    return [h.sampler for h in run.clients], gan_eps, time.time() - t0
+
+
+def _null_generator(gan_cfg: TrainConfig, ds: MedicalDataset, seed: int):
+    """An untrained generator of HF-GAN's architecture (its BatchNorm at initial statistics)."""
+    torch.manual_seed(seed)
+    g, _ = build_models(num_classes=ds.num_classes, channels=ds.channels, image_size=ds.image_size, nz=gan_cfg.nz,
+                        ngf=gan_cfg.ngf, ndf=gan_cfg.ndf, upsample=gan_cfg.upsample)
+    return g.eval()
+
+
+def _gan_config(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, *, epsilon: float) -> TrainConfig:
+    gan = TrainConfig(dataset=ds.name, data_dir=c.data_dir, clients=c.clients, partition=c.partition, alpha=c.alpha,
+                      epsilon=epsilon, delta=c.delta, seed=seed, device=c.device, accountant=prof.accountant,
+                      simulation_noise=True, **prof.gan)  # a research simulation: reproducible from its seeds
+    if prof.gan_epochs:  # "100 epochs": rounds that show a median hospital its data that many times
+        sizes = [len(p) for p in partition(ds.train.labels, c.clients, scheme=c.partition, alpha=c.alpha,
+                                           min_size=gan.min_client_size, seed=seed)]
+        gan = replace(gan, rounds=max(1, round(prof.gan_epochs * float(np.median(sizes)) / gan.batch_size)))
+    elif prof.gan_scale != 1 and "rounds" not in prof.gan:  # a fraction of the recipe's rounds
+        gan = replace(gan, rounds=max(1, round(gan.rounds * prof.gan_scale)))
+    return gan
+
+
+def _reference(extractor, ds: MedicalDataset, test: SealedTest) -> dict:
+    """What real images score: FID(real val, real test) is the floor a perfect generator approaches."""
+    tx, _ = test.read(("reference",))
+    vx, _ = ds.val.tensors()
+    mean, sd = inception_score(extractor, tx)
+    return {"fid_val_vs_test": fid(extractor, vx, tx), "inception_score_test": mean,
+            "inception_score_test_sd": sd, "samples": [len(vx), len(tx)]}
+

@@ -1,0 +1,213 @@
+"""The tables, rendered from runs.json alone: mean ± sd over seeds, paired differences, footnotes."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .config import CURVE_METHODS, GAN_LABELS, METHODS, PRIVATE_ROWS
+
+
+def load_runs(out: str | Path) -> dict:
+    """runs.json with its "inf" strings turned back into floats."""
+    report = json.loads((Path(out) / "runs.json").read_text())
+    report["runs"] = [{k: _number(v) for k, v in r.items()} for r in report["runs"]]
+    for key in ("epsilons", "curve_epsilons"):
+        report["config"][key] = [_number(v) for v in report["config"].get(key, [])]
+    return report
+
+
+def _number(v):
+    return float(v) if v in ("inf", "-inf", "nan") else v
+
+
+def write_tables(out: str | Path) -> list[dict]:
+    """table.csv and table.md, rendered from runs.json alone; returns the rows."""
+    report = load_runs(out)
+    rows = add_paired_deltas(summarise(report["runs"], report["config"]["methods"]), out)
+    Path(out, "table.csv").write_text(table_csv(rows))
+    Path(out, "table.md").write_text(table_markdown(rows, report))
+    return rows
+
+
+
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "inception_score", "fid", "inception_score_inception", "fid_inception")
+
+
+def summarise(records: list[dict], methods: list[str]) -> list[dict]:
+    """One row per (method, epsilon): mean and sd over seeds of every metric."""
+    rows = []
+    for method in methods:
+        for eps in sorted({r["epsilon"] for r in records if r["method"] == method}):
+            runs = [r for r in records if r["method"] == method and r["epsilon"] == eps]
+            row = {"method": method, "label": METHODS[method].label, "epsilon_target": eps,
+                   "unit": runs[0]["unit"], "classifier_dp": runs[0]["classifier_dp"], "seeds": len(runs),
+                   "gan_epsilon": _max(r["gan_epsilon"] for r in runs),
+                   "released_epsilon": _max(r["released_epsilon"] for r in runs),
+                   "wall_time_s": float(np.mean([r["wall_time_s"] for r in runs])),
+                   "one_class_runs": sum(r.get("predicted_classes", 2) <= 1 for r in runs)}
+            for m in METRICS:
+                values = [r[m] for r in runs if r.get(m) is not None]
+                row[m] = float(np.mean(values)) if values else None
+                row[f"{m}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else None  # sample sd
+            rows.append(row)
+    return rows
+
+
+def add_paired_deltas(rows: list[dict], out: str | Path, *, n_boot: int = 1000) -> list[dict]:
+    """Each row's accuracy minus FedAvg's (and minus the null-image control's), paired on seeds and
+    test images, with a 95 % bootstrap interval (``stats.paired_delta``), from <out>/probas.npz."""
+    from ..stats import paired_delta
+    path = Path(out) / "probas.npz"
+    if not path.exists():
+        return rows
+    saved = np.load(path)
+    y = saved["y_test"]
+
+    def probas(method: str, eps: float) -> dict[int, np.ndarray]:
+        prefix = f"{method}|"
+        return {int(k.split("|")[1]): saved[k] for k in saved.files
+                if k.startswith(prefix) and float(k.split("|")[2]) == eps}
+
+    def accuracy(labels: np.ndarray, p: np.ndarray) -> float:  # mean over the row's models
+        return float(np.mean(p.argmax(-1) == labels))
+    for row in rows:
+        mine = probas(row["method"], row["epsilon_target"])
+        for base, key in (("fedavg", "delta_vs_fedavg"), ("fedavg_null", "delta_vs_null")):
+            theirs = probas(base, math.inf)
+            seeds = sorted(set(mine) & set(theirs))
+            d = (None if row["method"] == base or not seeds else
+                 paired_delta(y, [mine[s] for s in seeds], [theirs[s] for s in seeds], score=accuracy, n_boot=n_boot))
+            row |= {key: d and d["delta"], f"{key}_low": d and d["low"], f"{key}_high": d and d["high"]}
+    return rows
+
+
+def _max(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def table_csv(rows: list[dict]) -> str:
+    import csv
+    import io
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _eps(v: float | None) -> str:
+    return "—" if v is None else ("∞" if math.isinf(v) else f"{v:.2f}")
+
+
+def table_markdown(rows: list[dict], report: dict) -> str:
+    standard = any(r["fid_inception"] is not None for r in rows)
+    paired = any(r.get("delta_vs_fedavg") is not None for r in rows)
+    head = ("| method | ε target | GAN ε (unit) | classifier DP | ε of released classifier | accuracy | balanced acc. "
+            "| macro-F1 | AUC |" + (" Δ acc. vs FedAvg [95 % CI] | Δ acc. vs null images [95 % CI] |" if paired else "")
+            + " IS | FID |" + (" IS (Inception-v3) | FID (Inception-v3) |" if standard else ""))
+    lines = [head, "|" + " --- |" * (11 + 2 * paired + 2 * standard)]
+    for r in rows:
+        def cell(m: str) -> str:
+            if r[m] is None:
+                return "—"
+            return f"{r[m]:.3f}" + (f" ± {r[m + '_sd']:.3f}" if r[m + "_sd"] is not None else "")
+
+        def delta(key: str) -> str:
+            if r.get(key) is None:
+                return "—"
+            return f"{r[key]:+.3f} [{r[key + '_low']:+.3f}, {r[key + '_high']:+.3f}]"
+        one_class = f" †{r['one_class_runs']}" if r.get("one_class_runs") else ""
+        gan = "—" if r["gan_epsilon"] is None else _eps(r["gan_epsilon"]) + (f" ({r['unit']})" if r["unit"] else "")
+        target = _eps(r["epsilon_target"]) if r["method"] in PRIVATE_ROWS else "—"
+        lines.append(f"| {r['label']} | {target} | {gan} | {'yes' if r['classifier_dp'] else 'no'} | "
+                     f"{_eps(r['released_epsilon'])} | {cell('accuracy')}{one_class} | {cell('balanced_accuracy')} | "
+                     f"{cell('macro_f1')} | {cell('auc')} |"
+                     + (f" {delta('delta_vs_fedavg')} | {delta('delta_vs_null')} |" if paired else "")
+                     + f" {cell('inception_score')} | {cell('fid')} |"
+                     + (f" {cell('inception_score_inception')} | {cell('fid_inception')} |" if standard else ""))
+    return "\n".join(lines) + "\n\n" + quality_markdown(report) + footnotes(report) + "\n"
+
+
+def quality_markdown(report: dict) -> str:
+    """Every GAN the benchmark trained, judged on the validation split (``quality``): mean over seeds."""
+    entries = report.get("gan_quality") or []
+    if not entries:
+        return ""
+    lines = ["Generator quality (validation split; `quality.py`): TSTR = classifier trained on synthetic images "
+             "only, scored on real validation images; CAS = in-domain extractor's accuracy on fakes; coverage = "
+             "worst class (mode collapse).", "",
+             "| generators | ε target | seeds | TSTR AUC | TSTR macro-F1 | CAS | FID | coverage (worst class) |",
+             "|" + " --- |" * 8]
+    for gan in dict.fromkeys(e["gan"] for e in entries):
+        for eps in sorted({float(e["epsilon"]) for e in entries if e["gan"] == gan}):
+            runs = [e for e in entries if e["gan"] == gan and float(e["epsilon"]) == eps]
+
+            def mean(f) -> str:
+                return f"{np.mean([f(r) for r in runs]):.3f}"
+            lines.append(f"| {GAN_LABELS.get(gan, gan)} | {_eps(eps)} | {len(runs)} | "
+                         f"{mean(lambda r: r['tstr']['auc'])} | {mean(lambda r: r['tstr']['macro_f1'])} | "
+                         f"{mean(lambda r: r['cas'])} | {mean(lambda r: r['fid'])} | "
+                         f"{mean(lambda r: min(r['coverage']))} |")
+    return "\n".join(lines) + "\n\n"
+
+
+def footnotes(report: dict) -> str:
+    c, ex, ref, prov = report["config"], report["extractor"], report["reference"], report["provenance"]
+    n_fid = next((r["fid_samples"] for r in report["runs"] if "fid_samples" in r), None)
+    return "\n\n".join([
+        f"Dataset `{report['dataset']}` ({report['image_size']} px), {c['clients']} hospitals, {c['partition']} "
+        f"partition (α = {c['alpha']}), profile `{report['profile']['name']}`, seeds {c['seeds']}; mean ± sample sd over seeds, "
+        "test split read once per row and seed; model and round selection on the validation split."
+        + (" **A preview**: the quick profile trains each HF-GAN for "
+           f"{report['profile'].get('gan_scale', 1):g} of the recipe's rounds and stops every classifier after "
+           f"{report['profile'].get('fed', {}).get('rounds', '?')} rounds, before either has converged; the `paper` "
+           "profile trains the full recipe and every classifier until validation stops improving."
+           if report["profile"]["name"] == "quick" else "")
+        + _curve_note(report),
+        _tuning_note(report),
+        "Balanced accuracy: mean recall over classes. † n: in n of the seeds the classifier predicts one class "
+        "only (its accuracy is then the class prior). Δ: the row's test accuracy minus FedAvg's (or minus FedAvg + "
+        "null images': untrained generators, the same balanced labels and ratio), paired on seeds and test images, "
+        "mean over seeds with a 95 % bootstrap interval over both (1,000 replicates; `stats.paired_delta`).",
+        f"ε: per record of one hospital (unit 'record') or per whole hospital ('hospital', DP-FedAvg-GAN), "
+        f"δ = {c['delta']}, Opacus {report['profile'].get('accountant', 'prv').upper()} accountant, max over "
+        "hospitals. Only rows whose classifier is DP or trained on DP synthetic images alone release a private "
+        "classifier; the others train on real images without DP (ε = ∞).",
+        f"IS and FID: in-domain extractor `{ex['name']}` (SmallCNN trained on the real training split only, "
+        f"{ex['epochs']} epochs; its test accuracy {ex['test_accuracy']:.3f}), not comparable to published FIDs"
+        + ("; Inception-v3 columns: torchmetrics with the standard FID weights, images upscaled to 299 px"
+           if any("fid_inception" in r for r in report["runs"]) else " (no Inception-v3 weights given: "
+           "set HFGAN_INCEPTION_WEIGHTS for standard FID/IS)") + ". FID between generated images with the test split's labels and the real test images "
+        f"({n_fid[0] if n_fid else '?'} vs {n_fid[1] if n_fid else '?'} images). Real-image reference: "
+        f"FID(val, test) = {ref['fid_val_vs_test']:.3f}, IS(test) = {ref['inception_score_test']:.3f}.",
+        f"Hardware: {prov['hardware']}; total wall time {report['wall_time_s'] / 60:.1f} min; git {prov['git_sha']}"
+        + (f" ({prov['note']})." if prov.get("note") else ".")])
+
+
+def _tuning_note(report: dict) -> str:
+    k = report["profile"].get("tune", 1)
+    if k <= 1:
+        return ("Hyper-parameters: not tuned; every classifier uses the profile's default point (the `paper` "
+                "profile tunes every method with the same budget).")
+    seeds = sorted({t["seed"] for t in report.get("tuning", {}).values()})
+    return (f"Hyper-parameters: every method tried the same number of configurations, {k}, of its own grid "
+            "(learning rate and local epochs for all; FedProx's μ over decades; augmentation strength; DP-SGD's "
+            f"batch size, clipping norm, learning rate and round cap), chosen by validation macro-AUC on seed(s) "
+            f"{seeds} and used for every seed; runs.json `tuning` holds each grid, every point tried and the "
+            "choice. Tuning on validation is not charged to any ε.")
+
+
+def _curve_note(report: dict) -> str:
+    curve = report["config"].get("curve_epsilons") or []
+    if not curve:
+        return ""
+    n = report["profile"].get("curve_seeds")
+    seeds = report["config"]["seeds"][:n] if n else report["config"]["seeds"]
+    return (f" Rows at ε ∈ {{{', '.join(_eps(e) for e in curve)}}} are the privacy–utility curve: "
+            f"{', '.join(METHODS[m].label for m in CURVE_METHODS)} only, seed(s) {seeds}"
+            + (" (no ± sd from one seed)." if len(seeds) == 1 else "."))
+

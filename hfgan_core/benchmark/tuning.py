@@ -1,0 +1,97 @@
+"""One tuning protocol for every classifier of the benchmark: the same budget, on validation.
+
+Each method has a space of hyper-parameters (a grid, below). Every method tries the same number
+of its points, the profile's ``tune``: first the profile's default point, then a seeded random
+draw of the rest of its grid (random search over a grid, Bergstra & Bengio 2012), so a method
+with a larger space gets no larger budget. Each point trains the method's classifier on the
+first seed and is scored by its best *validation* macro-AUC (the criterion that also picks the
+round); the winner is used for every seed. The test split is never read here.
+
+Tuning the DP classifier on validation is itself not accounted for, as in most of the DP
+literature (Papernot & Steinke 2022 bound what hyper-parameter search costs); HF-GAN's recipe
+was chosen on validation the same way (``benchmarks/recipe_search.py``).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import zlib
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable
+
+import numpy as np
+
+from ..federated import DPSpec, FedConfig, FedResult
+
+BASE = {"lr": (3e-4, 1e-3, 3e-3), "local_epochs": (1, 2)}  # every method
+EXTRA = {"fedprox": {"mu": (1e-3, 1e-2, 1e-1, 1.0)},  # FedProx's proximal weight: a grid over decades
+         "fedavg_aug": {"augment_strength": (0.5, 1.0, 2.0)}}
+CRITERION = "best validation macro-AUC over the rounds (the round picked the same way)"
+
+
+def space(method: str, fed: FedConfig, dp: DPSpec | None = None) -> dict[str, tuple]:
+    """The grid a method is tuned over. DP-SGD (with ``dp``): batch size up to (near) full batch for
+    a hospital of ~1,000 records, clipping norm, learning rate and the round cap its noise is
+    calibrated for."""
+    if dp is not None:
+        return {"lr": (1e-3, 3e-3), "batch_size": (64, 256, 1024), "max_grad_norm": (0.1, 1.0),
+                "rounds": tuple(sorted({fed.rounds, max(1, fed.rounds // 4)}))}
+    return BASE | EXTRA.get(method, {})
+
+
+def candidates(method: str, fed: FedConfig, dp: DPSpec | None, *, k: int, seed: int) -> list[dict]:
+    """``k`` points of the method's grid: the current (profile) point first, then a seeded draw."""
+    grid = space(method, fed, dp)
+    default = {key: _current(key, fed, dp) for key in grid}
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    rest = [p for p in points if p != default]
+    order = np.random.default_rng([seed, 31, zlib.crc32(method.encode())]).permutation(len(rest))
+    return [default] + [rest[i] for i in order[:max(0, k - 1)]]
+
+
+def apply(point: dict, fed: FedConfig, dp: DPSpec | None) -> tuple[FedConfig, DPSpec | None]:
+    """A point's values, set on the classifier's config and (clipping norm) on its DP spec."""
+    fed_keys = {f.name for f in fields(FedConfig)}
+    fed = replace(fed, **{k: v for k, v in point.items() if k in fed_keys})
+    if dp is not None and "max_grad_norm" in point:
+        dp = replace(dp, max_grad_norm=point["max_grad_norm"])
+    return fed, dp
+
+
+def _current(key: str, fed: FedConfig, dp: DPSpec | None) -> float:
+    if key == "max_grad_norm":
+        return dp.max_grad_norm if dp is not None else DPSpec(epsilon=math.inf).max_grad_norm
+    return getattr(fed, key)
+
+
+def validation_score(results: list[FedResult]) -> float:
+    """Mean over the row's models (5 for "local only") of the validation AUC at the round kept."""
+    return float(np.mean([r.val_history[r.best_round - 1]["auc"] for r in results]))
+
+
+Train = Callable[[FedConfig, "DPSpec | None"], list[FedResult]]
+
+
+@dataclass
+class Tuner:
+    """Tunes each (method, epsilon) once, on the first seed that runs it, and remembers the winner
+    for the other seeds; ``log`` (grid, every point tried with its score, the choice) goes to runs.json."""
+    k: int  # configurations per method (the profile's ``tune``)
+    log: dict = field(default_factory=dict)
+
+    def fit(self, method: str, eps: float, seed: int, train: Train, fed: FedConfig,
+            dp: DPSpec | None = None) -> tuple[list[FedResult], dict]:
+        key = f"{method}|{eps}"
+        if key in self.log:
+            point = self.log[key]["chosen"]
+            return train(*apply(point, fed, dp)), point
+        best, tried = None, []
+        for point in candidates(method, fed, dp, k=self.k, seed=seed):
+            results = train(*apply(point, fed, dp))
+            score = validation_score(results)
+            tried.append({"point": point, "val_auc": score})
+            if best is None or np.nan_to_num(score, nan=-np.inf) > best[0]:  # ties: the earlier point
+                best = (np.nan_to_num(score, nan=-np.inf), results, point)
+        self.log[key] = {"space": {k: list(v) for k, v in space(method, fed, dp).items()}, "budget": self.k,
+                         "tried": tried, "chosen": best[2], "seed": seed, "criterion": CRITERION}
+        return best[1], best[2]
