@@ -42,16 +42,17 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hfgan_core")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train HF-GAN on one dataset")
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            p.add_argument(flag, action="store_true", help=_HELP.get(f.name))
-        else:
-            p.add_argument(flag, type=_TYPES[f.type.split(" |")[0]], default=f.default, help=_HELP.get(f.name))
-    p.add_argument("--out", required=True, help="run folder (config.json, metrics.jsonl, privacy.json, ...)")
+    _train_flags(p)
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--stop-after", type=int, default=None, help="stop after this round (resume later)")
     p.add_argument("--no-progress", action="store_true")
+
+    f = sub.add_parser("flower-sim", help="the same HF-GAN run on Flower's simulation runtime (one SuperNode "
+                                          "per hospital)")
+    _train_flags(f)
+    f.add_argument("--dropout", type=float, default=0.0,
+                   help="each hospital fails each message with this probability (the fault path)")
+    f.add_argument("--verbose", action="store_true", help="Flower's and Ray's logs")
 
     b = sub.add_parser("benchmark", help="every method on identical hospitals: table.csv, table.md, runs.json")
     b.add_argument("--dataset", required=True, help=_HELP["dataset"])
@@ -137,11 +138,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    """Every TrainConfig field as a flag, and --out."""
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            p.add_argument(flag, action="store_true", help=_HELP.get(f.name))
+        else:
+            p.add_argument(flag, type=_TYPES[f.type.split(" |")[0]], default=f.default, help=_HELP.get(f.name))
+    p.add_argument("--out", required=True, help="run folder (config.json, metrics.jsonl, privacy.json, ...)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a ``UserError`` from any of them is one line on stderr and exit status 2."""
     args = _parser().parse_args(argv)
     handler = {"train": _train, "benchmark": _benchmark, "quality": _quality, "attacks": _attacks,
-               "noniid": _sweep, "ratio": _sweep, "tables": _tables}[args.command]
+               "noniid": _sweep, "ratio": _sweep, "tables": _tables,
+               "flower-sim": _flower_sim}[args.command]
     try:
         return handler(args)
     except UserError as exc:
@@ -155,6 +168,16 @@ def _train(args: argparse.Namespace) -> int:
     eps = [c.budget.epsilon for c in run.clients if c.budget]
     summary = f"max epsilon {max(eps):.3f} (delta={run.config.delta})" if eps else "no DP (epsilon = inf)"
     print(f"done: {run.round} rounds, {summary}; outputs in {args.out}")
+    return 0
+
+
+def _flower_sim(args: argparse.Namespace) -> int:
+    from .flower.simulation import run_flower_simulation
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    privacy = run_flower_simulation(config, args.out, dropout=args.dropout, verbose=args.verbose)
+    summary = (f"max epsilon {privacy['max_epsilon']:.3f} (delta={config.delta})" if "max_epsilon" in privacy
+               else "no DP (epsilon = inf)")
+    print(f"done: {privacy['rounds_completed']} rounds on Flower, {summary}; outputs in {args.out}")
     return 0
 
 

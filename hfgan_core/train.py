@@ -158,31 +158,57 @@ def setup(config: TrainConfig, dataset: MedicalDataset | None = None) -> Run:
                                     nz=config.nz, ngf=config.ngf, ndf=config.ndf,
                                     aux_classifier=config.aux_weight > 0)
     discriminator = discriminator.to(device)
-    betas = (config.beta1, config.beta2)
-    clients = []
-    for cid, idx in enumerate(parts):
-        if len(idx) < config.batch_size:
-            raise UserError(f"client {cid} holds {len(idx)} images, fewer than --batch-size {config.batch_size}; "
-                            "lower the batch size, use fewer clients or raise --min-client-size")
-        gen, _ = build_models(num_classes=ds.num_classes, channels=ds.channels, image_size=ds.image_size,
-                              nz=config.nz, ngf=config.ngf, ndf=config.ndf, upsample=config.upsample)
-        gen = gen.to(device)
-        budget = _budget(config, len(idx), int(planned[cid])) if config.private else None
-        ema = copy.deepcopy(gen) if config.g_ema > 0 else None
-        probs = None
-        if config.fake_labels == "histogram":
-            sigma_h = config.histogram_sigma if config.private else None
-            rng = np.random.default_rng(noise_seed(config.simulation_noise, config.seed, 2, cid,
-                                                   float_key(config.epsilon)))
-            probs = torch.as_tensor(noisy_label_histogram(ds.train.labels[idx], ds.num_classes, sigma_h, rng),
-                                    dtype=torch.float32)
-        clients.append(cl.Client(cid, x_all[idx].to(device), y_all[idx].to(device), gen,
-                                 torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=betas), budget,
-                                 ema, config.g_ema, probs, hospital_rng(config, cid, device)))
+    clients = [make_hospital(config, cid, x_all[idx], y_all[idx], num_classes=ds.num_classes,
+                             planned_steps=int(planned[cid])) for cid, idx in enumerate(parts)]
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=(config.beta1_d, config.beta2))
     clipper = PerExampleClipper(discriminator, max_grad_norm=config.max_grad_norm,
                                 probe=_probe(ds, device)) if config.clipped else None
     return Run(config, ds, parts, clients, discriminator, d_opt, clipper, schedule)
+
+
+def make_hospital(config: TrainConfig, cid: int, images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
+                  planned_steps: int, budget: ClientBudget | None = None) -> cl.Client:
+    """Hospital ``cid`` as it sets itself up on its own machine: its images on the run's device,
+    G_i initialised from its own seed, G_i's optimiser and EMA, its accountant (sigma calibrated
+    for its planned steps, unless ``budget`` restores one), its released label mix, its random
+    stream. The in-process run and a Flower ``ClientApp`` both build hospitals here."""
+    if len(labels) < config.batch_size:
+        raise UserError(f"client {cid} holds {len(labels)} images, fewer than --batch-size {config.batch_size}; "
+                        "lower the batch size, use fewer clients or raise --min-client-size")
+    device = torch.device(config.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(noise_seed(True, config.seed, 9, cid))  # the same G_i wherever the hospital runs
+        gen = Generator(num_classes=num_classes, channels=images.shape[1], image_size=images.shape[-1],
+                        nz=config.nz, ngf=config.ngf, upsample=config.upsample).to(device)
+    if budget is None and config.private:
+        budget = _budget(config, len(labels), planned_steps)
+    probs = None
+    if config.fake_labels == "histogram":
+        sigma_h = config.histogram_sigma if config.private else None
+        rng = np.random.default_rng(noise_seed(config.simulation_noise, config.seed, 2, cid, float_key(config.epsilon)))
+        probs = torch.as_tensor(noisy_label_histogram(labels.cpu().numpy(), num_classes, sigma_h, rng),
+                                dtype=torch.float32)
+    return cl.Client(cid, images.to(device), labels.to(device), gen,
+                     torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2)), budget,
+                     copy.deepcopy(gen) if config.g_ema > 0 else None, config.g_ema, probs,
+                     hospital_rng(config, cid, device))
+
+
+def hospital_state(h: cl.Client) -> dict:
+    """What a hospital must keep between rounds (checkpoints; a Flower ClientApp's context)."""
+    return {"generator": h.generator.state_dict(), "ema": h.ema.state_dict() if h.ema is not None else None,
+            "g_optimizer": h.g_optimizer.state_dict(), "steps": h.budget.steps if h.budget else 0,
+            "epsilon": h.budget.epsilon if h.budget else 0.0, "rng": h.rng.get_state()}
+
+
+def load_hospital_state(h: cl.Client, state: dict) -> None:
+    h.generator.load_state_dict(state["generator"])
+    if h.ema is not None:
+        h.ema.load_state_dict(state["ema"])
+    h.g_optimizer.load_state_dict(state["g_optimizer"])
+    if h.budget is not None:
+        h.budget.steps, h.budget.epsilon = state["steps"], state["epsilon"]
+    h.rng.set_state(state["rng"])  # on any device: resume redraws nothing
 
 
 def _probe(ds: MedicalDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,13 +277,22 @@ def check_budgets(run: Run, selected: list[cl.Client]) -> None:
 
 
 def round_line(run: Run, chosen: list[int], d_loss_fake: float, g_losses: list[float]) -> dict:
-    """The round's metrics.jsonl line. No timing: a round's wall time is an un-noised function of
-    the realised (Poisson) batch sizes, so only the whole run's time is written (timing.json)."""
-    line = {"round": run.round, "selected": chosen, "d_loss_fake": d_loss_fake,
+    """The round's metrics.jsonl line (``metrics_line`` with every hospital's ledger)."""
+    ledgers = {cl_.cid: (cl_.budget.steps, cl_.budget.update_epsilon()) for cl_ in run.clients
+               if cl_.budget is not None}
+    return metrics_line(run.round, chosen, d_loss_fake, g_losses, ledgers)
+
+
+def metrics_line(round_: int, chosen: list[int], d_loss_fake: float, g_losses: list[float],
+                 ledgers: dict[int, tuple[int, float]]) -> dict:
+    """A round's metrics.jsonl line; ``ledgers``: each private hospital's (steps, epsilon). No
+    timing: a round's wall time is an un-noised function of the realised (Poisson) batch sizes,
+    so only the whole run's time is written (timing.json)."""
+    line = {"round": round_, "selected": chosen, "d_loss_fake": d_loss_fake,
             "g_loss": float(np.mean(g_losses)) if g_losses else None,
-            "steps": {str(cl_.cid): cl_.budget.steps for cl_ in run.clients if cl_.budget is not None}}
-    if run.clients[0].budget is not None:
-        line["epsilon"] = {str(cl_.cid): cl_.budget.update_epsilon() for cl_ in run.clients}
+            "steps": {str(cid): steps for cid, (steps, _) in sorted(ledgers.items())}}
+    if ledgers:
+        line["epsilon"] = {str(cid): eps for cid, (_, eps) in sorted(ledgers.items())}
     return line
 
 
@@ -296,12 +331,7 @@ class BudgetExhausted(Exception):
 def _save_checkpoint(run: Run, out: Path) -> None:
     state = {"round": run.round,
              "discriminator": run.discriminator.state_dict(), "d_optimizer": run.d_optimizer.state_dict(),
-             "generators": [c.generator.state_dict() for c in run.clients],
-             "ema_generators": [c.ema.state_dict() if c.ema is not None else None for c in run.clients],
-             "g_optimizers": [c.g_optimizer.state_dict() for c in run.clients],
-             "budgets": [c.budget.steps if c.budget else 0 for c in run.clients],
-             "epsilons": [c.budget.epsilon if c.budget else 0.0 for c in run.clients],
-             "hospital_rngs": [c.rng.get_state() for c in run.clients],  # on any device: resume redraws nothing
+             "hospitals": [hospital_state(c) for c in run.clients],
              "train_seconds": run.train_seconds,
              "torch_rng": torch.get_rng_state()}
     tmp = out / "checkpoint.pt.tmp"
@@ -314,42 +344,43 @@ def _load_checkpoint(run: Run, out: Path) -> None:
     run.round, run.train_seconds = state["round"], state.get("train_seconds", 0.0)
     run.discriminator.load_state_dict(state["discriminator"])
     run.d_optimizer.load_state_dict(state["d_optimizer"])
-    for c, g, ema, o, steps, eps in zip(run.clients, state["generators"], state["ema_generators"],
-                                        state["g_optimizers"], state["budgets"], state["epsilons"]):
-        c.generator.load_state_dict(g)
-        if c.ema is not None:
-            c.ema.load_state_dict(ema)
-        c.g_optimizer.load_state_dict(o)
-        if c.budget is not None:
-            c.budget.steps, c.budget.epsilon = steps, eps
-    for c, rng_state in zip(run.clients, state["hospital_rngs"]):
-        c.rng.set_state(rng_state)
+    for c, hospital in zip(run.clients, state["hospitals"]):
+        load_hospital_state(c, hospital)
     torch.set_rng_state(state["torch_rng"])
 
 
 def write_privacy(run: Run, out: Path) -> dict:
-    c = run.config
+    return write_privacy_report(run.config, run.round, {cl_.cid: hospital_privacy(cl_) for cl_ in run.clients}, out)
+
+
+def hospital_privacy(h: cl.Client) -> dict:
+    """What one hospital reports about its own privacy (its accountant's ledger, add/remove and
+    replace-one epsilon, its released label mix): computed where its accountant lives."""
+    b = h.budget
+    entry = b.to_json() if b else {"n_examples": h.n_examples, "epsilon": math.inf}
+    if h.fake_label_probs is not None:
+        entry["released_label_frequencies"] = h.fake_label_probs.tolist()
+    if b is not None:
+        entry["epsilon_replace_one"] = epsilon_replace_one(noise_multiplier=b.noise_multiplier,
+                                                           sample_rate=b.sample_rate, steps=b.steps, delta=b.delta,
+                                                           histogram_sigma=b.histogram_sigma)
+    return entry
+
+
+def write_privacy_report(c: TrainConfig, rounds: int, hospitals: dict[int, dict], out: Path) -> dict:
+    """privacy.json from the hospitals' own entries (``hospital_privacy``)."""
     report = {"unit": "one training record (image + label) of one hospital",
               "mechanism": ("Poisson-subsampled Gaussian on per-example clipped D gradients, noised on the client"
                             if c.private else "per-example clipping only, no noise: no guarantee" if c.clipped
                             else "none: plain D gradients, no guarantee"),
               "accountant": c.accountant if c.private else None, "delta": c.delta if c.private else None,
               "target_epsilon": c.epsilon if c.private else None, "max_grad_norm": c.max_grad_norm,
-              "rounds_completed": run.round,
+              "rounds_completed": rounds,
               "noise_source": ("derived from the seed (simulation: assumes a trusted simulator)" if c.simulation_noise
                                else "OS entropy, never written (nobody holding the run's files can regenerate it)"),
-              "clients": {str(cl_.cid): (cl_.budget.to_json() if cl_.budget else
-                                         {"n_examples": cl_.n_examples, "epsilon": math.inf})
-                          | ({"released_label_frequencies": cl_.fake_label_probs.tolist()}
-                             if cl_.fake_label_probs is not None else {})
-                          for cl_ in run.clients}}
+              "clients": {str(cid): entry for cid, entry in sorted(hospitals.items())}}
     if c.private:
         report["max_epsilon"] = max(v["epsilon"] for v in report["clients"].values())
-        for cl_, v in zip(run.clients, report["clients"].values()):
-            b = cl_.budget
-            v["epsilon_replace_one"] = epsilon_replace_one(noise_multiplier=b.noise_multiplier,
-                                                           sample_rate=b.sample_rate, steps=b.steps, delta=b.delta,
-                                                           histogram_sigma=b.histogram_sigma)
         report["max_epsilon_replace_one"] = max(v["epsilon_replace_one"] for v in report["clients"].values())
         report["adjacency"] = ("epsilon: add or remove one record (N_i treated as public), the accountant above; "
                                "epsilon_replace_one: one record replaced by another, dp-accounting PLD")
@@ -366,7 +397,7 @@ def release_note(run: Run, privacy: dict) -> dict:
             "delta": c.delta if c.private else None, "unit": privacy["unit"] if c.private else None,
             "accountant": c.accountant if c.private else None,
             "note": ("post-processing of the DP generators: anything trained on these images alone is "
-                     f"(epsilon, delta)-DP per record of each hospital" if c.private else
+                     "(epsilon, delta)-DP per record of each hospital" if c.private else
                      "trained without DP: these images carry no privacy guarantee"),
             "recipe": asdict(c), "seed": c.seed}
 
@@ -397,21 +428,28 @@ def load_generators(path: str | Path, device: str = "cpu") -> list[Generator]:
 
 def save_sample_grids(run: Run, out: Path, per_class: int = 8) -> list[Path]:
     """One PNG per client: row r holds class r, from fixed noise."""
-    from torchvision.utils import save_image
-    paths = []
-    k = run.dataset.num_classes
+    return [save_grid(sample_grid(c.sampler, per_class), out / f"samples_client{c.cid}.png", per_class)
+            for c in run.clients]
+
+
+def sample_grid(sampler: Generator, per_class: int = 8) -> torch.Tensor:
+    """(K * per_class, C, H, W) images of a released generator from fixed noise, row r = class r:
+    synthetic images only, so a hospital may send them anywhere."""
     gen = torch.Generator().manual_seed(1234)
-    z = torch.randn(k * per_class, run.config.nz, generator=gen)
-    y = torch.arange(k).repeat_interleave(per_class)
-    for c in run.clients:
-        c.sampler.eval()
-        with torch.no_grad():
-            images = c.sampler(z.to(c.images.device), y.to(c.images.device)).cpu()
-        c.sampler.train()
-        path = out / f"samples_client{c.cid}.png"
-        save_image(images, path, nrow=per_class, normalize=True, value_range=(-1, 1))
-        paths.append(path)
-    return paths
+    device = next(sampler.parameters()).device
+    z = torch.randn(sampler.num_classes * per_class, sampler.nz, generator=gen)
+    y = torch.arange(sampler.num_classes).repeat_interleave(per_class)
+    sampler.eval()
+    with torch.no_grad():
+        images = sampler(z.to(device), y.to(device)).cpu()
+    sampler.train()
+    return images
+
+
+def save_grid(images: torch.Tensor, path: Path, per_class: int = 8) -> Path:
+    from torchvision.utils import save_image
+    save_image(images, path, nrow=per_class, normalize=True, value_range=(-1, 1))
+    return path
 
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False, stop_after: int | None = None,

@@ -141,7 +141,7 @@ def test_resume_restores_every_hospital_rng(tiny, tmp_path):
     for a, b in zip(full.clients, resumed.clients):
         assert torch.equal(a.rng.get_state(), b.rng.get_state())
     state = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)
-    assert len(state["hospital_rngs"]) == 3
+    assert len([h["rng"] for h in state["hospitals"]]) == 3
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

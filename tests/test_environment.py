@@ -11,7 +11,7 @@ def _pins_pyproject() -> dict[str, str]:
 
 
 def _pins_environment() -> dict[str, str]:
-    pins = re.findall(r"^\s*-\s*([A-Za-z0-9_.\-]+)==([^\s#]+)\s*$", (ROOT / "environment.yml").read_text(), re.M)
+    pins = re.findall(r"^\s*-\s*([A-Za-z0-9_.\-\[\]]+)==([^\s#]+)\s*$", (ROOT / "environment.yml").read_text(), re.M)
     return dict(pins)
 
 

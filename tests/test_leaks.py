@@ -55,7 +55,8 @@ def test_resume_continues_an_entropy_seeded_stream(tiny, tmp_path):
     """Without a seed to fall back on, resume must restore each hospital's stream from the
     checkpoint, state for state (on CUDA too: ``test_engine`` checks that on a GPU)."""
     train(config(rounds=4), tmp_path / "part", progress=False, stop_after=2, dataset=tiny)
-    saved = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["hospital_rngs"]
+    saved = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["hospitals"]
+    saved = [h["rng"] for h in saved]
     resumed = setup(config(rounds=4), tiny)
     _load_checkpoint(resumed, tmp_path / "part")
     for h, state in zip(resumed.clients, saved):

@@ -1,0 +1,211 @@
+"""A hospital as a Flower ``ClientApp``: its images, its generator G_i, its noise stream and its
+accountant never leave it. It answers four messages from the server:
+
+* ``query.register``: its dataset size N_i (public: the aggregation weight), image shape and its
+  accountant's ledger before any step;
+* ``train.d_upload``: one DP gradient of D's loss on its data (``client.discriminator_upload``:
+  Poisson batch, per-example clipping, its own Gaussian noise, normalised), and one step charged
+  to its accountant. It refuses, whatever the server asks, once its accountant says the next step
+  would exceed its epsilon;
+* ``train.g_step``: ``g_steps`` updates of G_i against the D it received (no real data); replies
+  with the losses and its ledger (steps, epsilon);
+* ``query.release``: its privacy entry for privacy.json and a grid of synthetic images.
+
+Everything that must survive between rounds (G_i, its optimiser and EMA, the random stream, the
+ledger) lives in the ClientApp's ``context.state``; the static parts (data, accountant curve, a
+D copy with its clipper) are rebuilt from it when a process first sees this hospital.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from .. import client as cl
+from .. import server as sv
+from ..clipping import PerExampleClipper
+from ..data import load_dataset
+from ..models import build_models
+from ..partition import partition
+from ..privacy import ClientBudget, PrivacyCurve
+from ..train import (TrainConfig, _budget, hospital_privacy, hospital_state, load_hospital_state, make_hospital,
+                     sample_grid)
+from .records import blob, record_config, record_tensors, tensors_record, unblob
+
+app = ClientApp()
+_CACHE: dict[tuple, object] = {}  # per process: data, D copies (the authoritative state is the context's)
+
+
+class Refused(Exception):
+    """The hospital will not take this step (its epsilon, or a simulated dropout)."""
+
+
+def _threads(context: Context) -> None:
+    torch.set_num_threads(int(context.node_config.get("threads", 1)))
+
+
+def _data(config: TrainConfig, context: Context) -> tuple[int, torch.Tensor, torch.Tensor, int]:
+    """(cid, images, labels, classes): the node's own file (``data-file`` in its node config: a
+    MedMNIST .npz holding only this hospital's training images), or in simulation the hospital's
+    part of the shared file, split exactly as the in-process run splits it."""
+    cfg = context.node_config
+    cid = int(cfg["partition-id"])
+    key = ("data", cfg.get("data-file"), config.dataset, config.data_dir, config.seed, config.clients,
+           config.partition, config.alpha, config.min_client_size, cid)
+    if key not in _CACHE:
+        if cfg.get("data-file"):
+            with np.load(str(cfg["data-file"])) as f:
+                x = torch.as_tensor(f["train_images"]).float().div(127.5).sub(1)
+                x = x[:, None] if x.dim() == 3 else x.permute(0, 3, 1, 2)
+                y = torch.as_tensor(f["train_labels"]).long().view(-1)
+                classes = int(cfg.get("num-classes", int(y.max()) + 1))
+        else:
+            ds = load_dataset(config.dataset, config.data_dir)
+            parts = partition(ds.train.labels, config.clients, scheme=config.partition, alpha=config.alpha,
+                              min_size=config.min_client_size, seed=config.seed)
+            xs, ys = ds.train.tensors()
+            x, y, classes = xs[parts[cid]], ys[parts[cid]], ds.num_classes
+        _CACHE[key] = (cid, x.contiguous(), y.contiguous(), classes)
+    return _CACHE[key]
+
+
+def _hospital(config: TrainConfig, context: Context) -> cl.Client:
+    """This hospital, restored from its context (built and calibrated on its first message)."""
+    cid, x, y, classes = _data(config, context)
+    planned = int(sv.times_selected(sv.selection_schedule(config.seed, config.clients, config.rounds,
+                                                          fraction=config.client_fraction),
+                                    config.clients)[cid]) * config.d_steps
+    ledger = context.state.get("ledger")
+    budget = None
+    if ledger is not None and config.private:  # restore the accountant without calibrating again
+        q = cl.sample_rate(config.batch_size, len(y))
+        hist = config.histogram_sigma if config.fake_labels == "histogram" else None
+        curve_key = ("curve", ledger["sigma"], q, max(planned, 1), config.delta, config.accountant, hist)
+        if curve_key not in _CACHE:
+            _CACHE[curve_key] = PrivacyCurve(noise_multiplier=ledger["sigma"], sample_rate=q,
+                                             max_steps=max(planned, 1), delta=config.delta,
+                                             accountant=config.accountant, histogram_sigma=hist)
+        budget = ClientBudget(n_examples=len(y), sample_rate=q, noise_multiplier=ledger["sigma"], delta=config.delta,
+                              accountant=config.accountant, histogram_sigma=hist, max_steps=int(ledger["max_steps"]),
+                              curve=_CACHE[curve_key])
+    elif config.private:
+        budget = _budget(config, len(y), planned)
+        context.state["ledger"] = ConfigRecord({"sigma": budget.noise_multiplier, "max_steps": budget.max_steps})
+    h = make_hospital(config, cid, x, y, num_classes=classes, planned_steps=planned, budget=budget)
+    if "hospital" in context.state:
+        load_hospital_state(h, unblob(context.state["hospital"]["state"]))
+    return h
+
+
+def _save(h: cl.Client, context: Context) -> None:
+    context.state["hospital"] = ConfigRecord({"state": blob(hospital_state(h))})
+
+
+def _discriminator(config: TrainConfig, h: cl.Client, weights: ArrayRecord) -> tuple[torch.nn.Module, object]:
+    """A copy of the server's D (and the clipper on it), loaded with the weights just received."""
+    images = h.images
+    key = ("D", config.nz, config.ngf, config.ndf, config.aux_weight > 0, config.max_grad_norm, config.clipped,
+           h.generator.num_classes, images.shape[1:], config.device)
+    if key not in _CACHE:
+        _, d = build_models(num_classes=h.generator.num_classes, channels=images.shape[1], image_size=images.shape[-1],
+                            nz=config.nz, ngf=config.ngf, ndf=config.ndf, aux_classifier=config.aux_weight > 0)
+        d = d.to(config.device)
+        probe_gen = torch.Generator().manual_seed(0)  # the in-process run's probe (train._probe)
+        probe = (torch.randn(3, images.shape[1], images.shape[-1], images.shape[-1], generator=probe_gen).to(config.device),
+                 (torch.arange(3) % h.generator.num_classes).to(config.device))
+        clipper = PerExampleClipper(d, max_grad_norm=config.max_grad_norm, probe=probe) if config.clipped else None
+        _CACHE[key] = (d, clipper)
+    d, clipper = _CACHE[key]
+    with torch.no_grad():
+        for p, w in zip(d.state_dict().values(), record_tensors(weights, config.device)):
+            p.copy_(w)
+    return d, clipper
+
+
+def _ledger(h: cl.Client) -> dict:
+    if h.budget is None:
+        return {}
+    return {"steps": h.budget.steps, "epsilon": h.budget.update_epsilon()}
+
+
+def _maybe_drop(msg: Message, config: TrainConfig, cid: int) -> None:
+    """A simulated dropout (``serve(dropout=...)``): an independent draw per (round, step, hospital),
+    from a stream that is not the hospital's, so the DP draws of the run are not disturbed."""
+    rate = float(msg.content["config"].get("dropout", 0.0))
+    if rate > 0:
+        key = [config.seed, 71, int(msg.content["config"]["round"]), int(msg.content["config"].get("step", 0)), cid]
+        if np.random.default_rng(key).random() < rate:
+            raise Refused(f"hospital {cid}: simulated dropout")
+
+
+def _reply(msg: Message, **records) -> Message:
+    return Message(RecordDict(records), reply_to=msg)
+
+
+@app.query("register")
+def register(msg: Message, context: Context) -> Message:
+    _threads(context)
+    config = record_config(msg.content["config"])
+    h = _hospital(config, context)
+    _save(h, context)
+    return _reply(msg, info=MetricRecord({"cid": h.cid, "n_examples": h.n_examples, "channels": h.images.shape[1],
+                                          "image_size": h.images.shape[-1], "num_classes": h.generator.num_classes,
+                                          **_ledger(h)}))
+
+
+@app.train("d_upload")
+def d_upload(msg: Message, context: Context) -> Message:
+    """(1) the hospital's DP gradient of L_D for the D it received."""
+    _threads(context)
+    config = record_config(msg.content["config"])
+    h = _hospital(config, context)
+    _maybe_drop(msg, config, h.cid)
+    if h.budget is not None and not h.budget.can_spend(1):
+        raise Refused(f"hospital {h.cid}: one more step would exceed epsilon = {config.epsilon} "
+                      f"(delta = {config.delta}); it uploads nothing more")
+    d, clipper = _discriminator(config, h, msg.content["d"])
+    grads, loss_fake = cl.discriminator_upload(h, d, clipper, batch_size=config.batch_size,
+                                               max_grad_norm=config.max_grad_norm, objective=config.objective,
+                                               fakes=config.n_fakes)
+    if h.budget is not None:
+        h.budget.spend()
+    _save(h, context)
+    return _reply(msg, upload=tensors_record(grads), metrics=MetricRecord({"loss_fake": loss_fake}))
+
+
+@app.train("g_step")
+def g_step(msg: Message, context: Context) -> Message:
+    """(2) G_i against the new D: no real data is read."""
+    _threads(context)
+    config = record_config(msg.content["config"])
+    h = _hospital(config, context)
+    _maybe_drop(msg, config, h.cid)
+    d, _ = _discriminator(config, h, msg.content["d"])
+    losses = [cl.generator_step(h, d, batch_size=config.batch_size, objective=config.objective)
+              for _ in range(config.g_steps)]
+    _save(h, context)
+    return _reply(msg, metrics=MetricRecord(({"g_losses": losses} if losses else {}) | _ledger(h)))
+
+
+@app.query("release")
+def release(msg: Message, context: Context) -> Message:
+    """The end of the run: the released (EMA) generator gets standing BatchNorm statistics, and
+    the hospital sends its privacy entry and a grid of synthetic images (nothing else)."""
+    _threads(context)
+    config = record_config(msg.content["config"])
+    h = _hospital(config, context)
+    if h.budget is not None:
+        h.budget.update_epsilon()
+    cl.standing_bn_stats(h.sampler, seed=config.seed)
+    _save(h, context)
+    entry = json.dumps(hospital_privacy(h), default=str)
+    out = context.node_config.get("out-dir")
+    if out:  # the hospital keeps its released generator on its own disk
+        os.makedirs(str(out), exist_ok=True)
+        torch.save({k: v.cpu() for k, v in h.sampler.state_dict().items()},
+                   os.path.join(str(out), f"generator_hospital{h.cid}.pt"))
+    return _reply(msg, privacy=ConfigRecord({"entry": entry}), grid=tensors_record([sample_grid(h.sampler)]))

@@ -1,0 +1,181 @@
+"""The server as a Flower ``ServerApp``: D and its Adam state, the hospital selection, the
+size-weighted average of the hospitals' DP uploads, and the run's files.
+
+Each round mirrors ``train.train_round`` (the in-process reference):
+  (1) ``d_steps`` times: send D to the selected hospitals, receive each one's DP gradient,
+      ``server.aggregate`` them by N_i over the hospitals that answered, take an Adam step;
+  (2) send the new D to them for their G steps.
+A hospital that fails, refuses or does not answer in time is skipped for that step (its
+accountant is not charged: it took no step) and the round's metrics line lists it under
+``dropped``. The server never holds an image, a label or an un-noised gradient; at the end the
+hospitals send their privacy entries and grids of synthetic images, nothing else.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from .. import server as sv
+from ..errors import UserError
+from ..models import build_models
+from ..train import TrainConfig, _versions, check_config, metrics_line, save_grid, write_privacy_report
+from .records import config_record, record_tensors, tensors_record
+
+REPLY_TIMEOUT_S = 300.0  # a hospital that has not answered by then is a straggler for that step
+
+
+def serve(grid: Grid, config: TrainConfig, out: str | Path, *, dropout: float = 0.0,
+          timeout: float = REPLY_TIMEOUT_S) -> dict:
+    """Run HF-GAN over the hospitals on ``grid``; writes config.json, metrics.jsonl, privacy.json,
+    timing.json and samples_client<i>.png under ``out``. ``dropout``: each hospital fails each
+    message with this probability (a test of the fault path)."""
+    check_config(config)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    nodes, info = _register(grid, config, timeout)
+    sizes = {cid: int(m["n_examples"]) for cid, m in info.items()}
+    ledgers = {cid: (int(m["steps"]), float(m["epsilon"])) for cid, m in info.items() if "steps" in m}
+    first = info[0]
+    torch.manual_seed(config.seed)  # D exactly as the in-process run builds it
+    _, d = build_models(num_classes=int(first["num_classes"]), channels=int(first["channels"]),
+                        image_size=int(first["image_size"]), nz=config.nz, ngf=config.ngf, ndf=config.ndf,
+                        aux_classifier=config.aux_weight > 0)
+    d = d.to(config.device)
+    d_opt = torch.optim.Adam(d.parameters(), lr=config.lr_d, betas=(config.beta1_d, config.beta2))
+    schedule = sv.selection_schedule(config.seed, config.clients, config.rounds, fraction=config.client_fraction)
+    _write_config(config, out, sizes, first)
+    started, rounds = time.perf_counter(), 0
+    with (out / "metrics.jsonl").open("w") as log:
+        for r, chosen in enumerate(schedule):
+            d_fake, dropped = [], set()
+            for step in range(config.d_steps):  # (1) update D with the hospitals' DP gradients
+                replies = _ask(grid, nodes, chosen, "train.d_upload", d, config, r, step, dropout, timeout)
+                answered = [cid for cid in chosen if cid in replies]
+                dropped |= set(chosen) - set(answered)
+                if answered:
+                    uploads = [record_tensors(replies[cid]["upload"], config.device) for cid in answered]
+                    sv.apply_gradient(d, d_opt, sv.aggregate(uploads, [sizes[cid] for cid in answered]))
+                d_fake += [float(replies[cid]["metrics"]["loss_fake"]) for cid in answered]
+            replies = _ask(grid, nodes, chosen, "train.g_step", d, config, r, config.d_steps, dropout, timeout)
+            g_losses = []  # (2) each G_i against the new D
+            for cid in chosen:
+                if cid not in replies:
+                    dropped.add(cid)
+                    continue
+                m = replies[cid]["metrics"]
+                g_losses += list(m.get("g_losses", []))
+                if "steps" in m:
+                    ledgers[cid] = (int(m["steps"]), float(m["epsilon"]))
+            line = metrics_line(r + 1, chosen, float(np.mean(d_fake)) if d_fake else math.nan, g_losses, ledgers)
+            if dropped:
+                line["dropped"] = sorted(dropped)
+            log.write(json.dumps(line) + "\n")
+            log.flush()
+            rounds = r + 1
+    train_s = time.perf_counter() - started
+    return _release(grid, nodes, config, out, rounds, train_s, timeout)
+
+
+def _register(grid: Grid, config: TrainConfig, timeout: float) -> tuple[dict[int, int], dict[int, dict]]:
+    """Wait for the hospitals' nodes, ask each for its id and size: {cid: node}, {cid: info}."""
+    deadline = time.time() + timeout
+    while len(list(grid.get_node_ids())) < config.clients:
+        if time.time() > deadline:
+            raise UserError(f"only {len(list(grid.get_node_ids()))} of {config.clients} hospitals connected within "
+                            f"{timeout:.0f} s; start every SuperNode or lower --clients")
+        time.sleep(0.1)
+    messages = [Message(RecordDict({"config": config_record(config)}), dst_node_id=node, message_type="query.register")
+                for node in grid.get_node_ids()]
+    nodes, info = {}, {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            raise UserError(f"a hospital failed to set up: {reply.error.reason.strip().splitlines()[-1]}")
+        m = dict(reply.content["info"])
+        nodes[int(m["cid"])], info[int(m["cid"])] = reply.metadata.src_node_id, m
+    if sorted(nodes) != list(range(config.clients)):
+        raise UserError(f"the hospitals answered as {sorted(nodes)}; expected partition ids 0..{config.clients - 1}")
+    return nodes, info
+
+
+def _ask(grid: Grid, nodes: dict[int, int], chosen: list[int], kind: str, d: torch.nn.Module, config: TrainConfig,
+         round_: int, step: int, dropout: float, timeout: float) -> dict[int, RecordDict]:
+    """Send D to the chosen hospitals; {cid: reply content} of those that answered without error."""
+    weights = tensors_record(list(d.state_dict().values()))
+    messages = [Message(RecordDict({"d": weights, "config": config_record(config, round=round_, step=step,
+                                                                          dropout=dropout)}),
+                        dst_node_id=nodes[cid], message_type=kind, group_id=str(round_ + 1)) for cid in chosen]
+    by_node = {node: cid for cid, node in nodes.items()}
+    return {by_node[r.metadata.src_node_id]: r.content for r in grid.send_and_receive(messages, timeout=timeout)
+            if not r.has_error()}
+
+
+def _release(grid: Grid, nodes: dict[int, int], config: TrainConfig, out: Path, rounds: int, train_s: float,
+             timeout: float) -> dict:
+    messages = [Message(RecordDict({"config": config_record(config)}), dst_node_id=node, message_type="query.release")
+                for node in nodes.values()]
+    by_node = {node: cid for cid, node in nodes.items()}
+    entries = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            continue
+        cid = by_node[reply.metadata.src_node_id]
+        entries[cid] = json.loads(reply.content["privacy"]["entry"])
+        save_grid(record_tensors(reply.content["grid"])[0], out / f"samples_client{cid}.png")
+    missing = sorted(set(nodes) - set(entries))
+    if missing:
+        print(f"hospitals {missing} did not send their privacy entries; privacy.json lists the others")
+    (out / "timing.json").write_text(json.dumps({"rounds_completed": rounds, "train_s": train_s,
+                                                 "device": config.device, "runtime": "flower"}))
+    return write_privacy_report(config, rounds, entries, out)
+
+
+def _write_config(config: TrainConfig, out: Path, sizes: dict[int, int], first: dict) -> None:
+    """config.json as ``train`` writes it; the dataset's shape as the hospitals reported it."""
+    info = {"config": asdict(config),
+            "dataset": {"name": config.dataset, "image_size": int(first["image_size"]),
+                        "channels": int(first["channels"]), "num_classes": int(first["num_classes"])},
+            "client_sizes": [sizes[cid] for cid in sorted(sizes)], "versions": _versions(), "runtime": "flower"}
+    (out / "config.json").write_text(json.dumps(info, indent=2))
+
+
+def config_from_run_config(run_config: dict) -> tuple[TrainConfig, Path, float]:
+    """``[tool.flwr.app.config]`` (or ``flwr run --run-config``): TrainConfig fields with dashes,
+    plus ``out`` and ``dropout``."""
+    names = {f.name for f in fields(TrainConfig)}
+    values = {k.replace("-", "_"): v for k, v in run_config.items()}
+    unknown = set(values) - names - {"out", "dropout"}
+    if unknown:
+        raise UserError(f"unknown run-config key(s) {', '.join(sorted(unknown))}")
+    if "epsilon" in values:
+        values["epsilon"] = float(values["epsilon"])  # "inf" in TOML is a string
+    return (TrainConfig(**{k: v for k, v in values.items() if k in names}),
+            Path(str(values.get("out", "results/runs/flower"))), float(values.get("dropout", 0.0)))
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """``flwr run .`` and the deployment: settings from the run config."""
+    config, out, dropout = config_from_run_config(dict(context.run_config))
+    serve(grid, config, out, dropout=dropout)
+
+
+def make_server_app(config: TrainConfig, out: str | Path, *, dropout: float = 0.0,
+                    timeout: float = REPLY_TIMEOUT_S) -> ServerApp:
+    """A ServerApp bound to these settings (the simulation runtime takes app objects)."""
+    bound = ServerApp()
+
+    @bound.main()
+    def _main(grid: Grid, context: Context) -> None:
+        serve(grid, config, out, dropout=dropout, timeout=timeout)
+    return bound

@@ -1,0 +1,98 @@
+"""HF-GAN on Flower: the simulation runtime gives the in-process reference's numbers bit for bit,
+survives dropouts without charging absent hospitals, and a hospital refuses to go past its epsilon."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config, write_npz
+from hfgan_core import server as sv
+from hfgan_core.privacy import compute_epsilon
+
+pytest.importorskip("flwr")
+
+
+def _config(data: Path, **kw):
+    # the reference loop (the engine a ClientApp runs per hospital), 3 hospitals, one thread
+    return tiny_config(**(dict(data_dir=str(data), rounds=3, d_steps=2, epsilon=10.0, simulation_noise=True,
+                              engine="loop", synthetic_per_class=0) | kw))
+
+
+@pytest.fixture
+def data(tmp_path):
+    write_npz(tmp_path / "data" / "tiny.npz", n=(120, 12, 12))
+    return tmp_path / "data"
+
+
+def test_flower_simulation_equals_the_in_process_run(data, tmp_path):
+    """Same seed, simulation noise: identical metrics.jsonl, privacy.json and sample grids, with a
+    client fraction below 1 (the schedule leaves hospitals out) and two D steps per round."""
+    from hfgan_core.__main__ import main
+    from hfgan_core.train import train
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # each ClientApp computes with one thread; so does the reference here
+    try:
+        train(_config(data, client_fraction=0.67), tmp_path / "inproc", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    flags = ["--dataset", "tiny", "--data-dir", str(data), "--clients", "3", "--partition", "quantity", "--alpha", "2",
+             "--min-client-size", "20", "--batch-size", "8", "--ndf", "8", "--ngf", "8", "--nz", "16",
+             "--accountant", "rdp", "--rounds", "3", "--d-steps", "2", "--epsilon", "10", "--simulation-noise",
+             "--engine", "loop", "--synthetic-per-class", "0", "--client-fraction", "0.67"]
+    assert main(["flower-sim", *flags, "--out", str(tmp_path / "flower")]) == 0
+    a, b = tmp_path / "inproc", tmp_path / "flower"
+    lines = (a / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and any(len(json.loads(line)["selected"]) < 3 for line in lines)
+    for name in ("metrics.jsonl", "privacy.json", "samples_client0.png", "samples_client2.png"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert json.loads((b / "config.json").read_text())["client_sizes"] == \
+        json.loads((a / "config.json").read_text())["client_sizes"]
+
+
+def test_dropouts_skip_hospitals_and_never_charge_them(data, tmp_path):
+    """Half the messages fail: the run completes, each round lists who dropped, and each
+    hospital's accountant counts exactly the uploads it made -- recomputed here from the same
+    per-message draws -- and stops at the largest step count within its epsilon (brute force
+    over the accountant), refusing the rest, whatever the server asks."""
+    from hfgan_core.flower.simulation import run_flower_simulation
+    rate, sigma, eps = 0.5, 0.9, 6.0
+    cfg = _config(data, rounds=6, noise_multiplier=sigma, epsilon=eps)
+    privacy = run_flower_simulation(cfg, tmp_path / "run", dropout=rate)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == cfg.rounds and privacy["rounds_completed"] == cfg.rounds
+    assert any(line.get("dropped") for line in lines)
+
+    def answers(r: int, step: int, cid: int) -> bool:
+        return np.random.default_rng([cfg.seed, 71, r, step, cid]).random() >= rate
+    schedule = sv.selection_schedule(cfg.seed, cfg.clients, cfg.rounds, fraction=cfg.client_fraction)
+    limits = []
+    for cid in range(cfg.clients):
+        entry = privacy["clients"][str(cid)]
+        q = entry["sample_rate"]
+        allowed = max(k for k in range(0, 200) if k == 0 or compute_epsilon(
+            noise_multiplier=sigma, sample_rate=q, steps=k, delta=cfg.delta, accountant="rdp") <= eps)
+        made = sum(answers(r, s, cid) for r, chosen in enumerate(schedule) if cid in chosen for s in range(cfg.d_steps))
+        assert entry["steps"] == min(made, allowed)
+        assert entry["epsilon"] <= eps
+        limits.append(made > allowed)
+    assert any(limits) and not all(limits)  # one hospital hit its epsilon and refused, another only dropped
+    for r, line in enumerate(lines):  # a hospital is listed when any of its messages of the round failed
+        failed = {cid for cid in schedule[r] if not all(answers(r, s, cid) for s in range(cfg.d_steps + 1))}
+        assert set(line.get("dropped", [])) >= failed
+
+
+def test_flower_sim_bad_input_is_one_clear_line(tmp_path):
+    for args, message in ((["--dropout", "1.5"], "--dropout must lie in [0, 1)"),
+                          (["--epsilon", "0"], "--epsilon must be positive")):
+        proc = subprocess.run([sys.executable, "-m", "hfgan_core", "flower-sim", "--dataset", "tiny", "--out",
+                               str(tmp_path / "x"), *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "x").exists()
