@@ -28,7 +28,7 @@ from flwr.clientapp import ClientApp
 from .. import client as cl
 from .. import server as sv
 from ..clipping import PerExampleClipper
-from ..data import load_dataset
+from ..data import load_dataset, load_split
 from ..models import build_models
 from ..partition import partition
 from ..privacy import ClientBudget, PrivacyCurve
@@ -57,12 +57,9 @@ def _data(config: TrainConfig, context: Context) -> tuple[int, torch.Tensor, tor
     key = ("data", cfg.get("data-file"), config.dataset, config.data_dir, config.seed, config.clients,
            config.partition, config.alpha, config.min_client_size, cid)
     if key not in _CACHE:
-        if cfg.get("data-file"):
-            with np.load(str(cfg["data-file"])) as f:
-                x = torch.as_tensor(f["train_images"]).float().div(127.5).sub(1)
-                x = x[:, None] if x.dim() == 3 else x.permute(0, 3, 1, 2)
-                y = torch.as_tensor(f["train_labels"]).long().view(-1)
-                classes = int(cfg.get("num-classes", int(y.max()) + 1))
+        if cfg.get("data-file"):  # checked like any MedMNIST file; the class count is public
+            x, y = load_split(str(cfg["data-file"]), "train").tensors()
+            classes = int(cfg["num-classes"])
         else:
             ds = load_dataset(config.dataset, config.data_dir)
             parts = partition(ds.train.labels, config.clients, scheme=config.partition, alpha=config.alpha,

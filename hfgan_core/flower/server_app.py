@@ -146,18 +146,28 @@ def _write_config(config: TrainConfig, out: Path, sizes: dict[int, int], first: 
     (out / "config.json").write_text(json.dumps(info, indent=2))
 
 
+RUN_CONFIG_KEYS = ("dataset", "clients", "epsilon", "seed", "rounds")  # pyproject's [tool.flwr.app.config]
+
+
 def config_from_run_config(run_config: dict) -> tuple[TrainConfig, Path, float]:
-    """``[tool.flwr.app.config]`` (or ``flwr run --run-config``): TrainConfig fields with dashes,
-    plus ``out`` and ``dropout``."""
+    """``[tool.flwr.app.config]`` (or ``flwr run --run-config``): a few TrainConfig fields by name
+    (dashes for underscores; ``rounds = 0``: the recipe's), any other in ``settings`` (a JSON
+    object), plus ``out`` and ``dropout``."""
     names = {f.name for f in fields(TrainConfig)}
-    values = {k.replace("-", "_"): v for k, v in run_config.items()}
-    unknown = set(values) - names - {"out", "dropout"}
+    try:
+        values = json.loads(str(run_config.get("settings") or "{}"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"run config 'settings' is not a JSON object ({exc})") from None
+    values |= {k.replace("-", "_"): v for k, v in run_config.items() if k not in ("settings", "out", "dropout")}
+    unknown = set(values) - names
     if unknown:
-        raise UserError(f"unknown run-config key(s) {', '.join(sorted(unknown))}")
+        raise UserError(f"unknown setting(s) {', '.join(sorted(unknown))}; use TrainConfig's field names")
+    if values.get("rounds") == 0:
+        values["rounds"] = None
     if "epsilon" in values:
         values["epsilon"] = float(values["epsilon"])  # "inf" in TOML is a string
-    return (TrainConfig(**{k: v for k, v in values.items() if k in names}),
-            Path(str(values.get("out", "results/runs/flower"))), float(values.get("dropout", 0.0)))
+    return (TrainConfig(**values), Path(str(run_config.get("out") or "results/runs/flower")),
+            float(run_config.get("dropout", 0.0)))
 
 
 app = ServerApp()
