@@ -130,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--datasets", nargs="+", default=None, help="default: " + " ".join(TABLES))
     t.add_argument("--data-dir", default=None, help=_HELP["data_dir"])
     t.add_argument("--out", default=None, help="default: results (results/smoke for the smoke profile)")
-    t.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the profile's (smoke 1 seed, quick 2, paper 5)")
+    t.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the profile's (smoke 1 seed, quick 1, paper 5)")
     t.add_argument("--jobs", type=int, default=1, help="notebooks run side by side (each gets cores / jobs threads)")
     t.add_argument("--no-download", action="store_true",
                    help="do not fetch missing MedMNIST files (PneumoniaMNIST, RetinaMNIST) through medmnist")
