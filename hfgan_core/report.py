@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .benchmark import CURVE_METHODS, METHODS, PRIVATE_ROWS, PROFILES, jsonable, load_runs, summarise, table_csv, \
-    table_markdown
+from .benchmark import CURVE_METHODS, METHODS, PRIVATE_ROWS, PROFILES, add_paired_deltas, jsonable, load_runs, \
+    summarise, table_csv, table_markdown
 from .data import load_dataset
 from .errors import UserError
 
@@ -57,7 +57,7 @@ def write_table(bench_dir: str | Path, out_dir: str | Path) -> list[dict]:
     """results/<stem>.md, .csv and .json, rendered from the benchmark's runs.json; returns the rows."""
     report = load_runs(bench_dir)
     t = TABLES[report["dataset"].removesuffix("_64")]
-    rows = summarise(report["runs"], report["config"]["methods"])
+    rows = add_paired_deltas(summarise(report["runs"], report["config"]["methods"]), bench_dir)  # the Δ columns
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{t.stem}.md").write_text(f"### {t.title}\n\n" + table_markdown(rows, report))
