@@ -75,6 +75,7 @@ def test_dataset_notebook_writes_its_table_and_figures(tables, dataset):
     assert table["dataset"] == dataset and len(table["rows"]) == len(rows)
     md = (tables / f"{t.stem}.md").read_text()
     assert all(f"| {m.label} |" in md for m in METHODS.values()) and "δ = 1e-05" in md
+    assert "Δ acc. vs FedAvg [95 % CI]" in md and "delta_vs_null" in rows[0]  # the paired columns reach results/
     for kind in report.FIGURES:
         assert report.figure_path(tables, dataset, kind).stat().st_size > 10_000
     readme = (tables / "README.md").read_text()
@@ -131,3 +132,17 @@ def test_auto_profile_is_paper_on_a_gpu_and_quick_otherwise(monkeypatch):
     assert report.resolve_auto("auto", "auto") == ("paper", "cuda")
     assert report.resolve_auto("auto", "cpu") == ("quick", "cpu")  # asked for the CPU: the CPU preview
     assert report.resolve_auto("smoke", "auto") == ("smoke", "cuda")  # an explicit profile is kept
+
+
+def test_flower_notebook_shows_the_same_run_on_flower(tmp_path):
+    papermill = pytest.importorskip("papermill")
+    pytest.importorskip("flwr")
+    real_data("pneumoniamnist.npz")
+    out = tmp_path / "flower.ipynb"
+    papermill.execute_notebook(str(ROOT / "notebooks" / "05_flower.ipynb"), str(out), kernel_name="python3",
+                               parameters={"smoke": True}, cwd=str(ROOT), progress_bar=False)
+    executed = json.loads(out.read_text())
+    text = "".join("".join(o.get("text", "")) for c in executed["cells"] if c["cell_type"] == "code"
+                   for o in c["outputs"])
+    assert "metrics.jsonl: identical" in text and "privacy.json: identical" in text and "DIFFERENT" not in text
+    assert "round 2: dropped" in text

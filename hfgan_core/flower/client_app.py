@@ -139,15 +139,24 @@ def _maybe_drop(msg: Message, config: TrainConfig, cid: int) -> None:
             raise Refused(f"hospital {cid}: simulated dropout")
 
 
+def _open(msg: Message, context: Context, *, may_drop: bool = False) -> tuple[TrainConfig, cl.Client]:
+    """Every handler starts here: its threads, the run's settings, this hospital restored from its
+    context (and, in a fault test, a simulated dropout before it touches anything)."""
+    _threads(context)
+    config = record_config(msg.content["config"])
+    h = _hospital(config, context)
+    if may_drop:
+        _maybe_drop(msg, config, h.cid)
+    return config, h
+
+
 def _reply(msg: Message, **records) -> Message:
     return Message(RecordDict(records), reply_to=msg)
 
 
 @app.query("register")
 def register(msg: Message, context: Context) -> Message:
-    _threads(context)
-    config = record_config(msg.content["config"])
-    h = _hospital(config, context)
+    config, h = _open(msg, context)
     _save(h, context)
     return _reply(msg, info=MetricRecord({"cid": h.cid, "n_examples": h.n_examples, "channels": h.images.shape[1],
                                           "image_size": h.images.shape[-1], "num_classes": h.generator.num_classes,
@@ -157,10 +166,7 @@ def register(msg: Message, context: Context) -> Message:
 @app.train("d_upload")
 def d_upload(msg: Message, context: Context) -> Message:
     """(1) the hospital's DP gradient of L_D for the D it received."""
-    _threads(context)
-    config = record_config(msg.content["config"])
-    h = _hospital(config, context)
-    _maybe_drop(msg, config, h.cid)
+    config, h = _open(msg, context, may_drop=True)
     if h.budget is not None and not h.budget.can_spend(1):
         raise Refused(f"hospital {h.cid}: one more step would exceed epsilon = {config.epsilon} "
                       f"(delta = {config.delta}); it uploads nothing more")
@@ -177,10 +183,7 @@ def d_upload(msg: Message, context: Context) -> Message:
 @app.train("g_step")
 def g_step(msg: Message, context: Context) -> Message:
     """(2) G_i against the new D: no real data is read."""
-    _threads(context)
-    config = record_config(msg.content["config"])
-    h = _hospital(config, context)
-    _maybe_drop(msg, config, h.cid)
+    config, h = _open(msg, context, may_drop=True)
     d, _ = _discriminator(config, h, msg.content["d"])
     losses = [cl.generator_step(h, d, batch_size=config.batch_size, objective=config.objective)
               for _ in range(config.g_steps)]
@@ -192,9 +195,7 @@ def g_step(msg: Message, context: Context) -> Message:
 def release(msg: Message, context: Context) -> Message:
     """The end of the run: the released (EMA) generator gets standing BatchNorm statistics, and
     the hospital sends its privacy entry and a grid of synthetic images (nothing else)."""
-    _threads(context)
-    config = record_config(msg.content["config"])
-    h = _hospital(config, context)
+    config, h = _open(msg, context)
     if h.budget is not None:
         h.budget.update_epsilon()
     cl.standing_bn_stats(h.sampler, seed=config.seed)

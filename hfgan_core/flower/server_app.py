@@ -52,19 +52,19 @@ def serve(grid: Grid, config: TrainConfig, out: str | Path, *, dropout: float = 
     d_opt = torch.optim.Adam(d.parameters(), lr=config.lr_d, betas=(config.beta1_d, config.beta2))
     schedule = sv.selection_schedule(config.seed, config.clients, config.rounds, fraction=config.client_fraction)
     _write_config(config, out, sizes, first)
-    started, rounds = time.perf_counter(), 0
+    started, rounds, traffic = time.perf_counter(), 0, {"sent": 0, "received": 0}
     with (out / "metrics.jsonl").open("w") as log:
         for r, chosen in enumerate(schedule):
             d_fake, dropped = [], set()
             for step in range(config.d_steps):  # (1) update D with the hospitals' DP gradients
-                replies = _ask(grid, nodes, chosen, "train.d_upload", d, config, r, step, dropout, timeout)
+                replies = _ask(grid, nodes, chosen, "train.d_upload", d, config, r, step, dropout, timeout, traffic)
                 answered = [cid for cid in chosen if cid in replies]
                 dropped |= set(chosen) - set(answered)
                 if answered:
                     uploads = [record_tensors(replies[cid]["upload"], config.device) for cid in answered]
                     sv.apply_gradient(d, d_opt, sv.aggregate(uploads, [sizes[cid] for cid in answered]))
                 d_fake += [float(replies[cid]["metrics"]["loss_fake"]) for cid in answered]
-            replies = _ask(grid, nodes, chosen, "train.g_step", d, config, r, config.d_steps, dropout, timeout)
+            replies = _ask(grid, nodes, chosen, "train.g_step", d, config, r, config.d_steps, dropout, timeout, traffic)
             g_losses = []  # (2) each G_i against the new D
             for cid in chosen:
                 if cid not in replies:
@@ -81,7 +81,7 @@ def serve(grid: Grid, config: TrainConfig, out: str | Path, *, dropout: float = 
             log.flush()
             rounds = r + 1
     train_s = time.perf_counter() - started
-    return _release(grid, nodes, config, out, rounds, train_s, timeout)
+    return _release(grid, nodes, config, out, rounds, train_s, timeout, traffic)
 
 
 def _register(grid: Grid, config: TrainConfig, timeout: float) -> tuple[dict[int, int], dict[int, dict]]:
@@ -106,19 +106,23 @@ def _register(grid: Grid, config: TrainConfig, timeout: float) -> tuple[dict[int
 
 
 def _ask(grid: Grid, nodes: dict[int, int], chosen: list[int], kind: str, d: torch.nn.Module, config: TrainConfig,
-         round_: int, step: int, dropout: float, timeout: float) -> dict[int, RecordDict]:
-    """Send D to the chosen hospitals; {cid: reply content} of those that answered without error."""
+         round_: int, step: int, dropout: float, timeout: float, traffic: dict) -> dict[int, RecordDict]:
+    """Send D to the chosen hospitals; {cid: reply content} of those that answered without error.
+    ``traffic`` counts the arrays' bytes each way (D out, uploads back)."""
     weights = tensors_record(list(d.state_dict().values()))
+    traffic["sent"] += weights.count_bytes() * len(chosen)
     messages = [Message(RecordDict({"d": weights, "config": config_record(config, round=round_, step=step,
                                                                           dropout=dropout)}),
                         dst_node_id=nodes[cid], message_type=kind, group_id=str(round_ + 1)) for cid in chosen]
     by_node = {node: cid for cid, node in nodes.items()}
-    return {by_node[r.metadata.src_node_id]: r.content for r in grid.send_and_receive(messages, timeout=timeout)
-            if not r.has_error()}
+    replies = {by_node[r.metadata.src_node_id]: r.content for r in grid.send_and_receive(messages, timeout=timeout)
+               if not r.has_error()}
+    traffic["received"] += sum(c["upload"].count_bytes() for c in replies.values() if "upload" in c)
+    return replies
 
 
 def _release(grid: Grid, nodes: dict[int, int], config: TrainConfig, out: Path, rounds: int, train_s: float,
-             timeout: float) -> dict:
+             timeout: float, traffic: dict) -> dict:
     messages = [Message(RecordDict({"config": config_record(config)}), dst_node_id=node, message_type="query.release")
                 for node in nodes.values()]
     by_node = {node: cid for cid, node in nodes.items()}
@@ -133,7 +137,9 @@ def _release(grid: Grid, nodes: dict[int, int], config: TrainConfig, out: Path, 
     if missing:
         print(f"hospitals {missing} did not send their privacy entries; privacy.json lists the others")
     (out / "timing.json").write_text(json.dumps({"rounds_completed": rounds, "train_s": train_s,
-                                                 "device": config.device, "runtime": "flower"}))
+                                                 "device": config.device, "runtime": "flower",
+                                                 "array_bytes_sent": traffic["sent"],
+                                                 "array_bytes_received": traffic["received"]}))
     return write_privacy_report(config, rounds, entries, out)
 
 
