@@ -38,6 +38,8 @@ from .records import blob, record_config, record_tensors, tensors_record, unblob
 
 app = ClientApp()
 _CACHE: dict[tuple, object] = {}  # per process: data, D copies (the authoritative state is the context's)
+_LIVE: dict[tuple, tuple[int, cl.Client]] = {}  # (run, node) -> (state version, hospital) as this process left it
+_GENERATOR_KEYS = ("generator", "ema", "g_optimizer")  # what only a G step changes (megabytes)
 
 
 class Refused(Exception):
@@ -71,7 +73,11 @@ def _data(config: TrainConfig, context: Context) -> tuple[int, torch.Tensor, tor
 
 
 def _hospital(config: TrainConfig, context: Context) -> cl.Client:
-    """This hospital, restored from its context (built and calibrated on its first message)."""
+    """This hospital, restored from its context (built and calibrated on its first message). If
+    this process handled the hospital's last message, its objects are still current: same version."""
+    live = _LIVE.pop((context.run_id, context.node_id), None)  # taken: a handler that fails leaves none behind
+    if live is not None and "stream" in context.state and live[0] == int(context.state["stream"]["version"]):
+        return live[1]
     cid, x, y, classes = _data(config, context)
     planned = int(sv.times_selected(sv.selection_schedule(config.seed, config.clients, config.rounds,
                                                           fraction=config.client_fraction),
@@ -93,13 +99,21 @@ def _hospital(config: TrainConfig, context: Context) -> cl.Client:
         budget = _budget(config, len(y), planned)
         context.state["ledger"] = ConfigRecord({"sigma": budget.noise_multiplier, "max_steps": budget.max_steps})
     h = make_hospital(config, cid, x, y, num_classes=classes, planned_steps=planned, budget=budget)
-    if "hospital" in context.state:
-        load_hospital_state(h, unblob(context.state["hospital"]["state"]))
+    if "stream" in context.state:
+        load_hospital_state(h, unblob(context.state["generator"]["state"]) | unblob(context.state["stream"]["state"]))
     return h
 
 
-def _save(h: cl.Client, context: Context) -> None:
-    context.state["hospital"] = ConfigRecord({"state": blob(hospital_state(h))})
+def _save(h: cl.Client, context: Context, *, generator: bool = True) -> None:
+    """Write what changed back to the context: the random stream and the ledger always, G_i with
+    its EMA and optimiser only after G steps (``generator``)."""
+    state = hospital_state(h)
+    version = int(context.state["stream"]["version"]) + 1 if "stream" in context.state else 0
+    if generator or "generator" not in context.state:
+        context.state["generator"] = ConfigRecord({"state": blob({k: state[k] for k in _GENERATOR_KEYS})})
+    context.state["stream"] = ConfigRecord({"state": blob({k: v for k, v in state.items() if k not in _GENERATOR_KEYS}),
+                                            "version": version})
+    _LIVE[(context.run_id, context.node_id)] = (version, h)
 
 
 def _discriminator(config: TrainConfig, h: cl.Client, weights: ArrayRecord) -> tuple[torch.nn.Module, object]:
@@ -176,7 +190,7 @@ def d_upload(msg: Message, context: Context) -> Message:
                                                fakes=config.n_fakes)
     if h.budget is not None:
         h.budget.spend()
-    _save(h, context)
+    _save(h, context, generator=False)
     return _reply(msg, upload=tensors_record(grads), metrics=MetricRecord({"loss_fake": loss_fake}))
 
 

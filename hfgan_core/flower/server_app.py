@@ -40,6 +40,8 @@ def serve(grid: Grid, config: TrainConfig, out: str | Path, *, dropout: float = 
     check_config(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if hasattr(grid, "pull_interval"):  # the simulation's in-memory grid polls for replies every 0.1 s by default
+        grid.pull_interval = 0.005
     nodes, info = _register(grid, config, timeout)
     sizes = {cid: int(m["n_examples"]) for cid, m in info.items()}
     ledgers = {cid: (int(m["steps"]), float(m["epsilon"])) for cid, m in info.items() if "steps" in m}
