@@ -96,6 +96,15 @@ class PrivacyCurve:
             return [discretize(TruncatedPrivacyRandomVariable(p, domain.t_min, domain.t_max), domain) for p in prvs]
 
 
+@functools.lru_cache(maxsize=256)
+def privacy_curve(*, noise_multiplier: float, sample_rate: float, max_steps: int, delta: float,
+                  accountant: str = "prv", histogram_sigma: float | None = None) -> "PrivacyCurve":
+    """A shared ``PrivacyCurve`` (it is read-only once built): a hospital whose accountant is
+    rebuilt, e.g. a Flower ClientApp in a fresh worker, does not discretise its PRV again."""
+    return PrivacyCurve(noise_multiplier=noise_multiplier, sample_rate=sample_rate, max_steps=max_steps, delta=delta,
+                        accountant=accountant, histogram_sigma=histogram_sigma)
+
+
 @functools.lru_cache(maxsize=65536)  # a pure function; calibration and resumed runs ask the same questions
 def compute_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float,
                     accountant: str = "prv", histogram_sigma: float | None = None) -> float:

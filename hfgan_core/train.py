@@ -30,8 +30,8 @@ from .data import MedicalDataset, load_dataset
 from .errors import UserError
 from .models import Generator, build_models
 from .partition import class_counts, partition
-from .privacy import (SIMULATION_NOTE, ClientBudget, PrivacyCurve, calibrate_noise, epsilon_replace_one, float_key,
-                      max_steps_within, noise_seed, noisy_label_histogram)
+from .privacy import (SIMULATION_NOTE, ClientBudget, calibrate_noise, epsilon_replace_one, float_key, max_steps_within,
+                      noise_seed, noisy_label_histogram, privacy_curve)
 from .synthesis import save_synthetic
 
 
@@ -146,24 +146,47 @@ def setup(config: TrainConfig, dataset: MedicalDataset | None = None) -> Run:
     """Load data, split hospitals, build models, calibrate each hospital's noise."""
     check_config(config)
     ds = dataset or load_dataset(config.dataset, config.data_dir, download=config.download)
-    torch.manual_seed(config.seed)
-    device = torch.device(config.device)
-    parts = partition(ds.train.labels, config.clients, scheme=config.partition, alpha=config.alpha,
-                      min_size=config.min_client_size, seed=config.seed)
+    parts = hospital_parts(config, ds.train.labels)
     x_all, y_all = ds.train.tensors()
-    schedule = sv.selection_schedule(config.seed, config.clients, config.rounds, fraction=config.client_fraction)
+    schedule = selection(config)
     planned = sv.times_selected(schedule, config.clients) * config.d_steps
-
-    _, discriminator = build_models(num_classes=ds.num_classes, channels=ds.channels, image_size=ds.image_size,
-                                    nz=config.nz, ngf=config.ngf, ndf=config.ndf,
-                                    aux_classifier=config.aux_weight > 0)
-    discriminator = discriminator.to(device)
+    shape = dict(num_classes=ds.num_classes, channels=ds.channels, image_size=ds.image_size)
+    discriminator = build_discriminator(config, **shape)
     clients = [make_hospital(config, cid, x_all[idx], y_all[idx], num_classes=ds.num_classes,
                              planned_steps=int(planned[cid])) for cid, idx in enumerate(parts)]
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=(config.beta1_d, config.beta2))
-    clipper = PerExampleClipper(discriminator, max_grad_norm=config.max_grad_norm,
-                                probe=_probe(ds, device)) if config.clipped else None
-    return Run(config, ds, parts, clients, discriminator, d_opt, clipper, schedule)
+    return Run(config, ds, parts, clients, discriminator, d_opt, make_clipper(config, discriminator, **shape), schedule)
+
+
+def hospital_parts(config: TrainConfig, labels: np.ndarray) -> list[np.ndarray]:
+    """Each hospital's indices into the training split: the same split in every runtime."""
+    return partition(labels, config.clients, scheme=config.partition, alpha=config.alpha,
+                     min_size=config.min_client_size, seed=config.seed)
+
+
+def selection(config: TrainConfig) -> list[list[int]]:
+    """Every round's selected hospitals (``server.selection_schedule`` for this run)."""
+    return sv.selection_schedule(config.seed, config.clients, config.rounds, fraction=config.client_fraction)
+
+
+def build_discriminator(config: TrainConfig, *, num_classes: int, channels: int, image_size: int) -> torch.nn.Module:
+    """D as every runtime builds it: from the run's seed, on the run's device."""
+    torch.manual_seed(config.seed)
+    _, d = build_models(num_classes=num_classes, channels=channels, image_size=image_size, nz=config.nz, ngf=config.ngf,
+                        ndf=config.ndf, aux_classifier=config.aux_weight > 0)
+    return d.to(config.device)
+
+
+def make_clipper(config: TrainConfig, d: torch.nn.Module, *, num_classes: int, channels: int,
+                 image_size: int) -> PerExampleClipper | None:
+    """Per-example clipping on D (None when the run neither clips nor noises), after checking on
+    three random inputs that D treats the examples of a batch independently."""
+    if not config.clipped:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    probe = (torch.randn(3, channels, image_size, image_size, generator=gen).to(config.device),
+             (torch.arange(3) % num_classes).to(config.device))
+    return PerExampleClipper(d, max_grad_norm=config.max_grad_norm, probe=probe)
 
 
 def make_hospital(config: TrainConfig, cid: int, images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
@@ -211,13 +234,6 @@ def load_hospital_state(h: cl.Client, state: dict) -> None:
     h.rng.set_state(state["rng"])  # on any device: resume redraws nothing
 
 
-def _probe(ds: MedicalDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Three random inputs for the clipper's check that D treats examples independently."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(3, ds.channels, ds.image_size, ds.image_size, generator=gen)
-    return x.to(device), (torch.arange(3) % ds.num_classes).to(device)
-
-
 def hospital_rng(c: TrainConfig, cid: int, device: torch.device) -> torch.Generator:
     """Hospital ``cid``'s own random stream (Poisson masks, fakes, DP noise) on the run's device:
     from OS entropy, or with ``simulation_noise`` from (seed, cid, epsilon, sigma) so that runs at
@@ -253,18 +269,21 @@ def check_config(c: TrainConfig) -> None:
         raise UserError(f"--device {c.device} asked for, but this machine has no CUDA GPU; use --device cpu")
 
 
-def _budget(c: TrainConfig, n: int, planned_steps: int) -> ClientBudget:
+def _budget(c: TrainConfig, n: int, planned_steps: int, *, restore: tuple[float, int] | None = None) -> ClientBudget:
     """Calibrate sigma for the planned steps (or take --noise-multiplier and find how many steps
-    it allows); the budget's curve then reports epsilon every round with the same accountant."""
+    it allows); the budget's curve then reports epsilon every round with the same accountant.
+    ``restore``: (sigma, steps allowed) found before, for an accountant rebuilt elsewhere."""
     q = cl.sample_rate(c.batch_size, n)
     hist = c.histogram_sigma if c.fake_labels == "histogram" else None
     planned_steps = max(planned_steps, 1)
-    sigma = c.noise_multiplier or calibrate_noise(target_epsilon=c.epsilon, delta=c.delta, sample_rate=q,
-                                                  steps=planned_steps, accountant=c.accountant, histogram_sigma=hist)
-    curve = PrivacyCurve(noise_multiplier=sigma, sample_rate=q, max_steps=planned_steps, delta=c.delta,
-                         accountant=c.accountant, histogram_sigma=hist)
+    sigma = restore[0] if restore else c.noise_multiplier or calibrate_noise(
+        target_epsilon=c.epsilon, delta=c.delta, sample_rate=q, steps=planned_steps, accountant=c.accountant,
+        histogram_sigma=hist)
+    curve = privacy_curve(noise_multiplier=sigma, sample_rate=q, max_steps=planned_steps, delta=c.delta,
+                          accountant=c.accountant, histogram_sigma=hist)
     return ClientBudget(n_examples=n, sample_rate=q, noise_multiplier=sigma, delta=c.delta, accountant=c.accountant,
-                        histogram_sigma=hist, max_steps=max_steps_within(curve, c.epsilon), curve=curve)
+                        histogram_sigma=hist, curve=curve,
+                        max_steps=restore[1] if restore else max_steps_within(curve, c.epsilon))
 
 
 def check_budgets(run: Run, selected: list[cl.Client]) -> None:

@@ -30,10 +30,9 @@ from ..synthesis import balanced_labels, images_for_labels
 from ..extractor import load_or_train_extractor
 from ..federated import DPSpec, FedConfig, FedResult, train_federated
 from ..metrics import classification_metrics, fid, inception_score, inception_weights, mix_accuracy, standard_fid_is
-from ..partition import partition
 from ..privacy import compute_epsilon, noise_seed, noisy_label_histogram
 from ..models import build_models
-from ..train import TrainConfig, load_generators, train
+from ..train import TrainConfig, hospital_parts, load_generators, train
 from .config import CURVE_METHODS, METHODS, PRIVATE_ROWS, PROFILES, BenchmarkConfig, Profile, profile_json
 from .provenance import jsonable, provenance
 from .tables import write_tables
@@ -159,8 +158,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
               out: Path, tuner: Tuner, progress: bool, echo: bool,
               inception: str | None = None) -> tuple[list[dict], dict, list]:
     gan_cfg = _gan_config(c, prof, ds, seed, epsilon=math.inf)
-    parts = partition(ds.train.labels, c.clients, scheme=c.partition, alpha=c.alpha,
-                      min_size=gan_cfg.min_client_size, seed=seed)
+    parts = hospital_parts(gan_cfg, ds.train.labels)  # HF-GAN's hospitals, shared by every method
     x, y = ds.train.tensors()
     hospitals = [(x[idx], y[idx]) for idx in parts]
     val = ds.val.tensors()
@@ -326,8 +324,7 @@ def _gan_config(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int
                       epsilon=epsilon, delta=c.delta, seed=seed, device=c.device, accountant=prof.accountant,
                       simulation_noise=True, **prof.gan)  # a research simulation: reproducible from its seeds
     if prof.gan_epochs:  # "100 epochs": rounds that show a median hospital its data that many times
-        sizes = [len(p) for p in partition(ds.train.labels, c.clients, scheme=c.partition, alpha=c.alpha,
-                                           min_size=gan.min_client_size, seed=seed)]
+        sizes = [len(p) for p in hospital_parts(gan, ds.train.labels)]
         gan = replace(gan, rounds=max(1, round(prof.gan_epochs * float(np.median(sizes)) / gan.batch_size)))
     elif prof.gan_scale != 1 and "rounds" not in prof.gan:  # a fraction of the recipe's rounds
         gan = replace(gan, rounds=max(1, round(gan.rounds * prof.gan_scale)))

@@ -27,13 +27,9 @@ from flwr.clientapp import ClientApp
 
 from .. import client as cl
 from .. import server as sv
-from ..clipping import PerExampleClipper
 from ..data import load_dataset, load_split
-from ..models import build_models
-from ..partition import partition
-from ..privacy import ClientBudget, PrivacyCurve
-from ..train import (TrainConfig, _budget, hospital_privacy, hospital_state, load_hospital_state, make_hospital,
-                     sample_grid)
+from ..train import (TrainConfig, _budget, build_discriminator, hospital_parts, hospital_privacy, hospital_state,
+                     load_hospital_state, make_clipper, make_hospital, sample_grid, selection)
 from .records import blob, record_config, record_tensors, tensors_record, unblob
 
 app = ClientApp()
@@ -64,10 +60,9 @@ def _data(config: TrainConfig, context: Context) -> tuple[int, torch.Tensor, tor
             classes = int(cfg["num-classes"])
         else:
             ds = load_dataset(config.dataset, config.data_dir)
-            parts = partition(ds.train.labels, config.clients, scheme=config.partition, alpha=config.alpha,
-                              min_size=config.min_client_size, seed=config.seed)
+            part = hospital_parts(config, ds.train.labels)[cid]
             xs, ys = ds.train.tensors()
-            x, y, classes = xs[parts[cid]], ys[parts[cid]], ds.num_classes
+            x, y, classes = xs[part], ys[part], ds.num_classes
         _CACHE[key] = (cid, x.contiguous(), y.contiguous(), classes)
     return _CACHE[key]
 
@@ -79,24 +74,12 @@ def _hospital(config: TrainConfig, context: Context) -> cl.Client:
     if live is not None and "stream" in context.state and live[0] == int(context.state["stream"]["version"]):
         return live[1]
     cid, x, y, classes = _data(config, context)
-    planned = int(sv.times_selected(sv.selection_schedule(config.seed, config.clients, config.rounds,
-                                                          fraction=config.client_fraction),
-                                    config.clients)[cid]) * config.d_steps
+    planned = int(sv.times_selected(selection(config), config.clients)[cid]) * config.d_steps
     ledger = context.state.get("ledger")
     budget = None
-    if ledger is not None and config.private:  # restore the accountant without calibrating again
-        q = cl.sample_rate(config.batch_size, len(y))
-        hist = config.histogram_sigma if config.fake_labels == "histogram" else None
-        curve_key = ("curve", ledger["sigma"], q, max(planned, 1), config.delta, config.accountant, hist)
-        if curve_key not in _CACHE:
-            _CACHE[curve_key] = PrivacyCurve(noise_multiplier=ledger["sigma"], sample_rate=q,
-                                             max_steps=max(planned, 1), delta=config.delta,
-                                             accountant=config.accountant, histogram_sigma=hist)
-        budget = ClientBudget(n_examples=len(y), sample_rate=q, noise_multiplier=ledger["sigma"], delta=config.delta,
-                              accountant=config.accountant, histogram_sigma=hist, max_steps=int(ledger["max_steps"]),
-                              curve=_CACHE[curve_key])
-    elif config.private:
-        budget = _budget(config, len(y), planned)
+    if config.private:  # calibrated on the first message; later ones restore it without calibrating again
+        budget = _budget(config, len(y), planned,
+                         restore=(ledger["sigma"], int(ledger["max_steps"])) if ledger is not None else None)
         context.state["ledger"] = ConfigRecord({"sigma": budget.noise_multiplier, "max_steps": budget.max_steps})
     h = make_hospital(config, cid, x, y, num_classes=classes, planned_steps=planned, budget=budget)
     if "stream" in context.state:
@@ -118,18 +101,12 @@ def _save(h: cl.Client, context: Context, *, generator: bool = True) -> None:
 
 def _discriminator(config: TrainConfig, h: cl.Client, weights: ArrayRecord) -> tuple[torch.nn.Module, object]:
     """A copy of the server's D (and the clipper on it), loaded with the weights just received."""
-    images = h.images
+    shape = dict(num_classes=h.generator.num_classes, channels=h.images.shape[1], image_size=h.images.shape[-1])
     key = ("D", config.nz, config.ngf, config.ndf, config.aux_weight > 0, config.max_grad_norm, config.clipped,
-           h.generator.num_classes, images.shape[1:], config.device)
+           tuple(shape.values()), config.device)
     if key not in _CACHE:
-        _, d = build_models(num_classes=h.generator.num_classes, channels=images.shape[1], image_size=images.shape[-1],
-                            nz=config.nz, ngf=config.ngf, ndf=config.ndf, aux_classifier=config.aux_weight > 0)
-        d = d.to(config.device)
-        probe_gen = torch.Generator().manual_seed(0)  # the in-process run's probe (train._probe)
-        probe = (torch.randn(3, images.shape[1], images.shape[-1], images.shape[-1], generator=probe_gen).to(config.device),
-                 (torch.arange(3) % h.generator.num_classes).to(config.device))
-        clipper = PerExampleClipper(d, max_grad_norm=config.max_grad_norm, probe=probe) if config.clipped else None
-        _CACHE[key] = (d, clipper)
+        d = build_discriminator(config, **shape)
+        _CACHE[key] = (d, make_clipper(config, d, **shape))
     d, clipper = _CACHE[key]
     with torch.no_grad():
         for p, w in zip(d.state_dict().values(), record_tensors(weights, config.device)):

@@ -18,8 +18,7 @@ import numpy as np
 
 from ..data import load_dataset
 from ..errors import UserError
-from ..partition import partition
-from ..train import TrainConfig, check_config
+from ..train import TrainConfig, check_config, hospital_parts
 from .server_app import RUN_CONFIG_KEYS, config_from_run_config
 
 
@@ -29,10 +28,8 @@ def write_hospital_files(config: TrainConfig, out: str | Path) -> list[str]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(config.dataset, config.data_dir)
-    parts = partition(ds.train.labels, config.clients, scheme=config.partition, alpha=config.alpha,
-                      min_size=config.min_client_size, seed=config.seed)
     node_configs = []
-    for cid, idx in enumerate(parts):
+    for cid, idx in enumerate(hospital_parts(config, ds.train.labels)):
         images = ds.train.images[idx]
         path = out / f"hospital{cid}.npz"
         np.savez(path, train_images=images[..., 0] if images.shape[-1] == 1 else images,

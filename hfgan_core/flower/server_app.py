@@ -25,8 +25,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from .. import server as sv
 from ..errors import UserError
-from ..models import build_models
-from ..train import TrainConfig, _versions, check_config, metrics_line, save_grid, write_privacy_report
+from ..train import (TrainConfig, _versions, build_discriminator, check_config, metrics_line, save_grid, selection,
+                     write_privacy_report)
 from .records import config_record, record_tensors, tensors_record
 
 REPLY_TIMEOUT_S = 300.0  # a hospital that has not answered by then is a straggler for that step
@@ -46,13 +46,10 @@ def serve(grid: Grid, config: TrainConfig, out: str | Path, *, dropout: float = 
     sizes = {cid: int(m["n_examples"]) for cid, m in info.items()}
     ledgers = {cid: (int(m["steps"]), float(m["epsilon"])) for cid, m in info.items() if "steps" in m}
     first = info[0]
-    torch.manual_seed(config.seed)  # D exactly as the in-process run builds it
-    _, d = build_models(num_classes=int(first["num_classes"]), channels=int(first["channels"]),
-                        image_size=int(first["image_size"]), nz=config.nz, ngf=config.ngf, ndf=config.ndf,
-                        aux_classifier=config.aux_weight > 0)
-    d = d.to(config.device)
+    d = build_discriminator(config, num_classes=int(first["num_classes"]), channels=int(first["channels"]),
+                            image_size=int(first["image_size"]))  # exactly as the in-process run builds it
     d_opt = torch.optim.Adam(d.parameters(), lr=config.lr_d, betas=(config.beta1_d, config.beta2))
-    schedule = sv.selection_schedule(config.seed, config.clients, config.rounds, fraction=config.client_fraction)
+    schedule = selection(config)
     _write_config(config, out, sizes, first)
     started, rounds, traffic = time.perf_counter(), 0, {"sent": 0, "received": 0}
     with (out / "metrics.jsonl").open("w") as log:
@@ -94,10 +91,8 @@ def _register(grid: Grid, config: TrainConfig, timeout: float) -> tuple[dict[int
             raise UserError(f"only {len(list(grid.get_node_ids()))} of {config.clients} hospitals connected within "
                             f"{timeout:.0f} s; start every SuperNode or lower --clients")
         time.sleep(0.1)
-    messages = [Message(RecordDict({"config": config_record(config)}), dst_node_id=node, message_type="query.register")
-                for node in grid.get_node_ids()]
     nodes, info = {}, {}
-    for reply in grid.send_and_receive(messages, timeout=timeout):
+    for reply in _query(grid, grid.get_node_ids(), "query.register", config, timeout):
         if reply.has_error():
             raise UserError(f"a hospital failed to set up: {reply.error.reason.strip().splitlines()[-1]}")
         m = dict(reply.content["info"])
@@ -123,13 +118,18 @@ def _ask(grid: Grid, nodes: dict[int, int], chosen: list[int], kind: str, d: tor
     return replies
 
 
+def _query(grid: Grid, nodes, kind: str, config: TrainConfig, timeout: float):
+    """One ``kind`` message with the run's settings to every node; their replies."""
+    messages = [Message(RecordDict({"config": config_record(config)}), dst_node_id=node, message_type=kind)
+                for node in nodes]
+    return grid.send_and_receive(messages, timeout=timeout)
+
+
 def _release(grid: Grid, nodes: dict[int, int], config: TrainConfig, out: Path, rounds: int, train_s: float,
              timeout: float, traffic: dict) -> dict:
-    messages = [Message(RecordDict({"config": config_record(config)}), dst_node_id=node, message_type="query.release")
-                for node in nodes.values()]
     by_node = {node: cid for cid, node in nodes.items()}
     entries = {}
-    for reply in grid.send_and_receive(messages, timeout=timeout):
+    for reply in _query(grid, nodes.values(), "query.release", config, timeout):
         if reply.has_error():
             continue
         cid = by_node[reply.metadata.src_node_id]

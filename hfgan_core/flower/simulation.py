@@ -7,6 +7,8 @@ also install its own torch past this project's pin; see README).
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 
@@ -27,9 +29,7 @@ def run_flower_simulation(config: TrainConfig, out: str | Path, *, dropout: floa
     out = Path(out)
     if (out / "config.json").exists():
         raise UserError(f"{out} already holds a run; choose another --out")
-    import logging
-
-    from flwr.simulation import run_simulation
+    from flwr.simulation import run_simulation  # imported here: Ray starts only when a simulation runs
 
     from .client_app import app as client_app
     from .server_app import make_server_app
@@ -43,5 +43,4 @@ def run_flower_simulation(config: TrainConfig, out: str | Path, *, dropout: floa
                    verbose_logging=verbose)
     if not (out / "privacy.json").exists():
         raise UserError(f"the Flower simulation ended before writing {out / 'privacy.json'}; rerun with --verbose")
-    import json
     return json.loads((out / "privacy.json").read_text())
