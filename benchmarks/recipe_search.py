@@ -55,6 +55,10 @@ RECIPES: dict[str, dict] = {
     "d5-ms-m9-r800": SESSION1 | dict(rounds=800, d_steps=5, mode_seeking=1.0, beta1_d=0.9),  # twice the D steps
     "d5-ms-m9-tv": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, beta1_d=0.9, smoothness=1.0),
     "d5-ms-m9-nn": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, beta1_d=0.9, upsample="nearest"),
+    # Larger batches, fewer D steps (Bie et al. 2023): at epsilon 10 a 256 batch over 500 steps halves the noise
+    # per step against 64 over 2,000, for the same examples seen; G steps cost no privacy, so G keeps ~400-500.
+    "b256-d5-g4": SESSION1 | dict(rounds=100, d_steps=5, g_steps=4, batch_size=256, mode_seeking=1.0, beta1_d=0.9),
+    "b256-d1": SESSION1 | dict(rounds=500, d_steps=1, g_steps=1, batch_size=256, mode_seeking=1.0, beta1_d=0.9),
 }
 OUT = Path("results/recipe_search/generators.jsonl")
 
