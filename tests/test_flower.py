@@ -84,8 +84,10 @@ def test_dropouts_skip_hospitals_and_never_charge_them(data, tmp_path):
         assert entry["epsilon"] <= eps
         limits.append(made > allowed)
     assert any(limits) and not all(limits)  # one hospital hit its epsilon and refused, another only dropped
-    for r, line in enumerate(lines):  # a hospital is listed when any of its messages of the round failed
-        failed = {cid for cid in schedule[r] if not all(answers(r, s, cid) for s in range(cfg.d_steps + 1))}
+    for r, line in enumerate(lines):  # listed when any message of the round failed: its uploads, or the
+        # next round's first message, which carries its G steps
+        failed = {cid for cid in schedule[r]
+                  if not all(answers(r, s, cid) for s in range(cfg.d_steps)) or not answers(r + 1, 0, cid)}
         assert set(line.get("dropped", [])) >= failed
 
 

@@ -1,14 +1,14 @@
 """A hospital as a Flower ``ClientApp``: its images, its generator G_i, its noise stream and its
-accountant never leave it. It answers four messages from the server:
+accountant never leave it. It answers three messages from the server:
 
 * ``query.register``: its dataset size N_i (public: the aggregation weight), image shape and its
   accountant's ledger before any step;
-* ``train.d_upload``: one DP gradient of D's loss on its data (``client.discriminator_upload``:
-  Poisson batch, per-example clipping, its own Gaussian noise, normalised), and one step charged
-  to its accountant. It refuses, whatever the server asks, once its accountant says the next step
-  would exceed its epsilon;
-* ``train.g_step``: ``g_steps`` updates of G_i against the D it received (no real data); replies
-  with the losses and its ledger (steps, epsilon);
+* ``train.step``: what the server asks of it for one D: ``g_step`` updates of G_i against that D
+  (the last round's step (2); no real data), then ``upload``: one DP gradient of D's loss on its
+  data (``client.discriminator_upload``: Poisson batch, per-example clipping, its own Gaussian
+  noise, normalised), charged to its accountant. It refuses the upload, whatever the server asks,
+  once its accountant says the next step would exceed its epsilon. The reply holds the G losses
+  and its ledger (steps, epsilon) after the G steps, and the upload;
 * ``query.release``: its privacy entry for privacy.json and a grid of synthetic images.
 
 Everything that must survive between rounds (G_i, its optimiser and EMA, the random stream, the
@@ -39,7 +39,7 @@ _GENERATOR_KEYS = ("generator", "ema", "g_optimizer")  # what only a G step chan
 
 
 class Refused(Exception):
-    """The hospital will not take this step (its epsilon, or a simulated dropout)."""
+    """The hospital does not answer this message (a simulated dropout)."""
 
 
 def _threads(context: Context) -> None:
@@ -154,32 +154,33 @@ def register(msg: Message, context: Context) -> Message:
                                           **_ledger(h)}))
 
 
-@app.train("d_upload")
-def d_upload(msg: Message, context: Context) -> Message:
-    """(1) the hospital's DP gradient of L_D for the D it received."""
+@app.train("step")
+def step(msg: Message, context: Context) -> Message:
+    """(2) of the last round, then (1) of this one, as the message asks, in the reference loop's
+    order: G_i's steps against the D received (no real data), then the hospital's DP gradient of
+    L_D for that same D. Refusing the upload (its epsilon) does not undo the G steps."""
     config, h = _open(msg, context, may_drop=True)
-    if h.budget is not None and not h.budget.can_spend(1):
-        raise Refused(f"hospital {h.cid}: one more step would exceed epsilon = {config.epsilon} "
-                      f"(delta = {config.delta}); it uploads nothing more")
+    asked = msg.content["config"]
     d, clipper = _discriminator(config, h, msg.content["d"])
-    grads, loss_fake = cl.discriminator_upload(h, d, clipper, batch_size=config.batch_size,
-                                               max_grad_norm=config.max_grad_norm, objective=config.objective,
-                                               fakes=config.n_fakes)
-    if h.budget is not None:
-        h.budget.spend()
-    _save(h, context, generator=False)
-    return _reply(msg, upload=tensors_record(grads), metrics=MetricRecord({"loss_fake": loss_fake}))
-
-
-@app.train("g_step")
-def g_step(msg: Message, context: Context) -> Message:
-    """(2) G_i against the new D: no real data is read."""
-    config, h = _open(msg, context, may_drop=True)
-    d, _ = _discriminator(config, h, msg.content["d"])
-    losses = [cl.generator_step(h, d, batch_size=config.batch_size, objective=config.objective)
-              for _ in range(config.g_steps)]
-    _save(h, context)
-    return _reply(msg, metrics=MetricRecord(({"g_losses": losses} if losses else {}) | _ledger(h)))
+    records = {}
+    if asked["g_step"]:
+        losses = [cl.generator_step(h, d, batch_size=config.batch_size, objective=config.objective)
+                  for _ in range(config.g_steps)]
+        records["g"] = MetricRecord(({"g_losses": losses} if losses else {}) | _ledger(h))
+    if asked["upload"]:
+        if h.budget is not None and not h.budget.can_spend(1):
+            records["refused"] = ConfigRecord({"reason": f"hospital {h.cid}: one more step would exceed epsilon = "
+                                                         f"{config.epsilon} (delta = {config.delta}); it uploads "
+                                                         "nothing more"})
+        else:
+            grads, loss_fake = cl.discriminator_upload(h, d, clipper, batch_size=config.batch_size,
+                                                       max_grad_norm=config.max_grad_norm,
+                                                       objective=config.objective, fakes=config.n_fakes)
+            if h.budget is not None:
+                h.budget.spend()
+            records |= {"upload": tensors_record(grads), "metrics": MetricRecord({"loss_fake": loss_fake})}
+    _save(h, context, generator=bool(asked["g_step"]))
+    return _reply(msg, **records)
 
 
 @app.query("release")

@@ -4,10 +4,14 @@ size-weighted average of the hospitals' DP uploads, and the run's files.
 Each round mirrors ``train.train_round`` (the in-process reference):
   (1) ``d_steps`` times: send D to the selected hospitals, receive each one's DP gradient,
       ``server.aggregate`` them by N_i over the hospitals that answered, take an Adam step;
-  (2) send the new D to them for their G steps.
-A hospital that fails, refuses or does not answer in time is skipped for that step (its
-accountant is not charged: it took no step) and the round's metrics line lists it under
-``dropped``. The server never holds an image, a label or an un-noised gradient; at the end the
+  (2) the selected hospitals step their G_i against the new D.
+D does not change between (2) of round r and the first D step of round r + 1, so one message
+carries both: "G step for round r" and "upload for round r + 1" (a hospital does them in that
+order, as in the reference loop). Each round is then ``d_steps`` round trips instead of
+``d_steps + 1``, with the same numbers; the last round's G steps go in one final message.
+A hospital that fails, refuses or does not answer in time is skipped for that message (its
+accountant is not charged: it took no step) and the metrics line of every round the message
+served lists it under ``dropped``. The server never holds an image, a label or an un-noised gradient; at the end the
 hospitals send their privacy entries and grids of synthetic images, nothing else.
 """
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -52,33 +56,27 @@ def serve(grid: Grid, config: TrainConfig, out: str | Path, *, dropout: float = 
     schedule = selection(config)
     _write_config(config, out, sizes, first)
     started, rounds, traffic = time.perf_counter(), 0, {"sent": 0, "received": 0}
+    owed: Owed | None = None  # the last round, until its G steps have been answered
     with (out / "metrics.jsonl").open("w") as log:
         for r, chosen in enumerate(schedule):
             d_fake, dropped = [], set()
             for step in range(config.d_steps):  # (1) update D with the hospitals' DP gradients
-                replies = _ask(grid, nodes, chosen, "train.d_upload", d, config, r, step, dropout, timeout, traffic)
-                answered = [cid for cid in chosen if cid in replies]
+                g_now = owed.chosen if step == 0 and owed is not None else []  # (2) of the last round rides along
+                replies = _ask(grid, nodes, chosen, g_now, d, config, r, step, dropout, timeout, traffic)
+                if g_now:
+                    log.write(_round_line(owed, replies, ledgers) + "\n")
+                    log.flush()
+                answered = [cid for cid in chosen if "upload" in replies.get(cid, {})]
                 dropped |= set(chosen) - set(answered)
                 if answered:
                     uploads = [record_tensors(replies[cid]["upload"], config.device) for cid in answered]
                     sv.apply_gradient(d, d_opt, sv.aggregate(uploads, [sizes[cid] for cid in answered]))
                 d_fake += [float(replies[cid]["metrics"]["loss_fake"]) for cid in answered]
-            replies = _ask(grid, nodes, chosen, "train.g_step", d, config, r, config.d_steps, dropout, timeout, traffic)
-            g_losses = []  # (2) each G_i against the new D
-            for cid in chosen:
-                if cid not in replies:
-                    dropped.add(cid)
-                    continue
-                m = replies[cid]["metrics"]
-                g_losses += list(m.get("g_losses", []))
-                if "steps" in m:
-                    ledgers[cid] = (int(m["steps"]), float(m["epsilon"]))
-            line = metrics_line(r + 1, chosen, float(np.mean(d_fake)) if d_fake else math.nan, g_losses, ledgers)
-            if dropped:
-                line["dropped"] = sorted(dropped)
-            log.write(json.dumps(line) + "\n")
-            log.flush()
+            owed = Owed(r, chosen, d_fake, dropped)
             rounds = r + 1
+        if owed is not None:  # (2) of the last round
+            replies = _ask(grid, nodes, [], owed.chosen, d, config, len(schedule), 0, dropout, timeout, traffic)
+            log.write(_round_line(owed, replies, ledgers) + "\n")
     train_s = time.perf_counter() - started
     return _release(grid, nodes, config, out, rounds, train_s, timeout, traffic)
 
@@ -102,15 +100,45 @@ def _register(grid: Grid, config: TrainConfig, timeout: float) -> tuple[dict[int
     return nodes, info
 
 
-def _ask(grid: Grid, nodes: dict[int, int], chosen: list[int], kind: str, d: torch.nn.Module, config: TrainConfig,
-         round_: int, step: int, dropout: float, timeout: float, traffic: dict) -> dict[int, RecordDict]:
-    """Send D to the chosen hospitals; {cid: reply content} of those that answered without error.
+@dataclass
+class Owed:
+    """A round whose D steps are done and whose G steps ride on the next message."""
+    round: int
+    chosen: list[int]
+    d_fake: list[float]
+    dropped: set[int]
+
+
+def _round_line(owed: Owed, replies: dict[int, RecordDict], ledgers: dict[int, tuple[int, float]]) -> str:
+    """The round's metrics line, once its G steps have been answered (losses, ledgers)."""
+    g_losses, dropped = [], set(owed.dropped)
+    for cid in owed.chosen:  # (2) each G_i against the new D
+        if "g" not in replies.get(cid, {}):
+            dropped.add(cid)
+            continue
+        m = replies[cid]["g"]
+        g_losses += list(m.get("g_losses", []))
+        if "steps" in m:
+            ledgers[cid] = (int(m["steps"]), float(m["epsilon"]))
+    line = metrics_line(owed.round + 1, owed.chosen, float(np.mean(owed.d_fake)) if owed.d_fake else math.nan,
+                        g_losses, ledgers)
+    if dropped:
+        line["dropped"] = sorted(dropped)
+    return json.dumps(line)
+
+
+def _ask(grid: Grid, nodes: dict[int, int], upload: list[int], g_step: list[int], d: torch.nn.Module,
+         config: TrainConfig, round_: int, step: int, dropout: float, timeout: float,
+         traffic: dict) -> dict[int, RecordDict]:
+    """Send D to the hospitals that owe a G step against it (``g_step``) or an upload for it
+    (``upload``), one message each; {cid: reply content} of those that answered without error.
     ``traffic`` counts the arrays' bytes each way (D out, uploads back)."""
     weights = tensors_record(list(d.state_dict().values()))
-    traffic["sent"] += weights.count_bytes() * len(chosen)
-    messages = [Message(RecordDict({"d": weights, "config": config_record(config, round=round_, step=step,
-                                                                          dropout=dropout)}),
-                        dst_node_id=nodes[cid], message_type=kind, group_id=str(round_ + 1)) for cid in chosen]
+    targets = sorted(set(upload) | set(g_step))
+    traffic["sent"] += weights.count_bytes() * len(targets)
+    messages = [Message(RecordDict({"d": weights, "config": config_record(
+        config, round=round_, step=step, dropout=dropout, upload=cid in upload, g_step=cid in g_step)}),
+        dst_node_id=nodes[cid], message_type="train.step", group_id=str(round_ + 1)) for cid in targets]
     by_node = {node: cid for cid, node in nodes.items()}
     replies = {by_node[r.metadata.src_node_id]: r.content for r in grid.send_and_receive(messages, timeout=timeout)
                if not r.has_error()}
