@@ -3,15 +3,19 @@
 Small IID partitions of PneumoniaMNIST (batch 16, so 100 hospitals of ~47 images each still
 sample), the default models, epsilon = 10, one D step per round, the reference loop in both
 runtimes (the per-hospital computation a ClientApp runs). Each size runs once in-process and
-once on Flower (one virtual SuperNode per hospital, the ServerApp in this process), with the
-same seed; the round time is the training wall time (setup and the final release excluded)
-divided by the rounds. Bytes per round: the arrays the server sends (D to every selected
-hospital, before each D step and the G step) and receives (the DP uploads), from Flower's own
-record sizes; message envelopes are not counted. The last line is the figure the README quotes:
+twice on Flower (one virtual SuperNode per hospital, the ServerApp in this process), with the
+same seed: with each hospital's generator in its Flower context (copied to the worker and back
+with every message), and with it in a state folder (``--state-dir``: what a SuperNode's
+``state-dir`` does). The round time is the training wall time (setup and the final release
+excluded; on Flower the last round's G steps take one more message, included) divided by the
+rounds. Bytes per round: the arrays the server sends (D to every hospital it asks, once per D
+step) and receives (the DP uploads), from Flower's own record sizes; message envelopes and
+contexts are not counted. The last lines are the figures the README quotes:
 
-    flower/in-process round time ratio at 20 hospitals: X.XX
+    flower/in-process round time ratio at 20 hospitals: X.XX (generators in the context)
+    flower/in-process round time ratio at 20 hospitals: X.XX (generators in a state folder)
 
-Usage: python benchmarks/flower_scale.py [--hospitals 5 20 100] [--rounds 3] [--data-dir DIR]
+Usage: python benchmarks/flower_scale.py [--hospitals 5 20 100] [--rounds 6] [--data-dir DIR]
 """
 from __future__ import annotations
 
@@ -19,7 +23,6 @@ import argparse
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -37,32 +40,34 @@ def config(hospitals: int, rounds: int, data_dir: str | None) -> TrainConfig:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hospitals", nargs="+", type=int, default=[5, 20, 100])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads in-process; Flower: one worker per core")
-    print("| hospitals | in-process s/round | Flower s/round | Flower / in-process | MB sent / round | MB received / round |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    ratios = {}
+    print("| hospitals | in-process s/round | Flower s/round, G_i in context | ratio | Flower s/round, G_i in state "
+          "folder | ratio | MB sent / round | MB received / round |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    ratios: dict[str, dict[int, float]] = {"context": {}, "state folder": {}}
     work = Path(tempfile.mkdtemp(prefix="flower-scale-"))
     try:
         for k in args.hospitals:
             cfg = config(k, args.rounds, args.data_dir)
             train(cfg, work / f"inproc{k}", progress=False)
             local = json.loads((work / f"inproc{k}" / "timing.json").read_text())["train_s"] / args.rounds
-            started = time.perf_counter()
-            run_flower_simulation(cfg, work / f"flower{k}")
-            timing = json.loads((work / f"flower{k}" / "timing.json").read_text())
-            flower = timing["train_s"] / args.rounds
-            ratios[k] = flower / local
+            row = [f"{k}", f"{local:.3f}"]
+            for mode, state_dir in (("context", None), ("state folder", work / f"disk{k}")):
+                run_flower_simulation(cfg, work / f"flower{k}-{state_dir is not None}", state_dir=state_dir)
+                timing = json.loads((work / f"flower{k}-{state_dir is not None}" / "timing.json").read_text())
+                flower = timing["train_s"] / args.rounds
+                ratios[mode][k] = flower / local
+                row += [f"{flower:.3f}", f"{ratios[mode][k]:.2f}"]
             sent, received = (timing[f"array_bytes_{w}"] / args.rounds / 1e6 for w in ("sent", "received"))
-            print(f"| {k} | {local:.3f} | {flower:.3f} | {ratios[k]:.2f} | {sent:.1f} | {received:.1f} |"
-                  f"  (Flower run incl. start-up: {time.perf_counter() - started:.0f} s)", flush=True)
+            print("| " + " | ".join(row + [f"{sent:.1f}", f"{received:.1f}"]) + " |", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if 20 in ratios:
-        print(f"flower/in-process round time ratio at 20 hospitals: {ratios[20]:.2f}")
-
+    for mode, by_size in ratios.items():
+        if 20 in by_size:
+            print(f"flower/in-process round time ratio at 20 hospitals: {by_size[20]:.2f} (generators in the {mode})")
 
 if __name__ == "__main__":
     main()

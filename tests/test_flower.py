@@ -47,7 +47,9 @@ def test_flower_simulation_equals_the_in_process_run(data, tmp_path):
              "--min-client-size", "20", "--batch-size", "8", "--ndf", "8", "--ngf", "8", "--nz", "16",
              "--accountant", "rdp", "--rounds", "3", "--d-steps", "2", "--epsilon", "10", "--simulation-noise",
              "--engine", "loop", "--synthetic-per-class", "0", "--client-fraction", "0.67"]
-    assert main(["flower-sim", *flags, "--out", str(tmp_path / "flower")]) == 0
+    state_dir = tmp_path / "hospital-disks"  # the generators wait in files between messages
+    assert main(["flower-sim", *flags, "--out", str(tmp_path / "flower"), "--state-dir", str(state_dir)]) == 0
+    assert state_dir.is_dir() and not list(state_dir.iterdir())  # each hospital removed its working copy at release
     a, b = tmp_path / "inproc", tmp_path / "flower"
     lines = (a / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3 and any(len(json.loads(line)["selected"]) < 3 for line in lines)
@@ -91,9 +93,52 @@ def test_dropouts_skip_hospitals_and_never_charge_them(data, tmp_path):
         assert set(line.get("dropped", [])) >= failed
 
 
+def test_generator_state_survives_a_new_process_from_context_or_state_dir(data, tmp_path, monkeypatch):
+    """A process that never saw the hospital rebuilds it from its context alone (G_i in the context,
+    or in the node's state-dir): the same weights, EMA, Adam moments and random stream; a state
+    file from another version of the run is refused."""
+    from flwr.app import Context, RecordDict
+
+    from hfgan_core import client as cl
+    from hfgan_core.flower import client_app as ca
+    from hfgan_core.train import hospital_state
+    monkeypatch.delenv(ca.STATE_DIR_ENV, raising=False)
+    cfg = _config(data)
+    for node_config in ({"partition-id": 1}, {"partition-id": 1, "state-dir": str(tmp_path / "disk")}):
+        ctx = Context(run_id=7, node_id=11, node_config=node_config, state=RecordDict(), run_config={})
+        h = ca._hospital(cfg, ctx)
+        d, _ = ca._discriminator(cfg, h, ca.tensors_record(list(ca.build_discriminator(
+            cfg, num_classes=h.generator.num_classes, channels=h.images.shape[1],
+            image_size=h.images.shape[-1]).state_dict().values())))
+        cl.generator_step(h, d, batch_size=cfg.batch_size, objective=cfg.objective)  # Adam moments are non-zero
+        ca._save(h, ctx)
+        before = hospital_state(h)
+        ca._LIVE.clear()  # a fresh process
+        again = ca._hospital(cfg, ctx)
+        assert again is not h
+        after = hospital_state(again)
+        for key in ("generator", "ema"):
+            for name, t in before[key].items():
+                assert torch.equal(t, after[key][name]), (key, name)
+        moments = [v for st in after["g_optimizer"]["state"].values() for v in st.values() if torch.is_tensor(v)]
+        assert moments and all(torch.equal(a, b) for a, b in zip(
+            [v for st in before["g_optimizer"]["state"].values() for v in st.values() if torch.is_tensor(v)], moments))
+        assert torch.equal(h.rng.get_state(), again.rng.get_state())
+        if "state-dir" in node_config:
+            path = Path(str(ctx.state["generator"]["file"]))
+            assert path.parent == tmp_path / "disk" and "state" not in ctx.state["generator"]
+            saved = torch.load(path, weights_only=False)
+            torch.save(saved | {"version": saved["version"] + 1}, path)  # another run's (or a stale) copy
+            ca._LIVE.clear()
+            with pytest.raises(RuntimeError, match="another version"):
+                ca._hospital(cfg, ctx)
+
+
 def test_flower_sim_bad_input_is_one_clear_line(tmp_path):
+    (tmp_path / "a-file").write_text("")
     for args, message in ((["--dropout", "1.5"], "--dropout must lie in [0, 1)"),
-                          (["--epsilon", "0"], "--epsilon must be positive")):
+                          (["--epsilon", "0"], "--epsilon must be positive"),
+                          (["--state-dir", str(tmp_path / "a-file")], "is a file; name a folder")):
         proc = subprocess.run([sys.executable, "-m", "hfgan_core", "flower-sim", "--dataset", "tiny", "--out",
                                str(tmp_path / "x"), *args], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

@@ -12,8 +12,10 @@ accountant never leave it. It answers three messages from the server:
 * ``query.release``: its privacy entry for privacy.json and a grid of synthetic images.
 
 Everything that must survive between rounds (G_i, its optimiser and EMA, the random stream, the
-ledger) lives in the ClientApp's ``context.state``; the static parts (data, accountant curve, a
-D copy with its clipper) are rebuilt from it when a process first sees this hospital.
+ledger) lives in the ClientApp's ``context.state`` (with a ``state-dir`` in the node config, G_i's
+megabytes wait in a file there on the hospital's disk, and the context holds its path and
+version); the static parts (data, accountant curve, a D copy with its clipper) are rebuilt from it
+when a process first sees this hospital.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ app = ClientApp()
 _CACHE: dict[tuple, object] = {}  # per process: data, D copies (the authoritative state is the context's)
 _LIVE: dict[tuple, tuple[int, cl.Client]] = {}  # (run, node) -> (state version, hospital) as this process left it
 _GENERATOR_KEYS = ("generator", "ema", "g_optimizer")  # what only a G step changes (megabytes)
+STATE_DIR_ENV = "HFGAN_FLOWER_STATE_DIR"  # flower-sim --state-dir: the simulated hospitals' state-dir
 
 
 class Refused(Exception):
@@ -83,8 +86,43 @@ def _hospital(config: TrainConfig, context: Context) -> cl.Client:
         context.state["ledger"] = ConfigRecord({"sigma": budget.noise_multiplier, "max_steps": budget.max_steps})
     h = make_hospital(config, cid, x, y, num_classes=classes, planned_steps=planned, budget=budget)
     if "stream" in context.state:
-        load_hospital_state(h, unblob(context.state["generator"]["state"]) | unblob(context.state["stream"]["state"]))
+        load_hospital_state(h, _load_generator(context, cid) | unblob(context.state["stream"]["state"]))
     return h
+
+
+def _state_dir(context: Context) -> str | None:
+    """Where G_i waits between messages when not in the context: the node's ``state-dir`` (a folder
+    on the hospital's own disk), or in simulation the one ``flower-sim --state-dir`` names."""
+    return str(context.node_config.get("state-dir") or os.environ.get(STATE_DIR_ENV) or "") or None
+
+
+def _store_generator(context: Context, cid: int, state: dict, version: int) -> None:
+    """G_i, its EMA and its optimiser (megabytes): in the context, or in the state folder with
+    only its path and version in the context (the context then crosses processes ~10x lighter)."""
+    where = _state_dir(context)
+    if where is None:
+        context.state["generator"] = ConfigRecord({"state": blob(state)})
+        return
+    os.makedirs(where, exist_ok=True)
+    path = os.path.join(where, f"hfgan-run{context.run_id}-hospital{cid}.pt")
+    torch.save(state | {"version": version}, path + ".tmp")
+    os.replace(path + ".tmp", path)  # a reader sees the old state or the new one, never half of one
+    context.state["generator"] = ConfigRecord({"file": path, "version": version})
+
+
+def _load_generator(context: Context, cid: int) -> dict:
+    record = context.state["generator"]
+    if "file" not in record:
+        return unblob(record["state"])
+    path = str(record["file"])
+    if not os.path.exists(path):
+        raise RuntimeError(f"hospital {cid}: its generator's state {path} is gone; keep the node's state-dir for the "
+                           "whole run")
+    state = torch.load(path, weights_only=False)
+    if int(state.pop("version")) != int(record["version"]):
+        raise RuntimeError(f"hospital {cid}: {path} holds another version of its generator than its context "
+                           "records; two runs share the state-dir")
+    return state
 
 
 def _save(h: cl.Client, context: Context, *, generator: bool = True) -> None:
@@ -93,7 +131,7 @@ def _save(h: cl.Client, context: Context, *, generator: bool = True) -> None:
     state = hospital_state(h)
     version = int(context.state["stream"]["version"]) + 1 if "stream" in context.state else 0
     if generator or "generator" not in context.state:
-        context.state["generator"] = ConfigRecord({"state": blob({k: state[k] for k in _GENERATOR_KEYS})})
+        _store_generator(context, h.cid, {k: state[k] for k in _GENERATOR_KEYS}, version)
     context.state["stream"] = ConfigRecord({"state": blob({k: v for k, v in state.items() if k not in _GENERATOR_KEYS}),
                                             "version": version})
     _LIVE[(context.run_id, context.node_id)] = (version, h)
@@ -198,4 +236,7 @@ def release(msg: Message, context: Context) -> Message:
         os.makedirs(str(out), exist_ok=True)
         torch.save({k: v.cpu() for k, v in h.sampler.state_dict().items()},
                    os.path.join(str(out), f"generator_hospital{h.cid}.pt"))
+    record = context.state["generator"]
+    if "file" in record:  # the run is over: its working copy goes (the released generator is in out-dir)
+        os.remove(str(record["file"]))
     return _reply(msg, privacy=ConfigRecord({"entry": entry}), grid=tensors_record([sample_grid(h.sampler)]))

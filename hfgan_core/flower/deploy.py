@@ -24,7 +24,8 @@ from .server_app import RUN_CONFIG_KEYS, config_from_run_config
 
 def write_hospital_files(config: TrainConfig, out: str | Path) -> list[str]:
     """hospital<i>.npz (train_images uint8, train_labels (N, 1)) per hospital; returns the
-    ``--node-config`` string of each SuperNode."""
+    ``--node-config`` string of each SuperNode (its file, and a folder of its own for its
+    generator's state between messages)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(config.dataset, config.data_dir)
@@ -34,7 +35,9 @@ def write_hospital_files(config: TrainConfig, out: str | Path) -> list[str]:
         path = out / f"hospital{cid}.npz"
         np.savez(path, train_images=images[..., 0] if images.shape[-1] == 1 else images,
                  train_labels=ds.train.labels[idx].reshape(-1, 1).astype(np.uint8))
-        node_configs.append(f'partition-id={cid} num-classes={ds.num_classes} data-file="{path.resolve()}"')
+        state = (out / f"hospital{cid}-state").resolve()  # its generator between messages, on "its" disk
+        node_configs.append(f'partition-id={cid} num-classes={ds.num_classes} data-file="{path.resolve()}" '
+                            f'state-dir="{state}"')
     return node_configs
 
 

@@ -18,8 +18,12 @@ from .server_app import REPLY_TIMEOUT_S
 
 
 def run_flower_simulation(config: TrainConfig, out: str | Path, *, dropout: float = 0.0,
-                          timeout: float = REPLY_TIMEOUT_S, verbose: bool = False) -> dict:
-    """Run HF-GAN with one virtual SuperNode per hospital; returns privacy.json's content."""
+                          timeout: float = REPLY_TIMEOUT_S, state_dir: str | Path | None = None,
+                          verbose: bool = False) -> dict:
+    """Run HF-GAN with one virtual SuperNode per hospital; returns privacy.json's content.
+    ``state_dir``: the hospitals keep their generators in files there between messages (what a
+    SuperNode's ``state-dir`` does) instead of in their contexts, which Flower copies to the
+    worker and back with every message."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -29,18 +33,34 @@ def run_flower_simulation(config: TrainConfig, out: str | Path, *, dropout: floa
     out = Path(out)
     if (out / "config.json").exists():
         raise UserError(f"{out} already holds a run; choose another --out")
-    from flwr.simulation import run_simulation  # imported here: Ray starts only when a simulation runs
-
+    from .client_app import STATE_DIR_ENV  # imported here: Flower and Ray load only when a simulation runs
     from .client_app import app as client_app
-    from .server_app import make_server_app
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
+    if state_dir is not None and Path(state_dir).exists() and not Path(state_dir).is_dir():
+        raise UserError(f"--state-dir {state_dir} is a file; name a folder (it is created if missing)")
+    previous = os.environ.pop(STATE_DIR_ENV, None)
+    if state_dir is not None:  # the Ray workers inherit this process's environment
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        os.environ[STATE_DIR_ENV] = str(Path(state_dir).resolve())
+    try:
+        _run(config, out, dropout, timeout, verbose, client_app)
+    finally:
+        os.environ.pop(STATE_DIR_ENV, None)
+        if previous is not None:
+            os.environ[STATE_DIR_ENV] = previous
+    if not (out / "privacy.json").exists():
+        raise UserError(f"the Flower simulation ended before writing {out / 'privacy.json'}; rerun with --verbose")
+    return json.loads((out / "privacy.json").read_text())
+
+
+def _run(config: TrainConfig, out: Path, dropout: float, timeout: float, verbose: bool, client_app) -> None:
+    from flwr.simulation import run_simulation
+
+    from .server_app import make_server_app
     run_simulation(server_app=make_server_app(config, out, dropout=dropout, timeout=timeout),
                    client_app=client_app, num_supernodes=config.clients,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": min(config.clients, os.cpu_count() or 1),
                                                  "include_dashboard": False, "log_to_driver": verbose}},
                    verbose_logging=verbose)
-    if not (out / "privacy.json").exists():
-        raise UserError(f"the Flower simulation ended before writing {out / 'privacy.json'}; rerun with --verbose")
-    return json.loads((out / "privacy.json").read_text())
