@@ -15,7 +15,7 @@ contexts are not counted. The last lines are the figures the README quotes:
     flower/in-process round time ratio at 20 hospitals: X.XX (generators in the context)
     flower/in-process round time ratio at 20 hospitals: X.XX (generators in a state folder)
 
-Usage: python benchmarks/flower_scale.py [--hospitals 5 20 100] [--rounds 6] [--data-dir DIR]
+Usage: python benchmarks/flower_scale.py [--hospitals 5 20 100] [--rounds 10] [--data-dir DIR]
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def config(hospitals: int, rounds: int, data_dir: str | None) -> TrainConfig:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hospitals", nargs="+", type=int, default=[5, 20, 100])
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads in-process; Flower: one worker per core")

@@ -127,6 +127,10 @@ def test_generator_state_survives_a_new_process_from_context_or_state_dir(data, 
         if "state-dir" in node_config:
             path = Path(str(ctx.state["generator"]["file"]))
             assert path.parent == tmp_path / "disk" and "state" not in ctx.state["generator"]
+            current = path.read_bytes()
+            ca._save(again, ctx)  # the next save goes to the other file: the current one is never rewritten
+            assert Path(str(ctx.state["generator"]["file"])) != path and path.read_bytes() == current
+            path = Path(str(ctx.state["generator"]["file"]))
             saved = torch.load(path, weights_only=False)
             torch.save(saved | {"version": saved["version"] + 1}, path)  # another run's (or a stale) copy
             ca._LIVE.clear()
