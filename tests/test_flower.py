@@ -131,8 +131,8 @@ def test_generator_state_survives_a_new_process_from_context_or_state_dir(data, 
             ca._save(again, ctx)  # the next save goes to the other file: the current one is never rewritten
             assert Path(str(ctx.state["generator"]["file"])) != path and path.read_bytes() == current
             path = Path(str(ctx.state["generator"]["file"]))
-            saved = torch.load(path, weights_only=False)
-            torch.save(saved | {"version": saved["version"] + 1}, path)  # another run's (or a stale) copy
+            saved = ca.unblob(path.read_bytes())
+            path.write_bytes(ca.blob(saved | {"version": saved["version"] + 1}))  # another run's (or a stale) copy
             ca._LIVE.clear()
             with pytest.raises(RuntimeError, match="another version"):
                 ca._hospital(cfg, ctx)

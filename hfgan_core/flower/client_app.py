@@ -106,7 +106,7 @@ def _store_generator(context: Context, cid: int, state: dict, version: int) -> N
     os.makedirs(where, exist_ok=True)
     # Two files, written in turn: the one the context points to is never touched, so a failed write
     # leaves the last good state. Rewriting a file in place also skips the page allocation a new
-    # file costs (7 ms -> 3 ms for 7 MB here).
+    # file costs (7 MB: 0.2 ms instead of 5 ms here).
     old = context.state.get("generator")
     slot = 1 - int(old["slot"]) if old is not None and "slot" in old else 0
     path = os.path.join(where, f"hfgan-run{context.run_id}-hospital{cid}-{slot}.pt")
@@ -128,7 +128,8 @@ def _load_generator(context: Context, cid: int) -> dict:
     if not os.path.exists(path):
         raise RuntimeError(f"hospital {cid}: its generator's state {path} is gone; keep the node's state-dir for the "
                            "whole run")
-    state = torch.load(path, weights_only=False)
+    with open(path, "rb") as f:
+        state = unblob(f.read())
     if int(state.pop("version")) != int(record["version"]):
         raise RuntimeError(f"hospital {cid}: {path} holds another version of its generator than its context "
                            "records; two runs share the state-dir")
