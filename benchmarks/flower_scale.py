@@ -8,9 +8,10 @@ with each hospital's generator in its Flower context (copied to the worker and b
 message), and with it in a state folder (``--state-dir``: what a SuperNode's
 ``state-dir`` does). The three runs repeat ``--repeats`` times, interleaved, and the medians are
 reported. The round time is the training wall time (setup and the final release excluded; on
-Flower the last round's G steps take one more message, included) divided by the rounds. Bytes per round: the arrays the server sends (D to every hospital it asks, once per D
-step) and receives (the DP uploads), from Flower's own record sizes; message envelopes and
-contexts are not counted. The last lines are the figures the README quotes:
+Flower the last round's G steps take one more message, included) divided by the rounds. Bytes
+per round: the arrays the server sends (D to every hospital it asks, once per D step) and
+receives (the DP uploads), from Flower's own record sizes; message envelopes and contexts are
+not counted. The last lines are the figures the README quotes:
 
     flower/in-process round time ratio at 20 hospitals: X.XX (generators in the context)
     flower/in-process round time ratio at 20 hospitals: X.XX (generators in a state folder)
