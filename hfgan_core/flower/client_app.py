@@ -109,7 +109,7 @@ def _store_generator(context: Context, cid: int, state: dict, version: int) -> N
     # file costs (7 MB: 0.2 ms instead of 5 ms here).
     old = context.state.get("generator")
     slot = 1 - int(old["slot"]) if old is not None and "slot" in old else 0
-    path = os.path.join(where, f"hfgan-run{context.run_id}-hospital{cid}-{slot}.pt")
+    path = _generator_file(where, context, cid, slot)
     data = blob(state | {"version": version})
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
@@ -118,6 +118,10 @@ def _store_generator(context: Context, cid: int, state: dict, version: int) -> N
     finally:
         os.close(fd)
     context.state["generator"] = ConfigRecord({"file": path, "version": version, "slot": slot})
+
+
+def _generator_file(where: str, context: Context, cid: int, slot: int) -> str:
+    return os.path.join(where, f"hfgan-run{context.run_id}-hospital{cid}-{slot}.pt")
 
 
 def _load_generator(context: Context, cid: int) -> dict:
@@ -247,10 +251,9 @@ def release(msg: Message, context: Context) -> Message:
         os.makedirs(str(out), exist_ok=True)
         torch.save({k: v.cpu() for k, v in h.sampler.state_dict().items()},
                    os.path.join(str(out), f"generator_hospital{h.cid}.pt"))
-    record = context.state["generator"]
-    if "file" in record:  # the run is over: its working copies go (the released generator is in out-dir)
+    if "file" in context.state["generator"]:  # the run is over: its working copies go (the released one is in out-dir)
         for slot in (0, 1):
-            path = str(record["file"])[:-len("0.pt")] + f"{slot}.pt"
+            path = _generator_file(os.path.dirname(str(context.state["generator"]["file"])), context, h.cid, slot)
             if os.path.exists(path):
                 os.remove(path)
     return _reply(msg, privacy=ConfigRecord({"entry": entry}), grid=tensors_record([sample_grid(h.sampler)]))
