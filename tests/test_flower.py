@@ -32,9 +32,11 @@ def data(tmp_path):
     return tmp_path / "data"
 
 
-def test_flower_simulation_equals_the_in_process_run(data, tmp_path):
+@pytest.mark.parametrize("in_files", [False, True], ids=["generators-in-context", "generators-in-state-dir"])
+def test_flower_simulation_equals_the_in_process_run(data, tmp_path, in_files):
     """Same seed, simulation noise: identical metrics.jsonl, privacy.json and sample grids, with a
-    client fraction below 1 (the schedule leaves hospitals out) and two D steps per round."""
+    client fraction below 1 (the schedule leaves hospitals out) and two D steps per round, whether
+    the hospitals keep their generators in their contexts or in a state folder."""
     from hfgan_core.__main__ import main
     from hfgan_core.train import train
     threads = torch.get_num_threads()
@@ -48,8 +50,10 @@ def test_flower_simulation_equals_the_in_process_run(data, tmp_path):
              "--accountant", "rdp", "--rounds", "3", "--d-steps", "2", "--epsilon", "10", "--simulation-noise",
              "--engine", "loop", "--synthetic-per-class", "0", "--client-fraction", "0.67"]
     state_dir = tmp_path / "hospital-disks"  # the generators wait in files between messages
-    assert main(["flower-sim", *flags, "--out", str(tmp_path / "flower"), "--state-dir", str(state_dir)]) == 0
-    assert state_dir.is_dir() and not list(state_dir.iterdir())  # each hospital removed its working copy at release
+    extra = ["--state-dir", str(state_dir)] if in_files else []
+    assert main(["flower-sim", *flags, "--out", str(tmp_path / "flower"), *extra]) == 0
+    if in_files:
+        assert state_dir.is_dir() and not list(state_dir.iterdir())  # each hospital removed its copy at release
     a, b = tmp_path / "inproc", tmp_path / "flower"
     lines = (a / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3 and any(len(json.loads(line)["selected"]) < 3 for line in lines)
