@@ -45,7 +45,9 @@ class FedConfig:
     patience: int | None = None  # stop after this many rounds without a better validation AUC (None: all rounds)
     local_epochs: int = 1
     batch_size: int = 64
-    lr: float = 1e-3  # Adam, fresh state each round (local optimiser state never leaves a hospital)
+    lr: float = 1e-3  # Adam at each hospital
+    keep_optimizer: bool = False  # True: a hospital keeps its Adam moments from one round to the next (they
+    #                                never leave it); False: fresh Adam every round, as in plain FedAvg
     client_fraction: float = 1.0
     mu: float = 0.0  # FedProx proximal weight; 0 = FedAvg
     width: int = 32
@@ -116,14 +118,16 @@ def train_federated(clients: list[Arrays], val: Arrays, *, num_classes: int, con
     augment = augmentation(size, config.augment_strength) if config.augment else None
     best, best_state, best_round, history = -math.inf, None, 0, []
     steps = [0] * len(clients)
+    moments: list[dict | None] = [None] * len(clients)  # each hospital's own Adam state (keep_optimizer)
     for r, chosen in enumerate(schedule):
         states = []
         for i in chosen:
             local = copy.deepcopy(model)
             if dp:
-                _train_private(local, data[i], config, dp, sigmas[i], seed=_seed(config, r, i))
+                moment = _train_private(local, data[i], config, dp, sigmas[i], moments[i], seed=_seed(config, r, i))
             else:
-                _train_local(local, model, data[i], config, augment, seed=_seed(config, r, i))
+                moment = _train_local(local, model, data[i], config, augment, moments[i], seed=_seed(config, r, i))
+            moments[i] = moment if config.keep_optimizer else None
             states.append(local.state_dict())
             steps[i] += _local_steps(config, clients[i]) if dp else _epoch_steps(config, data[i])
         model.load_state_dict(_average(states, [weights[i] for i in chosen]))
@@ -164,10 +168,19 @@ def _average(states: list[dict], weights: list[int]) -> dict:
     return {k: sum(wi * s[k].float() for wi, s in zip(w, states)).to(states[0][k].dtype) for k in states[0]}
 
 
+def _adam(params, config: FedConfig, moments: dict | None) -> torch.optim.Adam:
+    """The hospital's Adam, starting from its own moments of the last round when it kept them."""
+    opt = torch.optim.Adam(params, lr=config.lr)
+    if moments is not None:
+        opt.load_state_dict(moments)
+    return opt
+
+
 def _train_local(model: nn.Module, global_model: nn.Module, data: Arrays, config: FedConfig, augment,
-                 *, seed: int) -> None:
+                 moments: dict | None = None, *, seed: int) -> dict:
+    """Local epochs of plain (or FedProx, augmented, logit-adjusted) training; returns Adam's state."""
     x, y = data
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    opt = _adam(model.parameters(), config, moments)
     anchor = [p.detach().clone() for p in global_model.parameters()] if config.mu > 0 else None
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # augmentation draws
@@ -189,6 +202,7 @@ def _train_local(model: nn.Module, global_model: nn.Module, data: Arrays, config
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    return opt.state_dict()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,8 +231,10 @@ def _calibrate(clients: list[Arrays], schedule, config: FedConfig, dp: DPSpec) -
             for c, k in zip(clients, _planned_steps(clients, schedule, config))]
 
 
-def _train_private(model: nn.Module, data: Arrays, config: FedConfig, dp: DPSpec, sigma: float, *, seed: int) -> None:
-    """Opacus DP-SGD for ``local_epochs`` x 1/q Poisson batches; weights are updated in place."""
+def _train_private(model: nn.Module, data: Arrays, config: FedConfig, dp: DPSpec, sigma: float,
+                   moments: dict | None = None, *, seed: int) -> dict:
+    """Opacus DP-SGD for ``local_epochs`` x 1/q Poisson batches; weights are updated in place and
+    Adam's state is returned (moments of noisy gradients: post-processing, no extra privacy cost)."""
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
     x, y = data
@@ -226,7 +242,8 @@ def _train_private(model: nn.Module, data: Arrays, config: FedConfig, dp: DPSpec
     # Poisson masks and Opacus's noise, on the data's device, from a stream nobody can regenerate (by default)
     gen = torch.Generator(device=x.device).manual_seed(noise_seed(dp.simulation_noise, seed, float_key(dp.epsilon)))
     private = GradSampleModule(model)
-    opt = DPOptimizer(torch.optim.Adam(private.parameters(), lr=config.lr), noise_multiplier=sigma,
+    adam = _adam(private.parameters(), config, moments)
+    opt = DPOptimizer(adam, noise_multiplier=sigma,
                       max_grad_norm=dp.max_grad_norm, expected_batch_size=max(1, round(q * len(y))), generator=gen)
     private.train()
     for _ in range(_local_steps(config, data)):
@@ -242,3 +259,4 @@ def _train_private(model: nn.Module, data: Arrays, config: FedConfig, dp: DPSpec
                 F.cross_entropy(private(x[mask]), y[mask]).backward()
         opt.step()
     private._close()
+    return adam.state_dict()

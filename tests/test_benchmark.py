@@ -231,6 +231,37 @@ def test_fedprox_stays_closer_to_the_global_model():
     assert drift(10.0) < 0.5 * drift(0.0)
 
 
+def test_a_hospital_that_keeps_its_optimizer_trains_as_one_adam_run(monkeypatch):
+    """keep_optimizer: one hospital's rounds equal one continuous Adam run over the same batches
+    (brute force); without it, Adam restarts every round."""
+    import torch.nn.functional as F
+
+    import hfgan_core.federated as fed
+    aucs = iter(range(100))  # every round is the best so far: the last round's model is returned
+    monkeypatch.setattr(fed, "classification_metrics", lambda y, p: {"auc": next(aucs)})
+    hospital, val = _toy(96, 1), _toy(seed=3)
+    cfg = FedConfig(rounds=3, batch_size=16, width=8, lr=1e-2)
+
+    def by_hand(fresh: bool) -> list[torch.Tensor]:
+        torch.manual_seed(cfg.seed)
+        model = SmallCNN(channels=1, num_classes=2, width=8)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        for r in range(cfg.rounds):
+            opt = torch.optim.Adam(model.parameters(), lr=cfg.lr) if fresh else opt
+            order = torch.randperm(96, generator=torch.Generator().manual_seed(fed._seed(cfg, r, 0)))
+            for idx in order.split(16):
+                opt.zero_grad()
+                F.cross_entropy(model(hospital[0][idx]), hospital[1][idx]).backward()
+                opt.step()
+        return [p.detach() for p in model.parameters()]
+
+    for keep in (True, False):
+        got = train_federated([hospital], val, num_classes=2, config=FedConfig(**{**cfg.__dict__, "keep_optimizer": keep}))
+        for fresh in (True, False):
+            same = all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got.model.parameters(), by_hand(fresh)))
+            assert same == (fresh != keep)
+
+
 def test_dp_classifier_is_calibrated_for_the_steps_it_takes(monkeypatch):
     from opacus.optimizers import DPOptimizer
     hospitals, val = [_toy(96, 1), _toy(160, 2)], _toy(seed=3)
