@@ -31,11 +31,12 @@ CRITERION = "best validation macro-AUC over the rounds (the round picked the sam
 
 def space(method: str, fed: FedConfig, dp: DPSpec | None = None) -> dict[str, tuple]:
     """The grid a method is tuned over. DP-SGD (with ``dp``): batch size up to (near) full batch for
-    a hospital of ~1,000 records, clipping norm, learning rate and the round cap its noise is
-    calibrated for."""
+    a hospital of ~1,000 records, clipping norm, learning rate (up to the 4e-3 that centralized
+    DP-SGD chose, ``benchmarks/dp_sgd_centralized.py``), the round cap its noise is calibrated for,
+    and whether a hospital keeps its Adam moments between rounds."""
     if dp is not None:
-        return {"lr": (1e-3, 3e-3), "batch_size": (64, 256, 1024), "max_grad_norm": (0.1, 1.0),
-                "rounds": tuple(sorted({fed.rounds, max(1, fed.rounds // 4)}))}
+        return {"lr": (1e-3, 4e-3), "batch_size": (64, 256, 1024), "max_grad_norm": (0.1, 1.0),
+                "rounds": tuple(sorted({fed.rounds, max(1, fed.rounds // 4)})), "keep_optimizer": (False, True)}
     return BASE | EXTRA.get(method, {})
 
 
