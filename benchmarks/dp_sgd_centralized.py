@@ -10,8 +10,8 @@ federated code, so it also cross-checks that code's accounting.
 
 Protocol: a grid over batch size, epochs, learning rate (and, if asked, augmentation
 multiplicity), every point trained once; the epoch, raw or EMA weights, and the point are chosen
-on the *validation* split (macro-AUC); the chosen model's test accuracy is read once at the end. Records the grid, every
-point's validation AUC and accuracy, and the choice (JSON, ``--out``).
+on the *validation* split (macro-AUC); the chosen model's test accuracy is read once at the end.
+Records the grid, every point's validation curve, and the choice (JSON, ``--out``).
 
 Usage: python benchmarks/dp_sgd_centralized.py [--epsilon 8] [--quick] [--threads N]
                                                 [--out results/dp_sgd_centralized.json]
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--quick", action="store_true", help="a two-point grid (minutes)")
+    parser.add_argument("--quick", action="store_true", help="one short point (minutes)")
     parser.add_argument("--out", default="results/dp_sgd_centralized.json")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
