@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--mu", type=float, default=None, help="FedProx proximal weight (default: the profile's, 0.01)")
     b.add_argument("--device", default="cpu")
     b.add_argument("--out", required=True, help="folder for table.csv, table.md, runs.json")
+    b.add_argument("--resume", action="store_true",
+                   help="continue a stopped run in --out: reuse its finished results (same settings, data and code)")
     b.add_argument("--no-progress", action="store_true")
 
     q = sub.add_parser("quality", help="generator quality on the validation split: <out>/gan_quality.md")
@@ -138,6 +140,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-download", action="store_true",
                    help="do not fetch missing MedMNIST files (PneumoniaMNIST, RetinaMNIST) through medmnist")
     t.add_argument("--no-attacks", action="store_true", help="skip table 4 (the attacks on the chest X-ray runs)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue stopped notebooks: reuse their finished results (same settings, data and code)")
     return parser
 
 
@@ -188,7 +192,8 @@ def _flower_sim(args: argparse.Namespace) -> int:
 def _tables(args: argparse.Namespace) -> int:
     return make_tables(profile=args.profile, device=args.device, datasets=args.datasets, out=args.out,
                        data_dir=args.data_dir, jobs=args.jobs, attacks=not args.no_attacks,
-                       download=not args.no_download, parameters={"seeds": args.seeds} if args.seeds else None)
+                       download=not args.no_download,
+                       parameters=({"seeds": args.seeds} if args.seeds else {}) | ({"resume": True} if args.resume else {}))
 
 
 def _quality(args: argparse.Namespace) -> int:
@@ -240,7 +245,7 @@ def _benchmark(args: argparse.Namespace) -> int:
                              clients=args.clients, partition=args.partition, delta=args.delta, data_dir=args.data_dir,
                              device=args.device, synthetic_ratio=args.synthetic_ratio, mu=args.mu,
                              gan_rounds=args.rounds)
-    report = run_benchmark(config, args.out, progress=not args.no_progress)
+    report = run_benchmark(config, args.out, progress=not args.no_progress, resume=args.resume)
     print(f"done: {len(report['runs'])} runs in {report['wall_time_s'] / 60:.1f} min; table in {args.out}/table.md")
     return 0
 

@@ -32,7 +32,7 @@ from .extractor import load_or_train_extractor
 from .models import Generator
 from .quality import QualityConfig, generator_quality, reference_quality
 from .synthesis import synthesize
-from .train import RECIPE, TrainConfig, check_config, load_generators, train
+from .train import RECIPE, TrainConfig, check_config, load_generators, trained_generators
 
 DATASETS = ("pneumoniamnist", "brainmri", "retinamnist")
 TITLES = {"pneumoniamnist": "chest X-ray (PneumoniaMNIST)", "brainmri": "brain MRI (4 tumour classes)",
@@ -117,7 +117,7 @@ def _run_dataset(c: QualityRunConfig, name: str, out: Path, progress: bool, resu
             cfg = TrainConfig(**(c.gan | dict(dataset=name, data_dir=c.data_dir, clients=c.clients,
                                               partition=c.partition, alpha=c.alpha, epsilon=eps, delta=c.delta,
                                               seed=seed, device=c.device, simulation_noise=True)))
-            gens, trained = _trained_generators(cfg, run_dir, ds, resume=resume, progress=progress)
+            gens, trained = trained_generators(cfg, run_dir, ds, resume=resume, progress=progress)
             t0 = time.time()
             q = generator_quality(gens, ds, extractor, config=replace(qc, seed=seed))
             report["runs"].append({"seed": seed, "epsilon": eps, **trained, "eval_s": time.time() - t0,
@@ -172,31 +172,6 @@ def plot_samples(ds, runs_dir: Path, seed: int, epsilons: list[float], path: Pat
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
-
-
-def _trained_generators(cfg: TrainConfig, run_dir: Path, ds, *, resume: bool, progress: bool
-                        ) -> tuple[list, dict]:
-    """The run's released generators and how they were trained: ``rounds``, ``max_epsilon``,
-    ``train_s`` (wall time of the rounds, over resumes; runs without timing.json, from before it
-    was written, get the time between their first and last file) and ``resumed`` (none,
-    checkpoint or finished)."""
-    same = resume and (run_dir / "config.json").exists() and TrainConfig.from_dict(
-        json.loads((run_dir / "config.json").read_text())["config"]) == cfg
-    if same and (run_dir / "generators.pt").exists():
-        how = "finished"
-    else:
-        how = "checkpoint" if same and (run_dir / "checkpoint.pt").exists() else "none"
-        if how == "none":
-            shutil.rmtree(run_dir, ignore_errors=True)  # our own output from an earlier call
-        train(cfg, run_dir, resume=how == "checkpoint", progress=progress, dataset=ds)
-    timing = run_dir / "timing.json"
-    train_s = (json.loads(timing.read_text())["train_s"] if timing.exists() else
-               (run_dir / "generators.pt").stat().st_mtime - (run_dir / "config.json").stat().st_mtime)
-    privacy = json.loads((run_dir / "privacy.json").read_text())
-    gens = load_generators(run_dir / "generators.pt", cfg.device)
-    spent = max(v["epsilon"] for v in privacy["clients"].values())
-    return gens, {"max_epsilon": spent, "rounds": privacy["rounds_completed"],
-                  "train_s": train_s, "resumed": how}
 
 
 def _shared(c: QualityRunConfig) -> dict:

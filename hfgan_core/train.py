@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import math
 import sys
 import time
@@ -496,6 +497,32 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, stop_af
         metrics_path.write_text("")
     _train_loop(run, out, metrics_path, stop_after=stop_after, progress=progress)
     return run
+
+
+def trained_generators(cfg: TrainConfig, run_dir: Path, ds: MedicalDataset | None = None, *, resume: bool,
+                       progress: bool) -> tuple[list[Generator], dict]:
+    """The run in ``run_dir``: trained afresh, or with ``resume`` (and the very same config) continued
+    from its checkpoint or, finished, reused. Returns its released generators and ``rounds``,
+    ``max_epsilon``, ``train_s`` (wall time of the rounds, over resumes; runs from before
+    timing.json get the time between their first and last file) and ``resumed`` (none, checkpoint
+    or finished)."""
+    same = resume and (run_dir / "config.json").exists() and TrainConfig.from_dict(
+        json.loads((run_dir / "config.json").read_text())["config"]) == cfg
+    if same and (run_dir / "generators.pt").exists():
+        how = "finished"
+    else:
+        how = "checkpoint" if same and (run_dir / "checkpoint.pt").exists() else "none"
+        if how == "none":
+            shutil.rmtree(run_dir, ignore_errors=True)  # our own output from an earlier call
+        train(cfg, run_dir, resume=how == "checkpoint", progress=progress, dataset=ds)
+    timing = run_dir / "timing.json"
+    train_s = (json.loads(timing.read_text())["train_s"] if timing.exists() else
+               (run_dir / "generators.pt").stat().st_mtime - (run_dir / "config.json").stat().st_mtime)
+    privacy = json.loads((run_dir / "privacy.json").read_text())
+    gens = load_generators(run_dir / "generators.pt", cfg.device)
+    spent = max(v["epsilon"] for v in privacy["clients"].values())
+    return gens, {"max_epsilon": spent, "rounds": privacy["rounds_completed"],
+                  "train_s": train_s, "resumed": how}
 
 
 def _train_loop(run: Run, out: Path, metrics_path: Path, *, stop_after: int | None, progress: bool) -> None:

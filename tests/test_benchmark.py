@@ -14,12 +14,16 @@ import torch
 
 import hfgan_core.benchmark as bm
 import hfgan_core.benchmark.runner as runner
+import hfgan_core.benchmark.units as units_module
 from conftest import ROOT, real_data
 from hfgan_core.classifier import SmallCNN
+from hfgan_core.benchmark.units import Units
 from hfgan_core.dpfedavg_gan import DPFedAvgGANConfig, train_dpfedavg_gan
 from hfgan_core.federated import DPSpec, FedConfig, _average, _planned_steps, train_federated
 from hfgan_core.partition import partition
+from hfgan_core.errors import UserError
 from hfgan_core.privacy import compute_epsilon
+from hfgan_core.train import trained_generators
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +187,60 @@ def test_sealed_test_refuses_a_second_read():
         sealed.read(("fedavg", 0, 10.0))
 
 
+
+def test_a_stopped_benchmark_resumes_to_the_same_results(tmp_path, monkeypatch):
+    """Killed after some rows and resumed, a run gives the uninterrupted run's numbers, trains
+    nothing it had finished and reads the test split only for the rows it still had to make."""
+    real_data("pneumoniamnist.npz")
+    config = bm.BenchmarkConfig(dataset="pneumoniamnist", methods=["fedavg", "hfgan", "dp_fedavg"], seeds=[0],
+                                profile="smoke")
+    full = bm.run_benchmark(config, tmp_path / "full", progress=False)
+    put = Units.put
+
+    def put_then_stop(self, key, unit, array=None):  # the session ends right after the HF-GAN row
+        put(self, key, unit, array)
+        if key[:2] == ("row", "hfgan"):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(Units, "put", put_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        bm.run_benchmark(config, tmp_path / "part", progress=False)
+    monkeypatch.setattr(Units, "put", put)
+    reads, gans, read = [], [], bm.SealedTest.read
+    monkeypatch.setattr(bm.SealedTest, "read", lambda self, key: reads.append(key) or read(self, key))
+    monkeypatch.setattr(runner, "trained_generators", lambda *a, **kw: gans.append(a) or trained_generators(*a, **kw))
+    resumed = bm.run_benchmark(config, tmp_path / "part", progress=False, resume=True)
+    assert gans == [] and reads == [("extractor",), ("dp_fedavg", 0, 10.0), ("reference",)]
+    assert [(r["method"], r["epsilon"]) for r in resumed["runs"]] == [(r["method"], r["epsilon"]) for r in full["runs"]]
+    for a, b in zip(full["runs"], resumed["runs"]):
+        assert {k: a[k] for k in ("accuracy", "auc", "macro_f1", "hyperparameters", "classifier")} == \
+               {k: b[k] for k in ("accuracy", "auc", "macro_f1", "hyperparameters", "classifier")}
+    assert resumed["gan_quality"] == full["gan_quality"] and resumed["tuning"] == full["tuning"]
+    p_full, p_part = np.load(tmp_path / "full" / "probas.npz"), np.load(tmp_path / "part" / "probas.npz")
+    assert sorted(p_full.files) == sorted(p_part.files)
+    assert all(np.array_equal(p_full[k], p_part[k]) for k in p_full.files)
+    calls = resumed["invocations"]
+    assert len(calls) == 2 and calls[1]["units_made"] == 2  # the DP row and the tuning log it updated
+    assert "over 2 invocations" in (tmp_path / "part" / "table.md").read_text()
+
+
+def test_resume_refuses_results_of_other_settings_or_code(tmp_path, monkeypatch):
+    stamp = {"settings": {"alpha": 0.5}, "code": "hfgan_core sha256 a"}
+    Units(tmp_path, stamp, resume=False).put(("row", "fedavg", 0, 10.0), {"accuracy": 0.8}, np.ones(3))
+    for other, changed in (({"alpha": 1.0}, "settings"), (stamp["settings"], "code")):
+        with pytest.raises(UserError, match=f"other {changed}; run without --resume to start over"):
+            Units(tmp_path, {"settings": other, "code": "hfgan_core sha256 b" if changed == "code" else stamp["code"]},
+                  resume=True)
+    unit = Units(tmp_path, stamp, resume=True).get(("row", "fedavg", 0, 10.0))
+    assert unit["accuracy"] == 0.8 and np.array_equal(unit["_array"], np.ones(3))
+    assert Units(tmp_path, stamp, resume=False).get(("row", "fedavg", 0, 10.0)) is None  # no --resume: a fresh start
+    # the code hash follows every source file's bytes
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    monkeypatch.setattr(units_module, "PACKAGE", tmp_path / "pkg")
+    before = units_module.code_hash()
+    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
+    assert units_module.code_hash() != before
+
 @pytest.mark.parametrize("args,message", [
     (["--methods", "nosuch"], "unknown method"),
     (["--profile", "huge"], "unknown profile"),
@@ -201,6 +259,19 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists()  # nothing half-written
 
+
+
+def test_cli_resume_with_other_settings_is_one_clear_line(tmp_path):
+    real_data("pneumoniamnist.npz")
+    cmd = [sys.executable, "-m", "hfgan_core", "benchmark", "--dataset", "pneumoniamnist", "--seeds", "0",
+           "--profile", "smoke", "--methods", "fedavg", "--out", str(tmp_path / "b"), "--no-progress"]
+    assert subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).returncode == 0
+    again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, cwd=ROOT)
+    calls = json.loads((tmp_path / "b" / "runs.json").read_text())["invocations"]
+    assert again.returncode == 0 and len(calls) == 2 and calls[1]["units_made"] == 0  # nothing left to do
+    proc = subprocess.run(cmd + ["--resume", "--alpha", "1.0"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "holds results made with other settings; run without --resume to start over" in proc.stderr
 
 # ---- the federated classifier --------------------------------------------------------------
 
@@ -440,9 +511,10 @@ def test_ratio_sweep_trains_each_gan_once_and_matches_the_controls(tmp_path, mon
     real_data("pneumoniamnist.npz")
     import hfgan_core.sweeps as sw
     from hfgan_core.__main__ import main
+    import hfgan_core.train as train_module
     trained = []
-    original = runner.train
-    monkeypatch.setattr(runner, "train", lambda *a, **k: trained.append(a[1]) or original(*a, **k))
+    original = train_module.train
+    monkeypatch.setattr(train_module, "train", lambda *a, **k: trained.append(a[1]) or original(*a, **k))
     monkeypatch.setitem(sw.run_ratio.__kwdefaults__, "ratios", (0.5, 2.0))  # two of the four, for time
     assert main(["ratio", "--dataset", "pneumoniamnist", "--profile", "smoke", "--seeds", "0", "--out",
                  str(tmp_path), "--no-progress"]) == 0

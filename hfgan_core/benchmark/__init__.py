@@ -7,6 +7,7 @@
 * ``tuning``: one hyper-parameter protocol for every method, on validation, same budget;
 * ``runner``: the hospitals, every method on them, the sealed test split;
 * ``tables``: table.csv / table.md from runs.json, paired differences, footnotes;
+* ``units``: every finished result kept, so a stopped run resumes (``--resume``) with the same code;
 * ``provenance``: commit, hardware and versions recorded with every result.
 """
 from .config import (CURVE_METHODS, GAN_LABELS, METHODS, PRIVATE_ROWS, PROFILES, BenchmarkConfig, Method,

@@ -6,13 +6,13 @@ per (seed, epsilon) and feed all rows that use them. Every private method runs a
 ``CURVE_METHODS`` only, on the profile's first ``curve_seeds`` seeds (GAN training is the
 cost). Methods see the training split (as hospitals) and the validation split (model
 selection) only; the test split sits in a ``SealedTest`` that hands it out once per
-(method, seed, epsilon), for the final numbers.
+(method, seed, epsilon), for the final numbers. Every finished result is kept in
+``<out>/units`` (``units``), so ``resume`` continues a stopped run instead of starting over.
 """
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -32,11 +32,12 @@ from ..federated import DPSpec, FedConfig, FedResult, train_federated
 from ..metrics import classification_metrics, fid, inception_score, inception_weights, mix_accuracy, standard_fid_is
 from ..privacy import compute_epsilon, noise_seed, noisy_label_histogram
 from ..models import build_models
-from ..train import TrainConfig, hospital_parts, load_generators, train
+from ..train import TrainConfig, hospital_parts, trained_generators
 from .config import CURVE_METHODS, METHODS, PRIVATE_ROWS, PROFILES, BenchmarkConfig, Profile, profile_json
 from .provenance import jsonable, provenance
 from .tables import write_tables
 from .tuning import Tuner
+from .units import Units, code_hash, file_hash
 
 Arrays = tuple[torch.Tensor, torch.Tensor]
 
@@ -61,9 +62,10 @@ class SealedTest:
 
 
 def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = True,
-                  echo: bool | None = None) -> dict:
+                  echo: bool | None = None, resume: bool = False) -> dict:
     """Run every (method, seed, epsilon), then write table.csv, table.md and runs.json under ``out``.
-    ``progress`` shows progress bars, ``echo`` (default: same as progress) one line per result."""
+    ``progress`` shows progress bars, ``echo`` (default: same as progress) one line per result;
+    ``resume`` reuses the results a stopped run with the same settings and code finished."""
     echo = progress if echo is None else echo
     _check(config)
     prof = PROFILES[config.profile]
@@ -78,16 +80,18 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prov = provenance(config.device)  # now: the code that runs, not whatever HEAD is when it ends
+    units = Units(out / "units", _stamp(config, prof, ds), resume=resume, provenance=prov)
     test = SealedTest(ds)
     dev = replace(ds, test=None)  # from here on only `test.read` reaches the test split
     extractor, extractor_info = load_or_train_extractor(dev, epochs=prof.extractor_epochs, device=config.device)
     tx, ty = test.read(("extractor",))
     extractor_info = extractor_info | {"test_accuracy": float((predict_proba(extractor, tx).argmax(1) == ty.numpy()).mean())}
-    started, records, hospitals, gan_quality = time.time(), [], {}, []
+    records, hospitals, gan_quality = [], {}, []
     tuner = Tuner(k=prof.tune)  # every classifier: the same number of configurations, chosen on validation
+    tuner.log = (units.get(("tuning",)) or {}) if units.resumed else {}
     for seed in config.seeds:
         seed_records, hospitals[str(seed)], seed_quality = _run_seed(config, prof, dev, seed, extractor, test, out,
-                                                                     tuner, progress, echo, weights)
+                                                                     tuner, units, progress, echo, weights)
         records += seed_records
         gan_quality += seed_quality
     np.savez_compressed(out / "probas.npz", y_test=test.labels(),
@@ -96,8 +100,10 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
               "config": asdict(config), "profile": {"name": config.profile, **profile_json(prof)},
               "extractor": extractor_info, "reference": _reference(extractor, dev, test),
               "hospitals": hospitals, "class_mix_release": class_mix_release(config.delta, prof.accountant),
-              "runs": records, "gan_quality": gan_quality, "tuning": tuner.log, "wall_time_s": time.time() - started,
-              "provenance": prov}
+              "runs": records, "gan_quality": gan_quality, "tuning": tuner.log}
+    invocations = units.invocations()  # more than one when the run was resumed
+    report |= {"wall_time_s": sum(i["wall_time_s"] for i in invocations), "invocations": invocations,
+               "provenance": prov}
     (out / "runs.json").write_text(json.dumps(jsonable(report), indent=2))
     write_tables(out)
     return report
@@ -143,6 +149,14 @@ def _check(c: BenchmarkConfig) -> None:
         raise UserError(f"--epsilon values must be positive or inf (got {bad[0]})")
 
 
+def _stamp(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset) -> dict:
+    """What a unit depends on. Not the lists of methods, seeds and epsilons: a run may add some."""
+    settings = {k: v for k, v in asdict(c).items()
+                if k not in ("methods", "seeds", "epsilons", "curve_epsilons", "data_dir", "gan_cache")}
+    return {"settings": settings, "profile": profile_json(prof), "data": f"{ds.name} sha256 {file_hash(ds.path)}",
+            "code": f"hfgan_core sha256 {code_hash()}"}
+
+
 def _load(c: BenchmarkConfig, prof: Profile) -> MedicalDataset:
     name = c.dataset
     if prof.prefer_64px and not name.endswith("_64") and (resolve_data_dir(c.data_dir) / f"{name}_64.npz").exists():
@@ -155,7 +169,7 @@ def _load(c: BenchmarkConfig, prof: Profile) -> MedicalDataset:
 
 
 def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, extractor, test: SealedTest,
-              out: Path, tuner: Tuner, progress: bool, echo: bool,
+              out: Path, tuner: Tuner, units: Units, progress: bool, echo: bool,
               inception: str | None = None) -> tuple[list[dict], dict, list]:
     gan_cfg = _gan_config(c, prof, ds, seed, epsilon=math.inf)
     parts = hospital_parts(gan_cfg, ds.train.labels)  # HF-GAN's hospitals, shared by every method
@@ -173,8 +187,17 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
 
     def judge(gan: str, eps: float, generators: list, spent: float) -> None:
         """Every GAN of the benchmark gets the quality numbers (validation split only)."""
-        q = generator_quality(generators, ds, extractor, config=replace(prof.quality, seed=seed, device=c.device))
-        quality.append({"gan": gan, "seed": seed, "epsilon": eps, "max_epsilon": spent, **q})
+        key = ("quality", gan, seed, eps)
+        if (q := units.get(key)) is None:
+            q = {"gan": gan, "seed": seed, "epsilon": eps, "max_epsilon": spent,
+                 **generator_quality(generators, ds, extractor, config=replace(prof.quality, seed=seed, device=c.device))}
+            units.put(key, q)
+        quality.append(q)
+
+    def finished(method: str, eps: float) -> dict | None:
+        """The row's result from an earlier invocation (``resume``), with its test probabilities."""
+        unit = units.get(("row", method, seed, eps))
+        return None if unit is None else unit | {"_probas": unit.pop("_array")}
 
     def n_synth(h: Arrays) -> int:
         return round(prof.synthetic_ratio * len(h[1]))
@@ -217,8 +240,10 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
         if results[0].noise_multipliers is not None:
             m["classifier"] |= {"noise_multipliers": results[0].noise_multipliers, "dp_steps": results[0].steps}
         m["hyperparameters"] = point  # the tuned point (runs.json "tuning": the grid and every point tried)
-        m["_probas"] = np.stack(probas).astype(np.float32)  # (models, N, K): the paired statistics; to probas.npz
         m["wall_time_s"] = time.time() - started
+        units.put(("tuning",), tuner.log)  # the choice this row's fit may have made, before the row itself
+        m["_probas"] = np.stack(probas).astype(np.float32)  # (models, N, K): the paired statistics; to probas.npz
+        units.put(("row", method, seed, eps), {k: v for k, v in m.items() if k != "_probas"}, m["_probas"])
         records.append(m)
         if echo:
             tqdm.write(f"[{ds.name}] seed {seed} eps={eps} {method}: acc {m['accuracy']:.3f} "
@@ -227,7 +252,9 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
     plain = {"unit": None, "gan_epsilon": None, "classifier_dp": False, "released_epsilon": math.inf}
     for method in [m for m in c.methods if m not in PRIVATE_ROWS]:
         t0 = time.time()
-        if method == "local":
+        if done := finished(method, math.inf):
+            records.append(done)
+        elif method == "local":
             log(method, math.inf, fit(method, math.inf, groups=[[h] for h in hospitals]), t0, plain)
         elif method == "centralized":
             pooled = (torch.cat([h[0] for h in hospitals]), torch.cat([h[1] for h in hospitals]))
@@ -250,8 +277,9 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
     for eps in c.epsilons + (c.curve_epsilons if on_curve else []):
         wanted = [m for m in c.methods if m in PRIVATE_ROWS and (eps in c.epsilons or m in CURVE_METHODS)]
         hf_rows = [m for m in wanted if METHODS[m].gan == "hfgan"]
-        if hf_rows:
-            gens, gan_eps, gan_time = _hfgan(c, prof, ds, seed, eps, out, progress)
+        hf_done = {m: finished(m, eps) for m in hf_rows}
+        if hf_rows and (None in hf_done.values() or units.get(("quality", "hfgan", seed, eps)) is None):
+            gens, gan_eps, gan_time = _hfgan(c, prof, ds, seed, eps, out, progress, resume=units.resumed)
             judge("hfgan", eps, gens, gan_eps)
             own = [images_for_labels([g], balanced_labels(n_synth(h), k), seed + i)
                    for i, (g, h) in enumerate(zip(gens, hospitals))]
@@ -260,7 +288,9 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             privacy = {"unit": "record" if math.isfinite(gan_eps) else None, "gan_epsilon": gan_eps, "classifier_dp": False, "released_epsilon": math.inf}
             for method in hf_rows:
                 t0 = time.time() - gan_time  # each row that uses the GAN carries its training time
-                if method == "hfgan":
+                if hf_done[method]:
+                    records.append(hf_done[method])
+                elif method == "hfgan":
                     log(method, eps, fit(method, eps, synthetic=own), t0, privacy, gens)
                 elif method == "hfgan_shared":
                     log(method, eps, fit(method, eps, synthetic=shared), t0, privacy, gens)
@@ -268,18 +298,30 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
                     empty = [(h[0][:0], h[1][:0]) for h in hospitals]
                     log(method, eps, fit(method, eps, groups=[empty], synthetic=own), t0,
                         privacy | {"released_epsilon": gan_eps}, gens)
-        if "dpfedavg_gan" in wanted:
+        elif hf_rows:  # every row and the judgement finished in an earlier invocation
+            records += list(hf_done.values())
+            judge("hfgan", eps, [], math.nan)
+        dpgan_done = finished("dpfedavg_gan", eps) if "dpfedavg_gan" in wanted else None
+        if dpgan_done and units.get(("quality", "dpfedavg_gan", seed, eps)):
+            records.append(dpgan_done)
+            judge("dpfedavg_gan", eps, [], math.nan)
+        elif "dpfedavg_gan" in wanted:
             t0 = time.time()
             res = train_dpfedavg_gan(hospitals, num_classes=k, config=DPFedAvgGANConfig(
                 **(prof.dpgan | {"epsilon": eps, "delta": c.delta, "seed": seed, "accountant": prof.accountant,
                                  "device": c.device, "simulation_noise": True})))
             synth = [images_for_labels([res.generator], balanced_labels(n_synth(h), k), seed + 80 + i)
                      for i, h in enumerate(hospitals)]
-            log("dpfedavg_gan", eps, fit("dpfedavg_gan", eps, synthetic=synth), t0,
-                {"unit": "hospital" if math.isfinite(res.epsilon) else None, "gan_epsilon": res.epsilon, "classifier_dp": False,
-                 "released_epsilon": math.inf}, [res.generator])
+            if dpgan_done:
+                records.append(dpgan_done)
+            else:
+                log("dpfedavg_gan", eps, fit("dpfedavg_gan", eps, synthetic=synth), t0,
+                    {"unit": "hospital" if math.isfinite(res.epsilon) else None, "gan_epsilon": res.epsilon,
+                     "classifier_dp": False, "released_epsilon": math.inf}, [res.generator])
             judge("dpfedavg_gan", eps, [res.generator], res.epsilon)
-        if "dp_fedavg" in wanted:
+        if "dp_fedavg" in wanted and (done := finished("dp_fedavg", eps)):
+            records.append(done)
+        elif "dp_fedavg" in wanted:
             t0 = time.time()
             dp = (DPSpec(epsilon=eps, delta=c.delta, accountant=prof.accountant, simulation_noise=True)
                   if math.isfinite(eps) else None)
@@ -292,23 +334,14 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
 
 
 def _hfgan(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, eps: float, out: Path,
-           progress: bool) -> tuple[list, float, float]:
-    """HF-GAN's released generators for (seed, eps), their max epsilon and training time. With
-    ``gan_cache`` a finished run there with the very same settings is reused (a sweep over what
-    happens *after* the GAN, e.g. the synthetic ratio, trains each GAN once)."""
+           progress: bool, *, resume: bool) -> tuple[list, float, float]:
+    """HF-GAN's released generators for (seed, eps), their max epsilon and training time. A run
+    with the very same settings is continued or reused when resuming, and always from ``gan_cache``
+    (a sweep over what happens *after* the GAN, e.g. the synthetic ratio, trains each GAN once)."""
     config = _gan_config(c, prof, ds, seed, epsilon=eps)
     run_dir = Path(c.gan_cache or out / "gan_runs") / f"hfgan-seed{seed}-eps{eps}"
-    done = run_dir / "generators.pt"
-    if c.gan_cache and done.exists() and json.loads((run_dir / "config.json").read_text())["config"] == \
-            json.loads(json.dumps(asdict(config))):
-        privacy = json.loads((run_dir / "privacy.json").read_text())
-        return (load_generators(done, c.device), float(privacy.get("max_epsilon", math.inf)),
-                json.loads((run_dir / "timing.json").read_text())["train_s"])
-    t0 = time.time()
-    shutil.rmtree(run_dir, ignore_errors=True)  # our own output from an earlier benchmark
-    run = train(config, run_dir, progress=progress, dataset=ds)
-    gan_eps = max((h.budget.epsilon for h in run.clients if h.budget), default=math.inf)
-    return [h.sampler for h in run.clients], gan_eps, time.time() - t0
+    gens, info = trained_generators(config, run_dir, ds, resume=resume or bool(c.gan_cache), progress=progress)
+    return gens, info["max_epsilon"], info["train_s"]
 
 
 def _null_generator(gan_cfg: TrainConfig, ds: MedicalDataset, seed: int):

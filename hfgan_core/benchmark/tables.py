@@ -184,8 +184,18 @@ def footnotes(report: dict) -> str:
            "set HFGAN_INCEPTION_WEIGHTS for standard FID/IS)") + ". FID between generated images with the test split's labels and the real test images "
         f"({n_fid[0] if n_fid else '?'} vs {n_fid[1] if n_fid else '?'} images). Real-image reference: "
         f"FID(val, test) = {ref['fid_val_vs_test']:.3f}, IS(test) = {ref['inception_score_test']:.3f}.",
-        f"Hardware: {prov['hardware']}; total wall time {report['wall_time_s'] / 60:.1f} min; git {prov['git_sha']}"
-        + (f" ({prov['note']})." if prov.get("note") else ".")])
+        f"Hardware: {prov['hardware']}; total wall time {report['wall_time_s'] / 60:.1f} min"
+        + _invocations_note(report) + f"; git {prov['git_sha']}" + (f" ({prov['note']})." if prov.get("note") else ".")])
+
+
+def _invocations_note(report: dict) -> str:
+    """A resumed run says over how many invocations (and machines) its results were made."""
+    calls = report.get("invocations", [])
+    if len(calls) < 2:
+        return ""
+    machines = sorted({c["hardware"] for c in calls})
+    return (f" over {len(calls)} invocations (`--resume`; every result reused only with the same settings, data and "
+            f"code{'' if len(machines) == 1 else '; machines: ' + ' / '.join(machines)})")
 
 
 def _tuning_note(report: dict) -> str:

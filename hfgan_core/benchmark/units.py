@@ -1,0 +1,107 @@
+"""Finished parts of a benchmark, kept so that a stopped run continues where it was.
+
+The paper profile takes hours on a CPU, longer than a session, and a GPU slot gives ten minutes
+a command. So every finished result, (method, seed, epsilon) row, GAN judgement and tuning choice,
+is written to ``<out>/units`` as it is made, and ``resume`` reuses them. A unit is reused only
+when everything that made it is the same: the run's settings, the profile, the data file's bytes
+and the library's code (a hash of ``hfgan_core``'s sources). Anything else is refused, never mixed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .provenance import jsonable
+
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def code_hash() -> str:
+    """sha256 over the library's Python sources (path and bytes): which code made a unit."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        h.update(str(path.relative_to(PACKAGE)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def file_hash(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class Units:
+    """``get``/``put`` of JSON units (with an optional array) under ``root``; ``stamp`` says what
+    made them, ``provenance`` where (hardware, commit). Without ``resume`` (or with nothing to
+    resume) the folder starts empty."""
+
+    def __init__(self, root: str | Path, stamp: dict, *, resume: bool, provenance: dict | None = None) -> None:
+        self.root, self.stamp = Path(root), jsonable(stamp)
+        saved = self.root / "stamp.json"
+        self.resumed = resume and saved.exists()
+        if self.resumed:
+            old = json.loads(saved.read_text())
+            if old != self.stamp:
+                changed = sorted(k for k in set(old) | set(self.stamp) if old.get(k) != self.stamp.get(k))
+                raise UserError(f"{self.root} holds results made with other {', '.join(changed)}; "
+                                "run without --resume to start over, or choose another --out")
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)  # our own units from an earlier run
+            self.root.mkdir(parents=True)
+            _write(saved, json.dumps(self.stamp, indent=2))
+        log = self.root / "invocations.json"
+        self.earlier = json.loads(log.read_text()) if self.resumed and log.exists() else []
+        self.reused = self.made = 0
+        self.started = time.time()
+        self.provenance = provenance or {}
+
+    def _path(self, key: tuple) -> Path:
+        return self.root / ("-".join(str(k) for k in key) + ".json")
+
+    def get(self, key: tuple) -> dict | None:
+        """The unit, with its array (if any) under ``_array``; None if it was never finished."""
+        path = self._path(key)
+        if not path.exists():
+            return None
+        unit = json.loads(path.read_text())
+        if path.with_suffix(".npy").exists():
+            unit["_array"] = np.load(path.with_suffix(".npy"))
+        self.reused += 1
+        return unit
+
+    def put(self, key: tuple, unit: dict, array: np.ndarray | None = None) -> None:
+        path = self._path(key)
+        if array is not None:
+            with open(path.with_suffix(".npy.tmp"), "wb") as f:
+                np.save(f, array)
+            os.replace(path.with_suffix(".npy.tmp"), path.with_suffix(".npy"))
+        _write(path, json.dumps(unit, default=_plain))  # last: a unit counts as finished once its JSON is there
+        self.made += 1
+        self.invocations()  # kept current: a run killed later still counts its time up to here
+
+    def invocations(self) -> list[dict]:
+        """Every invocation that worked on these units, this one last (wall time up to now, units
+        made and reused, hardware and commit from ``provenance``); saved to invocations.json."""
+        now = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.started)) + " UTC",
+               "wall_time_s": time.time() - self.started, "units_made": self.made, "units_reused": self.reused,
+               **{k: self.provenance.get(k) for k in ("hardware", "git_sha")}}
+        calls = self.earlier + [now]
+        _write(self.root / "invocations.json", json.dumps(calls, indent=1))
+        return calls
+
+
+def _plain(o):
+    """numpy values as Python ones; anything else as text. (Infinity stays a number: json reads it back.)"""
+    return o.tolist() if isinstance(o, (np.ndarray, np.generic)) else str(o)
+
+
+def _write(path: Path, text: str) -> None:
+    """Write whole or not at all: a run killed mid-write leaves no half unit."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
