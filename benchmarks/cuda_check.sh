@@ -9,7 +9,7 @@
 set -euo pipefail
 PY=${PY:-python}
 OUT=${OUT:-/tmp/hfgan_cuda_check}
-rm -rf "$OUT" && mkdir -p "$OUT"
+rm -rf "$OUT" && mkdir -p "$OUT"  # PAPER_OUT (step 6) may live elsewhere and survive
 export FLWR_TELEMETRY_ENABLED=0
 $PY - <<'EOF'
 import torch
@@ -37,3 +37,20 @@ echo "== 5. speed"
 $PY benchmarks/round_speed.py --devices cpu cuda --repeats 3
 $PY benchmarks/dp_step.py --device cuda --no-opacus
 $PY benchmarks/dp_step.py --device cuda
+
+# 6. (optional: PAPER_SECONDS=300 bash benchmarks/cuda_check.sh) how far the paper profile gets on the GPU in
+#    that many seconds; run it again with the same OUT to continue (--resume), and the units say what each
+#    result cost: the numbers to size a full paper run on this card.
+if [ "${PAPER_SECONDS:-0}" -gt 0 ]; then
+  echo "== 6. the paper profile on the GPU for ${PAPER_SECONDS} s (chest X-ray; resumable)"
+  timeout "${PAPER_SECONDS}" $PY -m hfgan_core benchmark --dataset pneumoniamnist --methods all --seeds 0 1 2 3 4 \
+      --profile paper --device cuda --epsilon 10 --curve-epsilon 1 3 inf --out "${PAPER_OUT:-$OUT/paper}" \
+      --no-progress --resume || true
+  $PY - "${PAPER_OUT:-$OUT/paper}/units" <<'PYEOF'
+import json, sys
+from pathlib import Path
+for f in sorted(Path(sys.argv[1]).glob("row-*.json"), key=lambda p: p.stat().st_mtime):
+    u = json.loads(f.read_text())
+    print(f"{f.stem}: {u['wall_time_s']:.0f} s, best round {u['classifier']['best_round']}, acc {u['accuracy']:.3f}")
+PYEOF
+fi
