@@ -34,9 +34,9 @@ def setting_label(scheme: str, alpha: float | None) -> str:
 
 def run_noniid(dataset: str, out: str | Path, *, profile: str = "quick", seeds: list[int] = (0, 1, 2),
                epsilon: float = 10.0, data_dir: str | None = None, device: str = "cpu",
-               settings=SETTINGS, progress: bool = False) -> list[dict]:
+               settings=SETTINGS, progress: bool = False, resume: bool = False) -> list[dict]:
     """One benchmark per setting under <out>/<dataset>/noniid/<setting>; writes noniid.json and
-    noniid.md beside them and returns the rows."""
+    noniid.md beside them and returns the rows. ``resume``: each benchmark continues (``units``)."""
     points = [("iid" if scheme == "iid" else f"alpha{alpha:g}",
                {"setting": setting_label(scheme, alpha), "partition": scheme, "alpha": alpha},
                {"partition": scheme, "alpha": alpha or 0.5}) for scheme, alpha in settings]
@@ -45,12 +45,12 @@ def run_noniid(dataset: str, out: str | Path, *, profile: str = "quick", seeds: 
     return _sweep(Path(out) / dataset / "noniid", "noniid", points, NONIID_METHODS,
                   f"### {dataset}: test accuracy as hospitals differ", note,
                   dict(dataset=dataset, profile=profile, seeds=list(seeds), epsilons=[epsilon], data_dir=data_dir,
-                       device=device), progress)
+                       device=device), progress, resume)
 
 
 def run_ratio(dataset: str, out: str | Path, *, profile: str = "quick", seeds: list[int] = (0, 1, 2),
               epsilon: float = 10.0, data_dir: str | None = None, device: str = "cpu", ratios=RATIOS,
-              progress: bool = False) -> list[dict]:
+              progress: bool = False, resume: bool = False) -> list[dict]:
     """One benchmark per synthetic ratio under <out>/<dataset>/ratio/<ratio>, all reading the
     HF-GAN runs of <out>/<dataset>/ratio/gan_runs (trained by the first ratio, reused after)."""
     root = Path(out) / dataset / "ratio"
@@ -60,17 +60,18 @@ def run_ratio(dataset: str, out: str | Path, *, profile: str = "quick", seeds: l
             "synthetic (or null) images per real image, and FedAvg with as many steps takes the same optimizer steps.")
     return _sweep(root, "ratio", points, RATIO_METHODS, f"### {dataset}: synthetic images per real image", note,
                   dict(dataset=dataset, profile=profile, seeds=list(seeds), epsilons=[epsilon], data_dir=data_dir,
-                       device=device, gan_cache=str(root / "gan_runs")), progress)
+                       device=device, gan_cache=str(root / "gan_runs")), progress, resume)
 
 
 def _sweep(root: Path, name: str, points: list[tuple[str, dict, dict]], methods: list[str], title: str, note: str,
-           common: dict, progress: bool) -> list[dict]:
+           common: dict, progress: bool, resume: bool = False) -> list[dict]:
     """Run one benchmark per point (sub-folder, what its rows are labelled with, the BenchmarkConfig
     settings it varies) on ``common`` settings; write <name>.json and <name>.md under ``root``."""
     rows = []
     for folder, labels, varied in points:
         sub = root / folder
-        run_benchmark(BenchmarkConfig(methods=methods, **common, **varied), sub, progress=progress, echo=progress)
+        run_benchmark(BenchmarkConfig(methods=methods, **common, **varied), sub, progress=progress, echo=progress,
+                      resume=resume)
         report = load_runs(sub)
         rows += [row | labels for row in add_paired_deltas(summarise(report["runs"], methods), sub)]
     c = common

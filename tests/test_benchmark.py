@@ -502,6 +502,13 @@ def test_noniid_sweep_runs_every_setting_on_the_same_seeds(tmp_path, capsys):
         assert cfg["seeds"] == [0] and cfg["methods"] == NONIID_METHODS
     assert "HF-GAN − null images" in (root / "noniid.md").read_text()
     assert (root / "noniid.png").stat().st_size > 10_000
+    before = (root / "noniid.md").read_text()
+    assert main(["noniid", "--dataset", "pneumoniamnist", "--profile", "smoke", "--seeds", "0", "--out",
+                 str(tmp_path), "--no-progress", "--resume"]) == 0  # a finished sweep, resumed: nothing to redo
+    for sub in ("alpha0.1", "alpha0.5", "alpha1", "iid"):
+        calls = json.loads((root / sub / "runs.json").read_text())["invocations"]
+        assert len(calls) == 2 and calls[1]["units_made"] == 0 and calls[1]["units_reused"] >= len(NONIID_METHODS)
+    assert (root / "noniid.md").read_text() == before
 
 
 def test_ratio_sweep_trains_each_gan_once_and_matches_the_controls(tmp_path, monkeypatch):

@@ -56,7 +56,7 @@ class Units:
             _write(saved, json.dumps(self.stamp, indent=2))
         log = self.root / "invocations.json"
         self.earlier = json.loads(log.read_text()) if self.resumed and log.exists() else []
-        self.reused = self.made = 0
+        self.made, self.reused = 0, set()  # units written by this invocation; keys it took from earlier ones
         self.started = time.time()
         self.provenance = provenance or {}
 
@@ -71,7 +71,7 @@ class Units:
         unit = json.loads(path.read_text())
         if path.with_suffix(".npy").exists():
             unit["_array"] = np.load(path.with_suffix(".npy"))
-        self.reused += 1
+        self.reused.add(key)
         return unit
 
     def put(self, key: tuple, unit: dict, array: np.ndarray | None = None) -> None:
@@ -88,7 +88,7 @@ class Units:
         """Every invocation that worked on these units, this one last (wall time up to now, units
         made and reused, hardware and commit from ``provenance``); saved to invocations.json."""
         now = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.started)) + " UTC",
-               "wall_time_s": time.time() - self.started, "units_made": self.made, "units_reused": self.reused,
+               "wall_time_s": time.time() - self.started, "units_made": self.made, "units_reused": len(self.reused),
                **{k: self.provenance.get(k) for k in ("hardware", "git_sha")}}
         calls = self.earlier + [now]
         _write(self.root / "invocations.json", json.dumps(calls, indent=1))
