@@ -54,10 +54,10 @@ class Units:
             shutil.rmtree(self.root, ignore_errors=True)  # our own units from an earlier run
             self.root.mkdir(parents=True)
             _write(saved, json.dumps(self.stamp, indent=2))
-        log = self.root / "invocations.json"
-        self.earlier = json.loads(log.read_text()) if self.resumed and log.exists() else []
         self.made, self.reused = 0, set()  # units written by this invocation; keys it took from earlier ones
         self.started = time.time()
+        self._me = self.root / "invocations" / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}.json"
+        self._me.parent.mkdir(exist_ok=True)
         self.provenance = provenance or {}
 
     def _path(self, key: tuple) -> Path:
@@ -85,14 +85,15 @@ class Units:
         self.invocations()  # kept current: a run killed later still counts its time up to here
 
     def invocations(self) -> list[dict]:
-        """Every invocation that worked on these units, this one last (wall time up to now, units
-        made and reused, hardware and commit from ``provenance``); saved to invocations.json."""
+        """Every invocation that worked on these units, in the order they started (wall time up to
+        now, units made and reused, hardware and commit from ``provenance``). Each writes its own
+        file under ``invocations/``, so processes working on different seeds of one run (once the
+        first seed's tuning is done) can share the folder."""
         now = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.started)) + " UTC",
                "wall_time_s": time.time() - self.started, "units_made": self.made, "units_reused": len(self.reused),
                **{k: self.provenance.get(k) for k in ("hardware", "git_sha")}}
-        calls = self.earlier + [now]
-        _write(self.root / "invocations.json", json.dumps(calls, indent=1))
-        return calls
+        _write(self._me, json.dumps(now))
+        return [json.loads(f.read_text()) for f in sorted(self._me.parent.glob("*.json"))]
 
 
 def _plain(o):
