@@ -1,0 +1,60 @@
+"""Issue 11's rule, from a finished benchmark: does HF-GAN beat every control, paired?
+
+HF-GAN's images help only where HF-GAN beats the null-image control *and* the equal-steps
+control with a paired 95 % interval that excludes zero. This prints, for one benchmark folder
+(its probas.npz), HF-GAN's paired difference in test accuracy and balanced accuracy against
+FedAvg and each control, with ``stats.paired_delta`` (bootstrap over seeds and test images).
+Nothing is trained and the test split is not read again: the saved probabilities are scored.
+
+    python benchmarks/paired_controls.py results/retinamnist [--epsilon 10]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+
+from hfgan_core.benchmark import METHODS
+from hfgan_core.stats import paired_delta
+
+CONTROLS = ("fedavg", "fedavg_steps", "fedavg_balanced", "fedavg_null")
+
+
+def accuracy(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.mean(p.argmax(-1) == y))
+
+
+def balanced_accuracy(y: np.ndarray, p: np.ndarray) -> float:
+    pred = p.argmax(-1)  # (models, N)
+    return float(np.mean([np.mean(pred[:, y == c] == c) for c in np.unique(y)]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bench_dir", help="a benchmark's output folder (runs.json, probas.npz)")
+    ap.add_argument("--epsilon", type=float, default=10.0, help="HF-GAN's epsilon (the table's)")
+    ap.add_argument("--method", default="hfgan", help="the row compared with the controls")
+    args = ap.parse_args()
+    saved = np.load(Path(args.bench_dir) / "probas.npz")
+    y = saved["y_test"]
+
+    def by_seed(method: str, eps: float) -> dict[int, np.ndarray]:
+        return {int(k.split("|")[1]): saved[k] for k in saved.files
+                if k.split("|")[0] == method and float(k.split("|")[2]) == eps}
+    mine = by_seed(args.method, args.epsilon)
+    print(f"{METHODS[args.method].label} at eps = {args.epsilon:g} minus each row, paired on seeds and test images "
+          "(mean over seeds, 95 % bootstrap interval):")
+    for control in CONTROLS:
+        theirs = by_seed(control, math.inf)
+        seeds = sorted(set(mine) & set(theirs))
+        cells = []
+        for name, score in (("accuracy", accuracy), ("balanced accuracy", balanced_accuracy)):
+            d = paired_delta(y, [mine[s] for s in seeds], [theirs[s] for s in seeds], score=score)
+            cells.append(f"{name} {d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
+        print(f"  vs {METHODS[control].label} (seeds {seeds}): " + "; ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
