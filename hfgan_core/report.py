@@ -40,7 +40,7 @@ TABLES = {t.dataset: t for t in [
     Table("pneumoniamnist", "table1_chest_xray", "01_chest_xray.ipynb", "Table 1: chest X-ray (PneumoniaMNIST)"),
     Table("brainmri", "table2_brain_mri", "02_brain_mri.ipynb", "Table 2: brain MRI (4 tumour classes)"),
     Table("retinamnist", "table3_retinal_fundus", "03_retinal_fundus.ipynb", "Table 3: retinal fundus (RetinaMNIST)")]}
-FIGURES = ("samples", "privacy_utility", "per_hospital")
+FIGURES = ("samples", "privacy_utility", "per_hospital", "validation_curves")
 # Table 4 attacks the chest X-ray runs; it runs whenever the chest X-ray data is there (attacks=False skips it)
 ATTACK_TABLE = Table("pneumoniamnist", "table4_privacy_attacks", "04_privacy_attacks.ipynb",
                      "Table 4: privacy attacks and audit (chest X-ray)")
@@ -168,6 +168,32 @@ def plot_per_hospital(bench_dir: str | Path, path: str | Path,
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.set_title(f"{report['dataset']}: per-hospital test accuracy (seed {seed}; size and DP class mix under each hospital)",
                  fontsize=9)
+    return _save(fig, path)
+
+
+def plot_validation_curves(bench_dir: str | Path, path: str | Path):
+    """Each row's validation macro-AUC by federated round (first seed; the private rows at the
+    table's epsilon): where patience stopped it and, dotted, the round it kept. The curves of
+    every seed are in runs.json ("classifier": "val_auc")."""
+    import matplotlib.pyplot as plt
+    report = load_runs(bench_dir)
+    seed, eps = report["config"]["seeds"][0], float(report["config"]["epsilons"][0])
+    runs = [r for r in report["runs"] if r["seed"] == seed and r["epsilon"] == (eps if r["method"] in PRIVATE_ROWS
+                                                                              else math.inf)]
+    fig, ax = plt.subplots(figsize=(9, 4.2), layout="constrained")
+    colors = plt.get_cmap("tab10").colors
+    for i, r in enumerate(runs):
+        c, style = r["classifier"], dict(color=colors[i % 10], ls="-" if i < 10 else "--")
+        for j, (curve, best) in enumerate(zip(c["val_auc"], c["best_round"])):  # "local only": one per hospital
+            ax.plot(np.arange(1, len(curve) + 1), curve, lw=0.8 if len(c["val_auc"]) > 1 else 1.5,
+                    label=METHODS[r["method"]].label if j == 0 else None, **style)
+            ax.plot(best, curve[best - 1], "o", color=style["color"], ms=4)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("federated round")
+    ax.set_ylabel("validation macro-AUC")
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.set_title(f"{report['dataset']}: validation curves (seed {seed}; private rows at ε = {_eps_label(eps)}; "
+                 "dot: the round kept)", fontsize=9)
     return _save(fig, path)
 
 

@@ -233,13 +233,19 @@ def test_resume_refuses_results_of_other_settings_or_code(tmp_path, monkeypatch)
     unit = Units(tmp_path, stamp, resume=True).get(("row", "fedavg", 0, 10.0))
     assert unit["accuracy"] == 0.8 and np.array_equal(unit["_array"], np.ones(3))
     assert Units(tmp_path, stamp, resume=False).get(("row", "fedavg", 0, 10.0)) is None  # no --resume: a fresh start
-    # the code hash follows every source file's bytes
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    # the code hash follows the bytes of every module that makes numbers, and only those
+    (tmp_path / "pkg" / "benchmark").mkdir(parents=True)
+    for name in ("train.py", "benchmark/runner.py", "report.py", "benchmark/tables.py"):
+        (tmp_path / "pkg" / name).write_text("x = 1\n")
     monkeypatch.setattr(units_module, "PACKAGE", tmp_path / "pkg")
     before = units_module.code_hash()
-    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
-    assert units_module.code_hash() != before
+    for name in ("report.py", "benchmark/tables.py"):  # rendering only
+        (tmp_path / "pkg" / name).write_text("x = 2\n")
+        assert units_module.code_hash() == before
+    for name in ("train.py", "benchmark/runner.py"):
+        (tmp_path / "pkg" / name).write_text("x = 2\n")
+        assert units_module.code_hash() != before
+        before = units_module.code_hash()
 
 @pytest.mark.parametrize("args,message", [
     (["--methods", "nosuch"], "unknown method"),
