@@ -14,8 +14,9 @@ def provenance(device: str) -> dict:
     import importlib.metadata as md
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                    text=True).stdout.strip())
+        # edits to tracked files outside results/ (the outputs, e.g. the notebook papermill is writing)
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                     ":(exclude)results"], capture_output=True, text=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         sha, dirty = "unknown", False
     packages = ("torch", "torchvision", "opacus", "numpy", "scikit-learn", "torchmetrics")
