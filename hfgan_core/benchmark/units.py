@@ -4,7 +4,8 @@ The paper profile takes hours on a CPU, longer than a session, and a GPU slot gi
 a command. So every finished result, (method, seed, epsilon) row, GAN judgement and tuning choice,
 is written to ``<out>/units`` as it is made, and ``resume`` reuses them. A unit is reused only
 when everything that made it is the same: the run's settings, the profile, the data file's bytes
-and the library's code (a hash of ``hfgan_core``'s sources). Anything else is refused, never mixed.
+and the code (a hash of the ``hfgan_core`` modules that make numbers; ``RENDER_ONLY`` ones are left
+out). Anything else is refused, never mixed.
 """
 from __future__ import annotations
 
