@@ -17,13 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from hfgan_core.benchmark import METHODS
+from hfgan_core.benchmark.tables import accuracy, probas_by_seed
 from hfgan_core.stats import paired_delta
 
 CONTROLS = ("fedavg", "fedavg_steps", "fedavg_balanced", "fedavg_null")
-
-
-def accuracy(y: np.ndarray, p: np.ndarray) -> float:
-    return float(np.mean(p.argmax(-1) == y))
 
 
 def balanced_accuracy(y: np.ndarray, p: np.ndarray) -> float:
@@ -39,15 +36,11 @@ def main() -> None:
     args = ap.parse_args()
     saved = np.load(Path(args.bench_dir) / "probas.npz")
     y = saved["y_test"]
-
-    def by_seed(method: str, eps: float) -> dict[int, np.ndarray]:
-        return {int(k.split("|")[1]): saved[k] for k in saved.files
-                if k.split("|")[0] == method and float(k.split("|")[2]) == eps}
-    mine = by_seed(args.method, args.epsilon)
+    mine = probas_by_seed(saved, args.method, args.epsilon)
     print(f"{METHODS[args.method].label} at eps = {args.epsilon:g} minus each row, paired on seeds and test images "
           "(mean over seeds, 95 % bootstrap interval):")
     for control in CONTROLS:
-        theirs = by_seed(control, math.inf)
+        theirs = probas_by_seed(saved, control, math.inf)
         seeds = sorted(set(mine) & set(theirs))
         cells = []
         for name, score in (("accuracy", accuracy), ("balanced accuracy", balanced_accuracy)):

@@ -173,7 +173,7 @@ def plot_per_hospital(bench_dir: str | Path, path: str | Path,
 
 def plot_validation_curves(bench_dir: str | Path, path: str | Path):
     """Each row's validation macro-AUC by federated round (first seed; the private rows at the
-    table's epsilon): where patience stopped it and, dotted, the round it kept. The curves of
+    table's epsilon): where patience stopped it and, as a dot, the round it kept. The curves of
     every seed are in runs.json ("classifier": "val_auc")."""
     import matplotlib.pyplot as plt
     report = load_runs(bench_dir)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import math
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields

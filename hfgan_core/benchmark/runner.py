@@ -88,7 +88,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
     extractor_info = extractor_info | {"test_accuracy": float((predict_proba(extractor, tx).argmax(1) == ty.numpy()).mean())}
     records, hospitals, gan_quality = [], {}, []
     tuner = Tuner(k=prof.tune)  # every classifier: the same number of configurations, chosen on validation
-    tuner.log = (units.get(("tuning",)) or {}) if units.resumed else {}
+    tuner.log = units.get(("tuning",)) or {}  # the choices an earlier invocation made (resume)
     for seed in config.seeds:
         seed_records, hospitals[str(seed)], seed_quality = _run_seed(config, prof, dev, seed, extractor, test, out,
                                                                      tuner, units, progress, echo, weights)
@@ -278,7 +278,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
         wanted = [m for m in c.methods if m in PRIVATE_ROWS and (eps in c.epsilons or m in CURVE_METHODS)]
         hf_rows = [m for m in wanted if METHODS[m].gan == "hfgan"]
         hf_done = {m: finished(m, eps) for m in hf_rows}
-        if hf_rows and (None in hf_done.values() or units.get(("quality", "hfgan", seed, eps)) is None):
+        if hf_rows and (None in hf_done.values() or not units.has(("quality", "hfgan", seed, eps))):
             gens, gan_eps, gan_time = _hfgan(c, prof, ds, seed, eps, out, progress, resume=units.resumed)
             judge("hfgan", eps, gens, gan_eps)
             own = [images_for_labels([g], balanced_labels(n_synth(h), k), seed + i)
@@ -302,7 +302,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             records += list(hf_done.values())
             judge("hfgan", eps, [], math.nan)
         dpgan_done = finished("dpfedavg_gan", eps) if "dpfedavg_gan" in wanted else None
-        if dpgan_done and units.get(("quality", "dpfedavg_gan", seed, eps)):
+        if dpgan_done and units.has(("quality", "dpfedavg_gan", seed, eps)):
             records.append(dpgan_done)
             judge("dpfedavg_gan", eps, [], math.nan)
         elif "dpfedavg_gan" in wanted:

@@ -56,6 +56,17 @@ def summarise(records: list[dict], methods: list[str]) -> list[dict]:
     return rows
 
 
+def probas_by_seed(saved, method: str, eps: float) -> dict[int, np.ndarray]:
+    """One row's saved test probabilities (models, N, K) per seed, from probas.npz ("method|seed|eps")."""
+    return {int(k.split("|")[1]): saved[k] for k in saved.files
+            if k.split("|")[0] == method and float(k.split("|")[2]) == eps}
+
+
+def accuracy(labels: np.ndarray, p: np.ndarray) -> float:
+    """Test accuracy, mean over the row's models: a ``stats.paired_delta`` score."""
+    return float(np.mean(p.argmax(-1) == labels))
+
+
 def add_paired_deltas(rows: list[dict], out: str | Path, *, n_boot: int = 1000) -> list[dict]:
     """Each row's accuracy minus FedAvg's (and minus the null-image control's), paired on seeds and
     test images, with a 95 % bootstrap interval (``stats.paired_delta``), from <out>/probas.npz."""
@@ -65,18 +76,10 @@ def add_paired_deltas(rows: list[dict], out: str | Path, *, n_boot: int = 1000) 
         return rows
     saved = np.load(path)
     y = saved["y_test"]
-
-    def probas(method: str, eps: float) -> dict[int, np.ndarray]:
-        prefix = f"{method}|"
-        return {int(k.split("|")[1]): saved[k] for k in saved.files
-                if k.startswith(prefix) and float(k.split("|")[2]) == eps}
-
-    def accuracy(labels: np.ndarray, p: np.ndarray) -> float:  # mean over the row's models
-        return float(np.mean(p.argmax(-1) == labels))
     for row in rows:
-        mine = probas(row["method"], row["epsilon_target"])
+        mine = probas_by_seed(saved, row["method"], row["epsilon_target"])
         for base, key in (("fedavg", "delta_vs_fedavg"), ("fedavg_null", "delta_vs_null")):
-            theirs = probas(base, math.inf)
+            theirs = probas_by_seed(saved, base, math.inf)
             seeds = sorted(set(mine) & set(theirs))
             d = (None if row["method"] == base or not seeds else
                  paired_delta(y, [mine[s] for s in seeds], [theirs[s] for s in seeds], score=accuracy, n_boot=n_boot))
@@ -193,9 +196,9 @@ def _invocations_note(report: dict) -> str:
     calls = report.get("invocations", [])
     if len(calls) < 2:
         return ""
-    machines = sorted({c["hardware"] for c in calls})
+    hardware = sorted({c["hardware"] for c in calls})
     return (f" over {len(calls)} invocations (`--resume`; every result reused only with the same settings, data and "
-            f"code{'' if len(machines) == 1 else '; machines: ' + ' / '.join(machines)})")
+            f"code{'' if len(hardware) == 1 else '; hardware: ' + ' / '.join(hardware)})")
 
 
 def _tuning_note(report: dict) -> str:

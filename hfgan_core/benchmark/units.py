@@ -10,6 +10,7 @@ out). Anything else is refused, never mixed.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -82,12 +83,15 @@ class Units:
         self.reused.add(key)
         return unit
 
+    def has(self, key: tuple) -> bool:
+        return self._path(key).exists()
+
     def put(self, key: tuple, unit: dict, array: np.ndarray | None = None) -> None:
         path = self._path(key)
         if array is not None:
-            with open(path.with_suffix(".npy.tmp"), "wb") as f:
-                np.save(f, array)
-            os.replace(path.with_suffix(".npy.tmp"), path.with_suffix(".npy"))
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            _write(path.with_suffix(".npy"), buffer.getvalue())
         _write(path, json.dumps(unit, default=_plain))  # last: a unit counts as finished once its JSON is there
         self.made += 1
         self.invocations()  # kept current: a run killed later still counts its time up to here
@@ -109,8 +113,8 @@ def _plain(o):
     return o.tolist() if isinstance(o, (np.ndarray, np.generic)) else str(o)
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: Path, data: str | bytes) -> None:
     """Write whole or not at all: a run killed mid-write leaves no half unit."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
