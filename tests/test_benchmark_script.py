@@ -36,3 +36,32 @@ def test_paired_controls_scores_the_saved_probabilities(tmp_path):
         line = proc.stdout.splitlines()[1 + ("fedavg", "fedavg_steps", "fedavg_balanced", "fedavg_null").index(control)]
         delta, low, high = map(float, re.search(r"accuracy ([-+.\d]+) \[([-+.\d]+), ([-+.\d]+)\]", line).groups())
         assert delta == round(expected, 3) and low <= delta <= high
+
+
+def test_pretrained_gans_are_reused_by_the_benchmark(tmp_path, monkeypatch):
+    """benchmarks/pretrain_gans.py trains HF-GAN runs the benchmark, resumed, takes as finished (no
+    GAN training), records its own time as an invocation, and refuses a folder of other settings."""
+    import json
+
+    import hfgan_core.benchmark as bm
+    from conftest import real_data
+    real_data("pneumoniamnist.npz")
+    script = [sys.executable, "benchmarks/pretrain_gans.py", "--dataset", "pneumoniamnist", "--seeds", "1",
+              "--out", str(tmp_path)]
+    proc = subprocess.run(script + ["--profile", "smoke"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(r"seed 1, eps 10: spent eps \d+\.\d{3}, trained in \d+ s", proc.stdout.strip())
+    made = (tmp_path / "gan_runs" / "hfgan-seed1-eps10.0" / "generators.pt").stat().st_mtime_ns
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the benchmark trained a GAN the script had finished")
+    monkeypatch.setattr(sys.modules["hfgan_core.train"], "train", no_training)
+    report = bm.run_benchmark(bm.BenchmarkConfig(dataset="pneumoniamnist", methods=["hfgan"], seeds=[1],
+                                                 profile="smoke"), tmp_path, progress=False, resume=True)
+    assert [(r["method"], r["seed"]) for r in report["runs"]] == [("hfgan", 1)]
+    assert (tmp_path / "gan_runs" / "hfgan-seed1-eps10.0" / "generators.pt").stat().st_mtime_ns == made
+    calls = json.loads((tmp_path / "runs.json").read_text())["invocations"]
+    assert len(calls) == 2 and calls[0]["units_made"] == 0 and calls[1]["units_made"] > 0
+    other = subprocess.run(script + ["--profile", "quick"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert other.returncode == 2 and "Traceback" not in other.stderr and len(other.stderr.strip().splitlines()) == 1
+    assert "holds results made with other" in other.stderr
