@@ -8,7 +8,10 @@
   the generators are trained once per seed and reused across ratios.
 
 Each writes a table (accuracy, and HF-GAN's paired differences to FedAvg and to the null-image
-control) and a figure of accuracy against the varied setting.
+control) and a figure of accuracy against the varied setting. With ``resume``, the point whose
+settings are the headline table's (alpha = 0.5; the profile's ratio) starts from the headline run's
+finished units in <out>/<dataset> when their stamp (settings, profile, data, code) is the same, and
+the ratio sweep from its finished HF-GAN runs: the same numbers, not made twice.
 
     python -m hfgan_core noniid --dataset pneumoniamnist --profile paper --out results
     python -m hfgan_core ratio --dataset pneumoniamnist --profile paper --out results
@@ -16,11 +19,15 @@ control) and a figure of accuracy against the varied setting.
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from .benchmark import METHODS, BenchmarkConfig, add_paired_deltas, jsonable, load_runs, run_benchmark, summarise
+from .benchmark import (METHODS, PROFILES, BenchmarkConfig, add_paired_deltas, jsonable, load_runs, run_benchmark,
+                        summarise)
+from .benchmark import runner
 
 SETTINGS = (("dirichlet", 0.1), ("dirichlet", 0.5), ("dirichlet", 1.0), ("iid", None))
 NONIID_METHODS = ["fedavg", "fedavg_null", "hfgan", "centralized"]
@@ -54,8 +61,11 @@ def run_ratio(dataset: str, out: str | Path, *, profile: str = "quick", seeds: l
     """One benchmark per synthetic ratio under <out>/<dataset>/ratio/<ratio>, all reading the
     HF-GAN runs of <out>/<dataset>/ratio/gan_runs (trained by the first ratio, reused after)."""
     root = Path(out) / dataset / "ratio"
-    points = [(f"ratio{ratio:g}", {"setting": f"{ratio:g}", "ratio": ratio}, {"synthetic_ratio": ratio})
-              for ratio in ratios]
+    own = PROFILES[profile].synthetic_ratio  # the headline's ratio: run with its settings, so its units can be reused
+    points = [(f"ratio{ratio:g}", {"setting": f"{ratio:g}", "ratio": ratio},
+               {"synthetic_ratio": None if ratio == own else ratio}) for ratio in ratios]
+    if resume:
+        _seed_gan_runs(Path(out) / dataset / "gan_runs", root / "gan_runs")
     note = (f"HF-GAN at ε = {epsilon:g} (one GAN per seed, shared by every ratio); each column adds that many "
             "synthetic (or null) images per real image, and FedAvg with as many steps takes the same optimizer steps.")
     return _sweep(root, "ratio", points, RATIO_METHODS, f"### {dataset}: synthetic images per real image", note,
@@ -70,8 +80,10 @@ def _sweep(root: Path, name: str, points: list[tuple[str, dict, dict]], methods:
     rows = []
     for folder, labels, varied in points:
         sub = root / folder
-        run_benchmark(BenchmarkConfig(methods=methods, **common, **varied), sub, progress=progress, echo=progress,
-                      resume=resume)
+        config = BenchmarkConfig(methods=methods, **common, **varied)
+        if resume:
+            _seed_units(root.parent, sub, config)
+        run_benchmark(config, sub, progress=progress, echo=progress, resume=resume)
         report = load_runs(sub)
         rows += [row | labels for row in add_paired_deltas(summarise(report["runs"], methods), sub)]
     c = common
@@ -82,6 +94,29 @@ def _sweep(root: Path, name: str, points: list[tuple[str, dict, dict]], methods:
         sweep_markdown(rows, methods, title) + f"Mean ± sd over seeds {c['seeds']}, profile `{c['profile']}`, "
         + note + " Δ: paired on seeds and test images, 95 % bootstrap interval.\n")
     return rows
+
+
+def _seed_units(headline: Path, sub: Path, config: BenchmarkConfig) -> None:
+    """Start a sweep point that has not started from the headline run's finished units, when both
+    carry the same stamp (settings, profile, data, code): ``run_benchmark(resume=True)`` then
+    reuses them as its own. Anything else is left alone."""
+    stamp_file = headline / "units" / "stamp.json"
+    if (sub / "units" / "stamp.json").exists() or not stamp_file.exists():
+        return
+    prof = PROFILES[config.profile]
+    if config.synthetic_ratio is not None:  # as run_benchmark adjusts it (sweeps vary nothing else in it)
+        prof = replace(prof, synthetic_ratio=config.synthetic_ratio)
+    mine = jsonable(runner._stamp(config, prof, runner._load(config, prof)))
+    if json.loads(stamp_file.read_text()) == mine:
+        shutil.copytree(headline / "units", sub / "units", ignore=shutil.ignore_patterns("invocations"))
+
+
+def _seed_gan_runs(headline: Path, cache: Path) -> None:
+    """Copy the headline run's finished HF-GAN runs into the ratio sweep's GAN cache; the benchmark
+    reuses one only if its config is the very same (``train.trained_generators``)."""
+    for run in sorted(headline.glob("hfgan-*")):
+        if (run / "generators.pt").exists() and not (cache / run.name).exists():
+            shutil.copytree(run, cache / run.name, ignore=shutil.ignore_patterns("checkpoint.pt"))
 
 
 def sweep_markdown(rows: list[dict], methods: list[str], title: str) -> str:

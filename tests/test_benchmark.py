@@ -517,6 +517,30 @@ def test_noniid_sweep_runs_every_setting_on_the_same_seeds(tmp_path, capsys):
     assert (root / "noniid.md").read_text() == before
 
 
+def test_sweeps_resumed_start_from_the_headline_run(tmp_path, monkeypatch):
+    """With resume, the non-IID point with the headline's settings (alpha 0.5) takes the headline
+    run's finished units (nothing made again, the same rows), the ratio sweep its finished GANs
+    (none trained again), and a headline of other code is not used."""
+    real_data("pneumoniamnist.npz")
+    import hfgan_core.sweeps as sw
+    import hfgan_core.train as train_module
+    config = bm.BenchmarkConfig(dataset="pneumoniamnist", methods=sw.NONIID_METHODS, seeds=[0], profile="smoke")
+    headline = bm.run_benchmark(config, tmp_path / "pneumoniamnist", progress=False)
+    rows = sw.run_noniid("pneumoniamnist", tmp_path, profile="smoke", seeds=[0], settings=(("dirichlet", 0.5),),
+                         resume=True)
+    point = json.loads((tmp_path / "pneumoniamnist" / "noniid" / "alpha0.5" / "runs.json").read_text())
+    assert [c["units_made"] for c in point["invocations"]] == [0]
+    assert {r["method"]: r["accuracy"] for r in rows} == {r["method"]: r["accuracy"] for r in headline["runs"]}
+    trained = []
+    monkeypatch.setattr(train_module, "train", lambda *a, **k: trained.append(a[1]))
+    sw.run_ratio("pneumoniamnist", tmp_path, profile="smoke", seeds=[0], ratios=(0.5,), resume=True)
+    assert trained == [] and (tmp_path / "pneumoniamnist" / "ratio" / "gan_runs" / "hfgan-seed0-eps10.0").exists()
+    stamp = tmp_path / "pneumoniamnist" / "units" / "stamp.json"  # the headline made by other code: left alone
+    stamp.write_text(json.dumps(json.loads(stamp.read_text()) | {"code": "hfgan_core sha256 other"}))
+    sw._seed_units(tmp_path / "pneumoniamnist", tmp_path / "fresh", config)
+    assert not (tmp_path / "fresh").exists()
+
+
 def test_ratio_sweep_trains_each_gan_once_and_matches_the_controls(tmp_path, monkeypatch):
     """python -m hfgan_core ratio (smoke, two ratios): the HF-GAN of a seed trains once and is reused
     by the second ratio; at each ratio the null-image control trains on as many images as HF-GAN
