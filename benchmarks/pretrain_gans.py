@@ -11,7 +11,9 @@ it (``runner._hfgan``: the same config, run folder and checkpoints), under the s
     python benchmarks/pretrain_gans.py --dataset retinamnist --seeds 1 2 3 4 --profile paper \\
         --epsilon 10 --out runs/retina
 
-A folder that holds results of other settings or code is refused, as by ``--resume``. The time
+Give it seeds the benchmark process will not reach while this runs (two processes must not train
+one run folder at once). A folder that holds results of other settings or code is refused, as by
+``--resume``. The time
 spent here is recorded as one more invocation of the run (``runs.json`` → ``invocations``), so the
 table's wall time counts it.
 """
