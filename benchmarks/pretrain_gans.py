@@ -2,37 +2,39 @@
 
 On a CPU the paper profile is slow, and one benchmark process uses one core well. The HF-GAN runs
 of the later seeds need no tuning, so a second process can train them while the first tunes every
-classifier on seed 0; the benchmark, run with ``--resume``, then reuses each finished run (or
-continues a stopped one) instead of training it. This script calls the benchmark's own code for
-it (``runner._hfgan``: the same config, run folder and checkpoints), under the same settings stamp:
+classifier on seed 0. This script takes the benchmark's own flags and trains, through the
+benchmark's own code (``runner._hfgan``: the same config, run folder and checkpoints), the HF-GAN
+run of every seed and epsilon they name (``--curve-epsilon`` too where the profile draws the
+curve on every seed, as ``paper`` does):
 
-    python -m hfgan_core benchmark --dataset retinamnist --methods all --seeds 0 1 2 3 4 \\
-        --profile paper --epsilon 10 --out runs/retina --resume &
-    python benchmarks/pretrain_gans.py --dataset retinamnist --seeds 1 2 3 4 --profile paper \\
-        --epsilon 10 --out runs/retina
+    python benchmarks/pretrain_gans.py --dataset retinamnist --seeds 1 2 3 4 --profile paper --out runs/retina
+    # once it prints "stamp ready" (seconds):
+    python -m hfgan_core benchmark --dataset retinamnist --seeds 0 1 2 3 4 --profile paper --out runs/retina --resume
 
-Give it seeds the benchmark process will not reach while this runs (two processes must not train
-one run folder at once). A folder that holds results of other settings or code is refused, as by
-``--resume``. The time
-spent here is recorded as one more invocation of the run (``runs.json`` → ``invocations``), so the
-table's wall time counts it.
+Order matters: the benchmark reuses finished GAN runs only when it starts with ``--resume`` on a
+folder whose stamp (settings, profile, data, code) already exists, which this script writes first;
+a benchmark started before it would train those runs again. Give it seeds the benchmark will not
+reach while it runs (two processes must not train one run folder). A folder holding a run of other
+settings or code is refused. Its time counts as one more invocation of the run (``runs.json``).
 """
 from __future__ import annotations
 
-import argparse
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from hfgan_core.benchmark import PROFILES, BenchmarkConfig, provenance, runner
+from hfgan_core.__main__ import _parser, benchmark_config
+from hfgan_core.benchmark import PROFILES, BenchmarkConfig, jsonable, provenance, runner
 from hfgan_core.benchmark.units import Units
 from hfgan_core.errors import UserError
 
 
-def pretrain(config: BenchmarkConfig, out: Path) -> list[dict]:
-    """Train (or continue) HF-GAN for every (seed, epsilon) of ``config``; one summary per run."""
+def pretrain(config: BenchmarkConfig, out: Path, *, echo=print) -> list[dict]:
+    """Train (or continue, or find finished) HF-GAN for every (seed, epsilon) ``config`` would run."""
+    runner._check(config)
     prof = PROFILES[config.profile]
-    # the profile exactly as run_benchmark adjusts it: it is part of the settings stamp
+    # the profile exactly as run_benchmark adjusts it: it is part of the stamp (a test holds them equal)
     if config.synthetic_ratio is not None:
         prof = replace(prof, synthetic_ratio=config.synthetic_ratio)
     if config.mu is not None:
@@ -40,33 +42,33 @@ def pretrain(config: BenchmarkConfig, out: Path) -> list[dict]:
     if config.gan_rounds is not None:
         prof = replace(prof, gan=prof.gan | {"rounds": config.gan_rounds}, gan_epochs=None)
     ds = runner._load(config, prof)
-    units = Units(out / "units", runner._stamp(config, prof, ds), resume=True, provenance=provenance(config.device))
+    stamp = jsonable(runner._stamp(config, prof, ds))
+    saved = out / "units" / "stamp.json"
+    if saved.exists() and (old := json.loads(saved.read_text())) != stamp:
+        changed = sorted(k for k in set(old) | set(stamp) if old.get(k) != stamp.get(k))
+        raise UserError(f"{out} holds a run made with other {', '.join(changed)}; give this script the benchmark's "
+                        "own flags (and code), or another --out")
+    units = Units(out / "units", stamp, resume=True, provenance=provenance(config.device))
+    echo(f"stamp ready in {saved}: start the benchmark with --resume now")
+    # curve epsilons only where the profile draws the curve on every seed (paper); elsewhere it is the
+    # benchmark's first seed, which the benchmark process reaches first anyway
+    curve = config.curve_epsilons if "hfgan" in config.methods and prof.curve_seeds is None else []
     done = []
-    for seed in config.seeds:
-        for eps in config.epsilons:
-            _, spent, train_s = runner._hfgan(config, prof, ds, seed, eps, out, False, resume=True)
-            done.append({"seed": seed, "epsilon": eps, "spent": spent, "train_s": train_s})
-            units.invocations()  # this process's wall time so far, in the run's record
+    try:
+        for seed in config.seeds:
+            for eps in config.epsilons + curve:
+                _, spent, train_s = runner._hfgan(config, prof, ds, seed, eps, out, False, resume=True)
+                done.append({"seed": seed, "epsilon": eps, "spent": spent, "train_s": train_s})
+                echo(f"seed {seed}, eps {eps:g}: spent eps {spent:.3f}, trained in {train_s:.0f} s")
+    finally:
+        units.invocations()  # this process's wall time, in the run's record (also when stopped)
     return done
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", required=True)
-    ap.add_argument("--seeds", type=int, nargs="+", required=True)
-    ap.add_argument("--profile", default="paper", choices=sorted(PROFILES))
-    ap.add_argument("--epsilon", type=float, nargs="+", default=[10.0])
-    ap.add_argument("--out", type=Path, required=True, help="the benchmark's --out folder")
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args(argv)
-    config = BenchmarkConfig(dataset=args.dataset, methods=["hfgan"], seeds=args.seeds, profile=args.profile,
-                             epsilons=args.epsilon, data_dir=args.data_dir, device=args.device)
+    args = _parser().parse_args(["benchmark", *(sys.argv[1:] if argv is None else argv)])
     try:
-        runner._check(config)
-        for run in pretrain(config, args.out):
-            print(f"seed {run['seed']}, eps {run['epsilon']:g}: spent eps {run['spent']:.3f}, "
-                  f"trained in {run['train_s']:.0f} s", flush=True)
+        pretrain(benchmark_config(args), Path(args.out), echo=lambda line: print(line, flush=True))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -239,14 +239,18 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _benchmark(args: argparse.Namespace) -> int:
+def benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
+    """The BenchmarkConfig of parsed ``benchmark`` flags (benchmarks/pretrain_gans.py takes the same)."""
     methods = list(METHODS) if args.methods == ["all"] else args.methods
-    config = BenchmarkConfig(dataset=args.dataset, methods=methods, seeds=args.seeds, profile=args.profile,
-                             epsilons=args.epsilon, curve_epsilons=args.curve_epsilon, alpha=args.alpha,
-                             clients=args.clients, partition=args.partition, delta=args.delta, data_dir=args.data_dir,
-                             device=args.device, synthetic_ratio=args.synthetic_ratio, mu=args.mu,
-                             gan_rounds=args.rounds)
-    report = run_benchmark(config, args.out, progress=not args.no_progress, resume=args.resume)
+    return BenchmarkConfig(dataset=args.dataset, methods=methods, seeds=args.seeds, profile=args.profile,
+                           epsilons=args.epsilon, curve_epsilons=args.curve_epsilon, alpha=args.alpha,
+                           clients=args.clients, partition=args.partition, delta=args.delta, data_dir=args.data_dir,
+                           device=args.device, synthetic_ratio=args.synthetic_ratio, mu=args.mu,
+                           gan_rounds=args.rounds)
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    report = run_benchmark(benchmark_config(args), args.out, progress=not args.no_progress, resume=args.resume)
     print(f"done: {len(report['runs'])} runs in {report['wall_time_s'] / 60:.1f} min; table in {args.out}/table.md")
     return 0
 

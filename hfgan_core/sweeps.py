@@ -61,7 +61,8 @@ def run_ratio(dataset: str, out: str | Path, *, profile: str = "quick", seeds: l
     """One benchmark per synthetic ratio under <out>/<dataset>/ratio/<ratio>, all reading the
     HF-GAN runs of <out>/<dataset>/ratio/gan_runs (trained by the first ratio, reused after)."""
     root = Path(out) / dataset / "ratio"
-    own = PROFILES[profile].synthetic_ratio  # the headline's ratio: run with its settings, so its units can be reused
+    # the headline's ratio runs with the headline's settings (synthetic_ratio None), so its units can be reused
+    own = PROFILES[profile].synthetic_ratio if profile in PROFILES else None  # (an unknown profile: refused below)
     points = [(f"ratio{ratio:g}", {"setting": f"{ratio:g}", "ratio": ratio},
                {"synthetic_ratio": None if ratio == own else ratio}) for ratio in ratios]
     if resume:
@@ -98,17 +99,23 @@ def _sweep(root: Path, name: str, points: list[tuple[str, dict, dict]], methods:
 
 def _seed_units(headline: Path, sub: Path, config: BenchmarkConfig) -> None:
     """Start a sweep point that has not started from the headline run's finished units, when both
-    carry the same stamp (settings, profile, data, code): ``run_benchmark(resume=True)`` then
-    reuses them as its own. Anything else is left alone."""
-    stamp_file = headline / "units" / "stamp.json"
+    carry the same stamp (settings, profile, data, code) and tuned on the same first seed:
+    ``run_benchmark(resume=True)`` then reuses them as its own. Anything else is left alone."""
+    stamp_file, tuning_file = headline / "units" / "stamp.json", headline / "units" / "tuning.json"
     if (sub / "units" / "stamp.json").exists() or not stamp_file.exists():
         return
+    runner._check(config)
     prof = PROFILES[config.profile]
     if config.synthetic_ratio is not None:  # as run_benchmark adjusts it (sweeps vary nothing else in it)
         prof = replace(prof, synthetic_ratio=config.synthetic_ratio)
-    mine = jsonable(runner._stamp(config, prof, runner._load(config, prof)))
-    if json.loads(stamp_file.read_text()) == mine:
-        shutil.copytree(headline / "units", sub / "units", ignore=shutil.ignore_patterns("invocations"))
+    if json.loads(stamp_file.read_text()) != jsonable(runner._stamp(config, prof, runner._load(config, prof))):
+        return
+    tuning = json.loads(tuning_file.read_text()) if tuning_file.exists() else {}
+    if any(entry["seed"] != config.seeds[0] for entry in tuning.values()):  # the sweep tunes on its first seed
+        return
+    shutil.copytree(headline / "units", sub / "units", ignore=shutil.ignore_patterns("invocations", "tuning.json"))
+    mine = {key: entry for key, entry in tuning.items() if key.split("|")[0] in config.methods}
+    (sub / "units" / "tuning.json").write_text(json.dumps(mine))  # only the sweep's methods' choices
 
 
 def _seed_gan_runs(headline: Path, cache: Path) -> None:

@@ -518,23 +518,33 @@ def test_noniid_sweep_runs_every_setting_on_the_same_seeds(tmp_path, capsys):
 
 
 def test_sweeps_resumed_start_from_the_headline_run(tmp_path, monkeypatch):
-    """With resume, the non-IID point with the headline's settings (alpha 0.5) takes the headline
-    run's finished units (nothing made again, the same rows), the ratio sweep its finished GANs
-    (none trained again), and a headline of other code is not used."""
+    """With resume, the sweep points with the headline's settings (non-IID alpha 0.5; the profile's
+    own ratio) take the headline run's finished units (nothing made again, the same rows, only
+    their own methods' tuning), the other ratios its finished GANs (none trained again); a
+    headline of other code is not used."""
     real_data("pneumoniamnist.npz")
     import hfgan_core.sweeps as sw
     import hfgan_core.train as train_module
-    config = bm.BenchmarkConfig(dataset="pneumoniamnist", methods=sw.NONIID_METHODS, seeds=[0], profile="smoke")
+    methods = sw.NONIID_METHODS + ["fedavg_steps"]  # every method of both sweeps
+    config = bm.BenchmarkConfig(dataset="pneumoniamnist", methods=methods, seeds=[0], profile="smoke")
     headline = bm.run_benchmark(config, tmp_path / "pneumoniamnist", progress=False)
+    accuracy = {r["method"]: r["accuracy"] for r in headline["runs"]}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a GAN the headline run had finished was trained again")
+    monkeypatch.setattr(train_module, "train", no_training)
     rows = sw.run_noniid("pneumoniamnist", tmp_path, profile="smoke", seeds=[0], settings=(("dirichlet", 0.5),),
                          resume=True)
     point = json.loads((tmp_path / "pneumoniamnist" / "noniid" / "alpha0.5" / "runs.json").read_text())
     assert [c["units_made"] for c in point["invocations"]] == [0]
-    assert {r["method"]: r["accuracy"] for r in rows} == {r["method"]: r["accuracy"] for r in headline["runs"]}
-    trained = []
-    monkeypatch.setattr(train_module, "train", lambda *a, **k: trained.append(a[1]))
-    sw.run_ratio("pneumoniamnist", tmp_path, profile="smoke", seeds=[0], ratios=(0.5,), resume=True)
-    assert trained == [] and (tmp_path / "pneumoniamnist" / "ratio" / "gan_runs" / "hfgan-seed0-eps10.0").exists()
+    assert {r["method"]: r["accuracy"] for r in rows} == {m: accuracy[m] for m in sw.NONIID_METHODS}
+    assert {key.split("|")[0] for key in point["tuning"]} == set(sw.NONIID_METHODS)
+    own = bm.PROFILES["smoke"].synthetic_ratio
+    rows = sw.run_ratio("pneumoniamnist", tmp_path, profile="smoke", seeds=[0], ratios=(own, 0.5), resume=True)
+    point = json.loads((tmp_path / "pneumoniamnist" / "ratio" / f"ratio{own:g}" / "runs.json").read_text())
+    assert [c["units_made"] for c in point["invocations"]] == [0]
+    assert {r["method"]: r["accuracy"] for r in rows if r["ratio"] == own} == {m: accuracy[m] for m in sw.RATIO_METHODS}
+    assert (tmp_path / "pneumoniamnist" / "ratio" / "gan_runs" / "hfgan-seed0-eps10.0" / "generators.pt").exists()
     stamp = tmp_path / "pneumoniamnist" / "units" / "stamp.json"  # the headline made by other code: left alone
     stamp.write_text(json.dumps(json.loads(stamp.read_text()) | {"code": "hfgan_core sha256 other"}))
     sw._seed_units(tmp_path / "pneumoniamnist", tmp_path / "fresh", config)

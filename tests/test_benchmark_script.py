@@ -39,29 +39,35 @@ def test_paired_controls_scores_the_saved_probabilities(tmp_path):
 
 
 def test_pretrained_gans_are_reused_by_the_benchmark(tmp_path, monkeypatch):
-    """benchmarks/pretrain_gans.py trains HF-GAN runs the benchmark, resumed, takes as finished (no
-    GAN training), records its own time as an invocation, and refuses a folder of other settings."""
+    """benchmarks/pretrain_gans.py, given the benchmark's flags, trains the HF-GAN runs the benchmark
+    then started with --resume takes as finished (no GAN trained again: the same stamp, also with
+    flags that change the profile), records its own time as an invocation, and refuses a folder
+    of other settings in one line."""
     import json
 
     import hfgan_core.benchmark as bm
     from conftest import real_data
     real_data("pneumoniamnist.npz")
-    script = [sys.executable, "benchmarks/pretrain_gans.py", "--dataset", "pneumoniamnist", "--seeds", "1",
-              "--out", str(tmp_path)]
+    flags = ["--dataset", "pneumoniamnist", "--seeds", "1", "--rounds", "2", "--synthetic-ratio", "0.5",
+             "--out", str(tmp_path)]
+    script = [sys.executable, "benchmarks/pretrain_gans.py", *flags]
     proc = subprocess.run(script + ["--profile", "smoke"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert re.fullmatch(r"seed 1, eps 10: spent eps \d+\.\d{3}, trained in \d+ s", proc.stdout.strip())
+    ready, trained = proc.stdout.strip().splitlines()
+    assert ready.startswith("stamp ready in ") and (tmp_path / "units" / "stamp.json").exists()
+    assert re.fullmatch(r"seed 1, eps 10: spent eps \d+\.\d{3}, trained in \d+ s", trained)
     made = (tmp_path / "gan_runs" / "hfgan-seed1-eps10.0" / "generators.pt").stat().st_mtime_ns
 
     def no_training(*args, **kwargs):
         raise AssertionError("the benchmark trained a GAN the script had finished")
     monkeypatch.setattr(sys.modules["hfgan_core.train"], "train", no_training)
-    report = bm.run_benchmark(bm.BenchmarkConfig(dataset="pneumoniamnist", methods=["hfgan"], seeds=[1],
-                                                 profile="smoke"), tmp_path, progress=False, resume=True)
+    config = bm.BenchmarkConfig(dataset="pneumoniamnist", methods=["hfgan"], seeds=[1], profile="smoke", gan_rounds=2,
+                                synthetic_ratio=0.5)
+    report = bm.run_benchmark(config, tmp_path, progress=False, resume=True)
     assert [(r["method"], r["seed"]) for r in report["runs"]] == [("hfgan", 1)]
     assert (tmp_path / "gan_runs" / "hfgan-seed1-eps10.0" / "generators.pt").stat().st_mtime_ns == made
     calls = json.loads((tmp_path / "runs.json").read_text())["invocations"]
     assert len(calls) == 2 and calls[0]["units_made"] == 0 and calls[1]["units_made"] > 0
     other = subprocess.run(script + ["--profile", "quick"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert other.returncode == 2 and "Traceback" not in other.stderr and len(other.stderr.strip().splitlines()) == 1
-    assert "holds results made with other" in other.stderr
+    assert "holds a run made with other" in other.stderr and "give this script the benchmark's own flags" in other.stderr
