@@ -8,6 +8,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 
 from hfgan_core.client import Objective, discriminator_gradient, per_example_d_loss
+from hfgan_core import clipping
 from hfgan_core.clipping import PerExampleClipper
 from hfgan_core.models import Discriminator, Generator, build_models
 
@@ -65,6 +66,28 @@ def test_clipped_sum_matches_brute_force(size, channels, aux):
     assert (norms > c).any() and (norms < c).any()
     for g, w in zip(got, want):
         assert torch.allclose(g, w, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("aux", [False, True])
+def test_chunked_patches_and_segment_sums_match_brute_force(monkeypatch, aux):
+    """Real batches are larger than the patch block (CHUNK); here blocks of 3 over 10 examples, and
+    hospitals' segments (4 and 6 examples) that cross the blocks' edges: each hospital's clipped sum
+    is still its own examples' brute-force sum."""
+    monkeypatch.setattr(clipping, "CHUNK", 3)
+    torch.manual_seed(0)
+    model = Discriminator(num_classes=3, channels=1, image_size=28, ndf=8, aux_classifier=aux).double()
+    x, y, target = tiny_batch(28, 1, scale=3.0)
+    _, unclipped = brute_force(model, x, y, target, float("inf"))
+    c = float(unclipped.median())
+    clipper = PerExampleClipper(model, max_grad_norm=c)
+    with clipper.capture():
+        losses = per_example_d_loss(model, x, y, target.bool(), Objective())
+    sums, norms = clipper.clipped_grad_sum(losses, segments=[4, 6])
+    assert torch.allclose(norms, unclipped, rtol=1e-9)
+    for i, part in enumerate((slice(0, 4), slice(4, 10))):
+        want, _ = brute_force(model, x[part], y[part], target[part], c)
+        for g, w in zip(sums, want):
+            assert torch.allclose(g[i], w, rtol=1e-9, atol=1e-12)
 
 
 def test_ghost_and_direct_norm_paths_agree_on_linear_with_positions():
@@ -181,3 +204,42 @@ def test_clipper_rejects_parameter_free_batch_mixing(mixing, match):
     PerExampleClipper(Scorer(None), max_grad_norm=1.0, probe=probe)  # the same model without it is fine
     _, d = build_models(num_classes=2, channels=1, image_size=28)
     PerExampleClipper(d, max_grad_norm=1.0, probe=probe)  # and so is our D
+
+
+class Twice(nn.Module):
+    """One Linear applied twice in a forward pass (shared weights): its per-example gradient is
+    the sum of two uses, which the clipper's one-capture-per-layer bookkeeping cannot hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.lin(self.lin(x)).sum(dim=1)
+
+
+class Grouped(nn.Module):
+    def __init__(self, **conv) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, **conv)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).sum(dim=(1, 2, 3))
+
+
+def test_clipper_refuses_what_it_cannot_clip_exactly():
+    """Each refusal names the problem instead of returning a wrong clipped sum."""
+    twice = Twice()
+    clipper = PerExampleClipper(twice, max_grad_norm=1.0)
+    with pytest.raises(RuntimeError, match="ran twice"):
+        with clipper.capture():
+            twice(torch.randn(3, 4), torch.zeros(3, dtype=torch.long))
+    for conv in (dict(groups=2), dict(padding=1, padding_mode="reflect")):
+        with pytest.raises(ValueError, match="groups=1 and zero padding"):
+            PerExampleClipper(Grouped(**conv), max_grad_norm=1.0)
+    _, d = build_models(num_classes=2, channels=1, image_size=28)
+    clipper = PerExampleClipper(d, max_grad_norm=1.0)
+    with clipper.capture():
+        losses = d(torch.randn(5, 1, 28, 28), torch.tensor([0, 1, 0, 1, 0]))
+    with pytest.raises(ValueError, match="do not add up"):
+        clipper.clipped_grad_sum(losses, segments=[2, 2])

@@ -3,6 +3,8 @@ the same privacy accounting."""
 from __future__ import annotations
 
 import json
+import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -132,6 +134,35 @@ def test_accounted_steps_equal_uploads_made(tiny, tmp_path, monkeypatch):
     picked = {h: sum(h in s for s in setup(cfg, tiny).schedule) for h in range(3)}
     assert steps == made == {h: picked[h] * 3 for h in range(3)}
     assert min(steps.values()) < 7 * 3  # the fraction left someone out at least once
+
+
+def test_poisson_mask_draws_independent_records_at_rate_q():
+    """The sampling the accountant assumes (Poisson subsampling): over many draws each record joins
+    with probability q, batch sizes spread as Binomial(N, q) (a fixed-size batch has no spread),
+    records join independently of each other (no blocks) and of earlier draws (no epochs)."""
+    n, q, draws = 200, 0.1, 5000
+    hospital = SimpleNamespace(n_examples=n, rng=torch.Generator().manual_seed(0), images=torch.zeros(1))
+    masks = torch.stack([cl.poisson_mask(hospital, q) for _ in range(draws)]).double()  # (draws, n)
+    counts, sizes = masks.sum(0), masks.sum(1)
+    assert ((counts - draws * q).abs() / math.sqrt(draws * q * (1 - q))).max() < 4.5  # every record at rate q
+    assert counts.var() / (draws * q * (1 - q)) == pytest.approx(1.0, abs=0.3)  # binomial spread over records
+    assert sizes.mean() == pytest.approx(n * q, abs=0.3)
+    assert sizes.var() / (n * q * (1 - q)) == pytest.approx(1.0, abs=0.1)
+    assert (masks[:, :-1] * masks[:, 1:]).mean() == pytest.approx(q * q, abs=0.001)  # neighbours independent
+    assert (masks[:-1] * masks[1:]).mean() == pytest.approx(q * q, abs=0.001)  # draws independent
+
+
+@pytest.mark.parametrize("engine_name", ["batched", "loop"])
+def test_rounds_sample_at_the_rate_each_accountant_was_given(tiny, monkeypatch, engine_name):
+    run = setup(config(epsilon=5.0, d_steps=2, batch_size=8), tiny)
+    asked = []
+    real_mask = cl.poisson_mask
+    monkeypatch.setattr(cl, "poisson_mask", lambda h, q: asked.append((h.cid, q)) or real_mask(h, q))
+    for _ in range(2):
+        (engine.train_round if engine_name == "batched" else train_round)(run)
+    rates = {h.cid: h.budget.sample_rate for h in run.clients}
+    assert len(asked) == 2 * 2 * len(run.clients)  # one mask per hospital and D step
+    assert all(q == rates[cid] == 8 / run.clients[cid].n_examples for cid, q in asked)
 
 
 def test_resume_restores_every_hospital_rng(tiny, tmp_path):

@@ -109,3 +109,18 @@ def test_exact_class_counts_stay_out_of_public_outputs(tiny, tmp_path, capsys):
     train(config(debug_exact_counts=True), tmp_path / "debug", progress=False, dataset=tiny)
     debug = json.loads((tmp_path / "debug" / DEBUG_COUNTS).read_text())
     assert debug["warning"].startswith("NOT PRIVATE") and debug["client_class_counts"] == exact
+
+
+@pytest.mark.parametrize("engine_name", ["batched", "loop"])
+def test_the_published_d_loss_reads_no_real_image(tiny, engine_name):
+    """metrics.jsonl's d_loss_fake is published un-noised every round, so it must be D's loss on the
+    fakes only: replacing every real image changes D's update but not that number (one D step,
+    computed before the step)."""
+    from hfgan_core.train import train_round
+    step = engine.train_round if engine_name == "batched" else train_round
+    a, b = setup(config(simulation_noise=True), tiny), setup(config(simulation_noise=True), tiny)
+    for h in b.clients:
+        h.images = -h.images  # other real images, the same Poisson draws
+    line_a, line_b = step(a), step(b)
+    assert line_a["d_loss_fake"] == line_b["d_loss_fake"]
+    assert not all(torch.equal(p, q) for p, q in zip(a.discriminator.parameters(), b.discriminator.parameters()))

@@ -67,3 +67,17 @@ def test_table_and_plot():
     matplotlib.use("Agg")
     ax = plot_class_counts(counts, ["a", "b", "c", "d"])
     assert len(ax.patches) == 12
+
+
+def test_a_partition_that_keeps_failing_is_refused_not_returned_short():
+    """alpha so small that nearly every draw gives one hospital everything: after its tries the
+    partition says so (and how to fix it) instead of handing back an empty hospital."""
+    with pytest.raises(UserError, match="raise --alpha or lower the minimum size"):
+        partition(LABELS, 5, alpha=1e-4, min_size=len(LABELS) // 6, seed=0)
+
+
+def test_client_fraction_outside_zero_one_is_refused():
+    from hfgan_core.server import select_clients
+    for fraction in (0.0, 1.5, -0.1):
+        with pytest.raises(UserError, match="--client-fraction must lie in"):
+            select_clients(np.random.default_rng(0), 5, fraction=fraction)

@@ -170,7 +170,8 @@ def test_quality_command_on_a_tiny_file(tmp_path, monkeypatch):
     (["--seeds", "1", "1"], "must not repeat"),
     (["--rounds", "0"], "--rounds must be at least 1"),
     (["--datasets", "nosuchset"], "nosuchset.npz not found"),
-    (["--device", "cuda"] if not torch.cuda.is_available() else ["--epsilon", "-1"], "--"),
+    (["--device", "cuda"], "has no CUDA GPU; use --device cpu") if not torch.cuda.is_available()
+    else (["--epsilon", "-1"], "--epsilon values must be positive"),
 ])
 def test_quality_cli_bad_input_is_one_clear_line(tmp_path, args, message):
     real_data("pneumoniamnist.npz")

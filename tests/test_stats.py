@@ -1,6 +1,8 @@
 """The paired bootstrap against closed forms: a normal-approximation interval for one seed, zero
-width for identical methods, and the seed-level spread when test images do not vary."""
+width for identical methods, and the exact bootstrap over seeds when test images do not vary."""
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
@@ -38,18 +40,20 @@ def test_identical_methods_differ_by_exactly_zero():
     assert got["delta"] == got["low"] == got["high"] == 0.0
 
 
-def test_seed_resampling_spans_the_seed_level_spread():
-    """Every test image answered the same way within a seed, so only the seeds vary: the interval
-    is the bootstrap of the seed means, which for 5 seeds of +-0.1 lies within [-0.1, 0.1]."""
+def test_seed_resampling_matches_the_exact_bootstrap_over_seeds():
+    """Within a seed every test image gives the same difference (method A right on all of them and
+    B wrong, or both right), so resampling images changes nothing and the interval is the
+    bootstrap of the seed differences alone. Its distribution is enumerated exactly over all 5^5
+    draws of seeds: an interval that forgot to resample seeds would have zero width."""
     y = np.zeros(50, dtype=int)
-    base = one_hot(np.zeros(50, dtype=int))
-    shifted = []
-    for k, frac in enumerate([0.9, 0.7, 0.9, 0.7, 0.8]):
-        pred = np.zeros(50, dtype=int)
-        pred[: round((1 - frac) * 50)] = 1
-        shifted.append(one_hot(pred))
-    got = paired_delta(y, [base] * 5, shifted, score=accuracy, n_boot=2000)
-    assert got["delta"] == pytest.approx(1 - 0.8)
-    assert 0.1 <= got["low"] < 0.2 < got["high"] <= 0.3
+    right, wrong = one_hot(np.zeros(50, dtype=int)), one_hot(np.ones(50, dtype=int))
+    per_seed = [1, 0, 1, 0, 0]  # A's accuracy minus B's in each seed
+    a = [right] * 5
+    b = [wrong if d else right for d in per_seed]
+    got = paired_delta(y, a, b, score=accuracy, n_boot=2000, seed=3)
+    draws = np.array(list(itertools.product(per_seed, repeat=5))).mean(axis=1)  # every bootstrap draw once
+    low, high = np.quantile(draws, [0.025, 0.975])
+    assert got["delta"] == pytest.approx(0.4)
+    assert (got["low"], got["high"]) == pytest.approx((low, high)) == (0.0, 0.8)
     with pytest.raises(ValueError, match="same seeds"):
-        paired_delta(y, [base], [base, base], score=accuracy)
+        paired_delta(y, [right], [right, right], score=accuracy)
