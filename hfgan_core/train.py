@@ -222,10 +222,18 @@ def hospital_state(h: cl.Client) -> dict:
     """What a hospital must keep between rounds (checkpoints; a Flower ClientApp's context)."""
     return {"generator": h.generator.state_dict(), "ema": h.ema.state_dict() if h.ema is not None else None,
             "g_optimizer": h.g_optimizer.state_dict(), "steps": h.budget.steps if h.budget else 0,
-            "epsilon": h.budget.epsilon if h.budget else 0.0, "rng": h.rng.get_state()}
+            "epsilon": h.budget.epsilon if h.budget else 0.0, "rng": h.rng.get_state(),
+            "label_mix": h.fake_label_probs}
 
 
 def load_hospital_state(h: cl.Client, state: dict) -> None:
+    """Restore what ``hospital_state`` kept. The DP label mix is released once per run and counted
+    once: a rebuilt hospital (resume, a new Flower process) keeps the one it drew, never a new draw."""
+    if h.fake_label_probs is not None:
+        if state.get("label_mix") is None:
+            raise UserError(f"hospital {h.cid}: its saved state has no released label mix (made before it was kept); "
+                            "a new draw would be a second, uncounted release: start the run over")
+        h.fake_label_probs = state["label_mix"]
     h.generator.load_state_dict(state["generator"])
     if h.ema is not None:
         h.ema.load_state_dict(state["ema"])
@@ -416,6 +424,7 @@ def release_note(run: Run, privacy: dict) -> dict:
             "epsilon_per_hospital": {k: v["epsilon"] for k, v in privacy["clients"].items()},
             "delta": c.delta if c.private else None, "unit": privacy["unit"] if c.private else None,
             "accountant": c.accountant if c.private else None,
+            "noise_source": privacy.get("noise_source"),
             "note": ("post-processing of the DP generators: anything trained on these images alone is "
                      "(epsilon, delta)-DP per record of each hospital" if c.private else
                      "trained without DP: these images carry no privacy guarantee"),

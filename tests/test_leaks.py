@@ -10,6 +10,7 @@ import torch
 
 from conftest import tiny_config
 from hfgan_core import engine
+from hfgan_core.errors import UserError
 from hfgan_core.privacy import SIMULATION_NOTE
 from hfgan_core.train import DEBUG_COUNTS, TrainConfig, _load_checkpoint, setup, train
 
@@ -124,3 +125,26 @@ def test_the_published_d_loss_reads_no_real_image(tiny, engine_name):
     line_a, line_b = step(a), step(b)
     assert line_a["d_loss_fake"] == line_b["d_loss_fake"]
     assert not all(torch.equal(p, q) for p, q in zip(a.discriminator.parameters(), b.discriminator.parameters()))
+
+
+def test_the_dp_label_mix_is_drawn_once_per_run(tiny, tmp_path):
+    """--fake-labels histogram: the accountant counts one noisy histogram per hospital, so a resumed
+    run (with OS-entropy noise, where a new draw would differ) keeps the mix it drew and releases
+    exactly that one; a checkpoint without its mix is refused rather than drawing a second."""
+    cfg = config(rounds=4, checkpoint_every=1, fake_labels="histogram", histogram_sigma=2.0)
+    first = train(cfg, tmp_path / "run", progress=False, stop_after=2, dataset=tiny)
+    drawn = [h.fake_label_probs.clone() for h in first.clients]
+    resumed = train(cfg, tmp_path / "run", resume=True, progress=False, dataset=tiny)
+    assert resumed.round == 4 and all(torch.equal(h.fake_label_probs, d) for h, d in zip(resumed.clients, drawn))
+    released = json.loads((tmp_path / "run" / "privacy.json").read_text())["clients"]
+    assert [released[str(i)]["released_label_frequencies"] for i in range(3)] == [d.tolist() for d in drawn]
+    again = setup(cfg, tiny)  # a fresh set-up draws another mix: what resume must not use
+    assert not all(torch.equal(h.fake_label_probs, d) for h, d in zip(again.clients, drawn))
+
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    for h in state["hospitals"]:
+        del h["label_mix"]
+    torch.save(state, path)
+    with pytest.raises(UserError, match="second, uncounted release"):
+        train(cfg, tmp_path / "run", resume=True, progress=False, dataset=tiny)

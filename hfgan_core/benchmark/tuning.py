@@ -8,8 +8,10 @@ first seed and is scored by its best *validation* macro-AUC (the criterion that 
 round); the winner is used for every seed. The test split is never read here.
 
 Tuning the DP classifier on validation is itself not accounted for, as in most of the DP
-literature (Papernot & Steinke 2022 bound what hyper-parameter search costs); HF-GAN's recipe
-was chosen on validation the same way (``benchmarks/recipe_search.py``).
+literature: the fixed ``tune`` configurations each read the private records and the best one's run
+is released, so the honest cost is composition over them (Papernot & Steinke's 2022 bounds need a
+random number of trials). HF-GAN's recipe was chosen on validation the same way
+(``benchmarks/recipe_search.py``).
 """
 from __future__ import annotations
 
