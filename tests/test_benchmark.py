@@ -74,6 +74,8 @@ def test_tables_hold_every_method_and_metric(smoke):
     for method in bm.METHODS.values():
         assert f"| {method.label} |" in md
     assert "in-domain extractor" in md and "δ = 1e-05" in md
+    # the DP classifier is private at its round cap's epsilon, not at what its early-stopped steps spent
+    assert f"| {bm.METHODS['dp_fedavg'].label} | 10.00 | — | yes | ≤ 10.00 (cap) |" in md
 
 
 def test_runs_json_has_provenance_and_privacy(smoke):
