@@ -386,7 +386,7 @@ def hospital_privacy(h: cl.Client) -> dict:
     replace-one epsilon, its released label mix): computed where its accountant lives."""
     b = h.budget
     entry = b.to_json() if b else {"n_examples": h.n_examples, "epsilon": math.inf}
-    if h.fake_label_probs is not None:
+    if h.fake_label_probs is not None and b is not None:  # without DP it is the exact class mix: not published
         entry["released_label_frequencies"] = h.fake_label_probs.tolist()
     if b is not None:
         entry["epsilon_replace_one"] = epsilon_replace_one(noise_multiplier=b.noise_multiplier,

@@ -107,6 +107,10 @@ def test_exact_class_counts_stay_out_of_public_outputs(tiny, tmp_path, capsys):
                  printed.out + printed.err):
         assert not any(" ".join(f"{v:>8d}" for v in row) in text or str(row) in text for row in exact)
     assert not (tmp_path / "run" / DEBUG_COUNTS).exists()
+    # without DP the "mix" is the exact class frequencies (counts / N_i, N_i public): never published
+    train(config(fake_labels="histogram", epsilon=float("inf")), tmp_path / "plain", progress=False, dataset=tiny)
+    plain = json.loads((tmp_path / "plain" / "privacy.json").read_text())["clients"]
+    assert all("released_label_frequencies" not in entry for entry in plain.values())
     train(config(debug_exact_counts=True), tmp_path / "debug", progress=False, dataset=tiny)
     debug = json.loads((tmp_path / "debug" / DEBUG_COUNTS).read_text())
     assert debug["warning"].startswith("NOT PRIVATE") and debug["client_class_counts"] == exact
