@@ -102,15 +102,16 @@ def test_dropouts_skip_hospitals_and_never_charge_them(data, tmp_path):
 
 def test_generator_state_survives_a_new_process_from_context_or_state_dir(data, tmp_path, monkeypatch):
     """A process that never saw the hospital rebuilds it from its context alone (G_i in the context,
-    or in the node's state-dir): the same weights, EMA, Adam moments and random stream; a state
-    file from another version of the run is refused."""
+    or in the node's state-dir): the same weights, EMA, Adam moments, random stream and DP label
+    mix; a state file from another version of the run is refused."""
     from flwr.app import Context, RecordDict
 
     from hfgan_core import client as cl
     from hfgan_core.flower import client_app as ca
     from hfgan_core.train import hospital_state
     monkeypatch.delenv(ca.STATE_DIR_ENV, raising=False)
-    cfg = _config(data)
+    # a DP label mix drawn from OS entropy: a rebuilt hospital would draw another one, which it must not use
+    cfg = _config(data, fake_labels="histogram", simulation_noise=False)
     for node_config in ({"partition-id": 1}, {"partition-id": 1, "state-dir": str(tmp_path / "disk")}):
         ctx = Context(run_id=7, node_id=11, node_config=node_config, state=RecordDict(), run_config={})
         h = ca._hospital(cfg, ctx)
@@ -131,6 +132,7 @@ def test_generator_state_survives_a_new_process_from_context_or_state_dir(data, 
         assert moments and all(torch.equal(a, b) for a, b in zip(
             [v for st in before["g_optimizer"]["state"].values() for v in st.values() if torch.is_tensor(v)], moments))
         assert torch.equal(h.rng.get_state(), again.rng.get_state())
+        assert torch.equal(h.fake_label_probs, again.fake_label_probs)  # the one release its accountant counts
         if "state-dir" in node_config:
             path = Path(str(ctx.state["generator"]["file"]))
             assert path.parent == tmp_path / "disk" and "state" not in ctx.state["generator"]
