@@ -51,14 +51,14 @@ def test_d_loss_per_example_is_its_formula(loss, aux):
 def test_g_loss_per_hospital_is_its_formula(loss):
     """Per hospital: the adversarial term (ns: mean -log sigmoid(l); hinge: -mean l), plus 0.7 x
     mean CE of the label it was drawn for, plus 0.3 / (mean_j |x_j - x_j'| / |z_j - z_j'| + 1e-5)
-    over the pairs (j, j + B/2) (mode seeking)."""
+    over the pairs (j, j + B/2) (mode seeking), plus 0.2 x the mean total variation of its images."""
     d = _d(True)
     gen = torch.Generator().manual_seed(2)
     h, b, nz = 2, 6, 4
     x = torch.randn(h, b, 1, 28, 28, generator=gen, dtype=torch.float64)
     y = torch.randint(3, (h, b), generator=gen)
     z = torch.randn(h, b, nz, generator=gen, dtype=torch.float64)
-    got = generator_losses(d, x, y, z, Objective(loss=loss, g_aux_weight=0.7, mode_seeking=0.3))
+    got = generator_losses(d, x, y, z, Objective(loss=loss, g_aux_weight=0.7, mode_seeking=0.3, smoothness=0.2))
     for k in range(h):
         adv, ce = [], []
         for j in range(b):
@@ -67,7 +67,13 @@ def test_g_loss_per_hospital_is_its_formula(loss):
             ce.append(_ce(cls, int(y[k, j])))
         ratios = [float((x[k, j] - x[k, j + b // 2]).abs().mean() / (z[k, j] - z[k, j + b // 2]).abs().mean())
                   for j in range(b // 2)]
-        want = sum(adv) / b + 0.7 * sum(ce) / b + 0.3 / (sum(ratios) / len(ratios) + 1e-5)
+        tv = []  # per image: mean |vertical neighbour difference| + mean |horizontal neighbour difference|
+        for j in range(b):
+            img = x[k, j, 0].tolist()
+            down = [abs(img[r + 1][c] - img[r][c]) for r in range(27) for c in range(28)]
+            right = [abs(img[r][c + 1] - img[r][c]) for r in range(28) for c in range(27)]
+            tv.append(sum(down) / len(down) + sum(right) / len(right))
+        want = sum(adv) / b + 0.7 * sum(ce) / b + 0.3 / (sum(ratios) / len(ratios) + 1e-5) + 0.2 * sum(tv) / b
         assert got[k].item() == pytest.approx(want, rel=1e-9)
 
 
