@@ -215,6 +215,15 @@ def test_attack_table_end_to_end_and_bad_input(tmp_path, capsys):
     assert float(by_eps[2.0]["epsilon_claimed"]) <= 2.0 + 1e-6
     assert by_eps[2.0]["audit"]["epsilon_lower"] <= float(by_eps[2.0]["epsilon_claimed"])
     assert by_eps[float("inf")]["noise_multipliers"] == [0.0, 0.0, 0.0]  # the clipping-only control
+    # runs are kept by file name: --resume reuses them under the same settings only
+    before = (out / "privacy_attacks" / "eps2-seed0.json").read_text()
+    assert main(common + ["--seeds", "0", "--epsilon", "2", "--out", str(out), "--resume"]) == 0
+    assert (out / "privacy_attacks" / "eps2-seed0.json").read_text() == before
+    capsys.readouterr()
+    assert main(common + ["--seeds", "0", "--epsilon", "2", "--alpha", "3", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "holds attack runs made with other alpha" in err and len(err.strip().splitlines()) == 1
+    assert (out / "privacy_attacks" / "eps2-seed0.json").read_text() == before  # nothing overwritten
 
 
 def test_clipping_only_control_clips_without_noise(tiny):

@@ -89,7 +89,10 @@ def run_attacks(c: AttackConfig, out: str | Path, *, resume: bool = False, progr
         raise UserError(f"--device {c.device} asked for, but this machine has no CUDA GPU; use --device cpu")
     ds = load_dataset(c.dataset, c.data_dir)
     folder = Path(out) / "privacy_attacks"
+    if resume:
+        _check_same_settings(c, folder)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "settings.json").write_text(json.dumps(jsonable(_settings(c)), indent=2))
     started, runs = time.time(), []
     for eps in c.epsilons:
         for seed in c.seeds:
@@ -105,6 +108,29 @@ def run_attacks(c: AttackConfig, out: str | Path, *, resume: bool = False, progr
               "summary": summarise(runs), "wall_time_s": time.time() - started, "provenance": provenance(c.device)}
     (folder / "attacks.json").write_text(json.dumps(jsonable(report), indent=2))
     return report
+
+
+def _settings(c: AttackConfig) -> dict:
+    """What makes an (epsilon, seed) run's numbers besides its epsilon and seed (the file's name)."""
+    return {"config": {k: v for k, v in asdict(c).items() if k not in ("seeds", "epsilons", "device", "data_dir")},
+            "profile": asdict(PROFILES[c.profile])}
+
+
+def _check_same_settings(c: AttackConfig, folder: Path) -> None:
+    """Runs are reused by file name, so only under the same settings (settings.json, or for folders
+    from before it the attacks.json summary): anything else is refused, never mixed."""
+    saved = next((json.loads(p.read_text()) for p in (folder / "settings.json", folder / "attacks.json")
+                  if p.exists()), None)
+    if saved is None:
+        return
+    saved = {"config": {k: v for k, v in saved["config"].items() if k not in ("seeds", "epsilons", "device",
+                                                                            "data_dir")},
+             "profile": saved["profile"]}
+    if saved != jsonable(_settings(c)):
+        changed = sorted(k for part in ("config", "profile") for k in set(saved[part]) | set(_settings(c)[part])
+                         if saved[part].get(k) != jsonable(_settings(c))[part].get(k))
+        raise UserError(f"{folder} holds attack runs made with other {', '.join(changed)}; run without --resume "
+                        "to start over, or choose another --out")
 
 
 def _tag(eps: float, seed: int) -> str:
