@@ -224,6 +224,12 @@ def test_attack_table_end_to_end_and_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "holds attack runs made with other alpha" in err and len(err.strip().splitlines()) == 1
     assert (out / "privacy_attacks" / "eps2-seed0.json").read_text() == before  # nothing overwritten
+    # a fresh run (no --resume) under other settings leaves no run of the old ones to be reused later
+    assert main(common + ["--seeds", "0", "--epsilon", "2", "--alpha", "3", "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "privacy_attacks").glob("eps*.json")) == ["eps2-seed0.json"]
+    capsys.readouterr()
+    assert main(common + ["--seeds", "1", "--epsilon", "2", "--out", str(out), "--resume"]) == 2
+    assert "holds attack runs made with other alpha" in capsys.readouterr().err
 
 
 def test_clipping_only_control_clips_without_noise(tiny):

@@ -91,8 +91,11 @@ def run_attacks(c: AttackConfig, out: str | Path, *, resume: bool = False, progr
     folder = Path(out) / "privacy_attacks"
     if resume:
         _check_same_settings(c, folder)
+    else:  # our own runs from an earlier call: none may be reused later under this call's settings
+        for old in folder.glob("eps*-seed*"):
+            old.unlink()
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "settings.json").write_text(json.dumps(jsonable(_settings(c)), indent=2))
+    (folder / "settings.json").write_text(json.dumps(_settings(c), indent=2))
     started, runs = time.time(), []
     for eps in c.epsilons:
         for seed in c.seeds:
@@ -110,10 +113,13 @@ def run_attacks(c: AttackConfig, out: str | Path, *, resume: bool = False, progr
     return report
 
 
+_NOT_SETTINGS = ("seeds", "epsilons", "device", "data_dir")  # a run's name, or where it ran: not what it computed
+
+
 def _settings(c: AttackConfig) -> dict:
-    """What makes an (epsilon, seed) run's numbers besides its epsilon and seed (the file's name)."""
-    return {"config": {k: v for k, v in asdict(c).items() if k not in ("seeds", "epsilons", "device", "data_dir")},
-            "profile": asdict(PROFILES[c.profile])}
+    """What makes an (epsilon, seed) run's numbers besides its epsilon and seed (the file's name), as JSON."""
+    return jsonable({"config": {k: v for k, v in asdict(c).items() if k not in _NOT_SETTINGS},
+                     "profile": asdict(PROFILES[c.profile])})
 
 
 def _check_same_settings(c: AttackConfig, folder: Path) -> None:
@@ -123,12 +129,11 @@ def _check_same_settings(c: AttackConfig, folder: Path) -> None:
                   if p.exists()), None)
     if saved is None:
         return
-    saved = {"config": {k: v for k, v in saved["config"].items() if k not in ("seeds", "epsilons", "device",
-                                                                            "data_dir")},
-             "profile": saved["profile"]}
-    if saved != jsonable(_settings(c)):
-        changed = sorted(k for part in ("config", "profile") for k in set(saved[part]) | set(_settings(c)[part])
-                         if saved[part].get(k) != jsonable(_settings(c))[part].get(k))
+    want = _settings(c)
+    saved = {"config": {k: v for k, v in saved["config"].items() if k not in _NOT_SETTINGS}, "profile": saved["profile"]}
+    changed = sorted(k for part in want for k in set(saved[part]) | set(want[part])
+                     if saved[part].get(k) != want[part].get(k))
+    if changed:
         raise UserError(f"{folder} holds attack runs made with other {', '.join(changed)}; run without --resume "
                         "to start over, or choose another --out")
 
