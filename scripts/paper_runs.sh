@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The paper-profile benchmark runs behind tables 1-3, continued across sessions and machines.
+#
+# On 2 CPU cores the paper profile takes many hours, longer than one session, and a fresh machine
+# keeps nothing but the repository. So the runs' finished units (results/paper_runs/<dataset>/units)
+# are committed, and this script continues them, on any machine, with the code that made them: the
+# commit PIN below, checked out in a worktree (a unit is reused only under the same code hash, so
+# later commits on main cannot change a number of these tables). Each dataset runs in its own
+# process (one torch thread, nice 19) with --resume; what is finished is never redone.
+#
+#   scripts/paper_runs.sh start [DATASET ...]   # default: pneumoniamnist brainmri; logs in results/paper_runs/<d>.log
+#   scripts/paper_runs.sh status                # units per dataset, the processes still running
+#   scripts/paper_runs.sh stop                  # stop them (finished units stay; the unit being made is lost)
+#
+# Env: EXTRA="--curve-epsilon 1 3 inf" adds arguments to the benchmark (e.g. the privacy-utility
+# curve, once the tables are done); SEEDS (default 0 1 2 3 4); WT (the worktree, default
+# /tmp/hfgan-paper-$PIN); PYTHON (default .venv/bin/python of this checkout).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+PIN=6c6a56a  # the commit whose hfgan_core makes the paper tables (code hash 7a2e4354...)
+WT=${WT:-/tmp/hfgan-paper-$PIN}
+PYTHON=${PYTHON:-$repo/.venv/bin/python}
+out=$repo/results/paper_runs
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+
+running() { pgrep -f "hfgan_core benchmark --dataset $1 .*--out $out/$1 " || true; }
+
+case "$cmd" in
+start)
+  [ -x "$PYTHON" ] || { echo "error: $PYTHON not found; run 'make env' first (or set PYTHON)" >&2; exit 2; }
+  if [ ! -d "$WT/hfgan_core" ]; then
+    git worktree prune
+    git worktree add -q --detach "$WT" "$PIN"
+  fi
+  mkdir -p "$WT/data"
+  for f in "$repo"/data/*.npz; do  # the data files (make test's links to ../shared/data, or your own)
+    [ -e "$f" ] && ln -sfn "$(readlink -f "$f")" "$WT/data/$(basename "$f")"
+  done
+  # extractors: this checkout's folder, so that one trained by the runs lands where it is committed
+  if [ ! -L "$WT/results/extractors" ]; then
+    rm -rf "$WT/results/extractors"
+    ln -s "$repo/results/extractors" "$WT/results/extractors"
+  fi
+  datasets=("$@")
+  [ ${#datasets[@]} -gt 0 ] || datasets=(pneumoniamnist brainmri)
+  for d in "${datasets[@]}"; do
+    [ -e "$repo/data/$d.npz" ] || { echo "error: data/$d.npz not found; see data/README.md" >&2; exit 2; }
+    if [ -n "$(running "$d")" ]; then echo "$d: already running"; continue; fi
+    (cd "$WT" && OMP_NUM_THREADS=1 PYTHONPATH="$WT" FLWR_TELEMETRY_ENABLED=0 nohup nice -n 19 "$PYTHON" -m hfgan_core \
+      benchmark --dataset "$d" --methods all --seeds ${SEEDS:-0 1 2 3 4} --profile paper --epsilon 10 ${EXTRA:-} \
+      --out "$out/$d" --no-progress --resume >> "$out/$d.log" 2>&1 &)
+    echo "$d: started (log $out/$d.log)"
+  done
+  ;;
+status)
+  for dir in "$out"/*/; do
+    d=$(basename "$dir")
+    rows=$(find "$dir" -path '*/units/row-*.json' | wc -l)
+    judged=$(find "$dir" -path '*/units/quality-*.json' | wc -l)
+    echo "$d: $rows rows, $judged GAN judgements; process: $(running "$d" | tr '\n' ' ')"
+  done
+  ;;
+stop)
+  pkill -f "hfgan_core benchmark --dataset .* --out $out/" || true
+  ;;
+*)
+  echo "usage: scripts/paper_runs.sh start [DATASET ...] | status | stop" >&2
+  exit 2
+  ;;
+esac
