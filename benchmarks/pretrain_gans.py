@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from hfgan_core.__main__ import _parser, benchmark_config
-from hfgan_core.benchmark import PROFILES, BenchmarkConfig, jsonable, provenance, runner
+from hfgan_core.benchmark import BenchmarkConfig, jsonable, provenance, run_profile, runner
 from hfgan_core.benchmark.units import Units
 from hfgan_core.errors import UserError
 
@@ -33,14 +32,7 @@ from hfgan_core.errors import UserError
 def pretrain(config: BenchmarkConfig, out: Path, *, echo=print) -> list[dict]:
     """Train (or continue, or find finished) HF-GAN for every (seed, epsilon) ``config`` would run."""
     runner._check(config)
-    prof = PROFILES[config.profile]
-    # the profile exactly as run_benchmark adjusts it: it is part of the stamp (a test holds them equal)
-    if config.synthetic_ratio is not None:
-        prof = replace(prof, synthetic_ratio=config.synthetic_ratio)
-    if config.mu is not None:
-        prof = replace(prof, mu=config.mu)
-    if config.gan_rounds is not None:
-        prof = replace(prof, gan=prof.gan | {"rounds": config.gan_rounds}, gan_epochs=None)
+    prof = run_profile(config)  # the profile exactly as run_benchmark adjusts it: it is part of the stamp
     ds = runner._load(config, prof)
     stamp = jsonable(runner._stamp(config, prof, ds))
     saved = out / "units" / "stamp.json"

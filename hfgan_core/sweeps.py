@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from .benchmark import (METHODS, PROFILES, BenchmarkConfig, add_paired_deltas, jsonable, load_runs, run_benchmark,
-                        summarise)
+                        run_profile, summarise)
 from .benchmark import runner
 
 SETTINGS = (("dirichlet", 0.1), ("dirichlet", 0.5), ("dirichlet", 1.0), ("iid", None))
@@ -105,9 +104,7 @@ def _seed_units(headline: Path, sub: Path, config: BenchmarkConfig) -> None:
     if (sub / "units" / "stamp.json").exists() or not stamp_file.exists():
         return
     runner._check(config)
-    prof = PROFILES[config.profile]
-    if config.synthetic_ratio is not None:  # as run_benchmark adjusts it (sweeps vary nothing else in it)
-        prof = replace(prof, synthetic_ratio=config.synthetic_ratio)
+    prof = run_profile(config)
     if json.loads(stamp_file.read_text()) != jsonable(runner._stamp(config, prof, runner._load(config, prof))):
         return
     tuning = json.loads(tuning_file.read_text()) if tuning_file.exists() else {}

@@ -1,7 +1,7 @@
 """What the benchmark runs: its methods, its profiles (smoke / quick / paper) and one run's settings."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ..federated import FedConfig
 from ..quality import QualityConfig
@@ -91,6 +91,19 @@ class BenchmarkConfig:
     gan_rounds: int | None = None  # HF-GAN rounds; None = the profile's
     gan_cache: str | None = None  # reuse finished HF-GAN runs with identical settings from here (sweeps)
 
+
+def run_profile(c: BenchmarkConfig) -> Profile:
+    """The run's profile with its overrides (--synthetic-ratio, --mu, --rounds) applied. One place, since
+    the profile is part of the units' stamp: the benchmark, the GAN pre-training and the sweeps that
+    seed a point from another run's units must all arrive at the same one."""
+    prof = PROFILES[c.profile]
+    if c.synthetic_ratio is not None:
+        prof = replace(prof, synthetic_ratio=c.synthetic_ratio)
+    if c.mu is not None:
+        prof = replace(prof, mu=c.mu)
+    if c.gan_rounds is not None:
+        prof = replace(prof, gan=prof.gan | {"rounds": c.gan_rounds}, gan_epochs=None)
+    return prof
 
 
 def profile_json(prof: Profile) -> dict:

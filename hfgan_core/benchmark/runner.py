@@ -33,7 +33,7 @@ from ..metrics import classification_metrics, fid, inception_score, inception_we
 from ..privacy import compute_epsilon, noise_seed, noisy_label_histogram
 from ..models import build_models
 from ..train import TrainConfig, hospital_parts, trained_generators
-from .config import CURVE_METHODS, METHODS, PRIVATE_ROWS, PROFILES, BenchmarkConfig, Profile, profile_json
+from .config import CURVE_METHODS, METHODS, PRIVATE_ROWS, PROFILES, BenchmarkConfig, Profile, profile_json, run_profile
 from .provenance import jsonable, provenance
 from .tables import write_tables
 from .tuning import Tuner
@@ -68,13 +68,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
     ``resume`` reuses the results a stopped run with the same settings and code finished."""
     echo = progress if echo is None else echo
     _check(config)
-    prof = PROFILES[config.profile]
-    if config.synthetic_ratio is not None:
-        prof = replace(prof, synthetic_ratio=config.synthetic_ratio)
-    if config.mu is not None:
-        prof = replace(prof, mu=config.mu)
-    if config.gan_rounds is not None:
-        prof = replace(prof, gan=prof.gan | {"rounds": config.gan_rounds}, gan_epochs=None)
+    prof = run_profile(config)
     weights = inception_weights()  # standard FID/IS too, when the Inception-v3 weights are on disk
     ds = _load(config, prof)
     out = Path(out)
