@@ -187,7 +187,7 @@ def plot_validation_curves(bench_dir: str | Path, path: str | Path):
         for j, (curve, best) in enumerate(zip(c["val_auc"], c["best_round"])):  # "local only": one per hospital
             ax.plot(np.arange(1, len(curve) + 1), curve, lw=0.8 if len(c["val_auc"]) > 1 else 1.5,
                     label=(METHODS[r["method"]].label if len(c["val_auc"]) == 1 else
-                           f"{METHODS[r['method']].label.split(' (')[0]} (thin: one line per hospital)")
+                           f"{METHODS[r['method']].label}: one thin line per hospital")
                     if j == 0 else None, **style)
             ax.plot(best, curve[best - 1], "o", color=style["color"], ms=4)
     ax.xaxis.get_major_locator().set_params(integer=True)

@@ -49,17 +49,24 @@ def tiny_batch(size: int, channels: int, n: int = 10, scale: float = 1.0, seed: 
     return x, y, target
 
 
-@pytest.mark.parametrize("size,channels,aux", [(28, 1, False), (64, 3, False), (28, 1, True), (64, 3, True)])
-def test_clipped_sum_matches_brute_force(size, channels, aux):
-    """aux=True is the default D: AC-GAN head inside each example's clipped gradient."""
+def median_clipped(size: int, channels: int, aux: bool):
+    """A double-precision D, a batch of 10 and C at the median unclipped norm (half the examples get
+    clipped, half pass unchanged); the clipper has captured the per-example losses."""
     torch.manual_seed(0)
     model = Discriminator(num_classes=3, channels=channels, image_size=size, ndf=8, aux_classifier=aux).double()
     x, y, target = tiny_batch(size, channels, scale=3.0)
     _, unclipped = brute_force(model, x, y, target, float("inf"))
-    c = float(unclipped.median())  # half the examples get clipped, half pass unchanged
+    c = float(unclipped.median())
     clipper = PerExampleClipper(model, max_grad_norm=c)
     with clipper.capture():
         losses = per_example_d_loss(model, x, y, target.bool(), Objective())
+    return model, (x, y, target), unclipped, c, clipper, losses
+
+
+@pytest.mark.parametrize("size,channels,aux", [(28, 1, False), (64, 3, False), (28, 1, True), (64, 3, True)])
+def test_clipped_sum_matches_brute_force(size, channels, aux):
+    """aux=True is the default D: AC-GAN head inside each example's clipped gradient."""
+    model, (x, y, target), _, c, clipper, losses = median_clipped(size, channels, aux)
     got, norms = clipper.clipped_grad_sum(losses)
     want, want_norms = brute_force(model, x, y, target, c)
     assert torch.allclose(norms, want_norms, rtol=1e-9)
@@ -74,14 +81,7 @@ def test_chunked_patches_and_segment_sums_match_brute_force(monkeypatch, aux):
     hospitals' segments (4 and 6 examples) that cross the blocks' edges: each hospital's clipped sum
     is still its own examples' brute-force sum."""
     monkeypatch.setattr(clipping, "CHUNK", 3)
-    torch.manual_seed(0)
-    model = Discriminator(num_classes=3, channels=1, image_size=28, ndf=8, aux_classifier=aux).double()
-    x, y, target = tiny_batch(28, 1, scale=3.0)
-    _, unclipped = brute_force(model, x, y, target, float("inf"))
-    c = float(unclipped.median())
-    clipper = PerExampleClipper(model, max_grad_norm=c)
-    with clipper.capture():
-        losses = per_example_d_loss(model, x, y, target.bool(), Objective())
+    model, (x, y, target), unclipped, c, clipper, losses = median_clipped(28, 1, aux)
     sums, norms = clipper.clipped_grad_sum(losses, segments=[4, 6])
     assert torch.allclose(norms, unclipped, rtol=1e-9)
     for i, part in enumerate((slice(0, 4), slice(4, 10))):
