@@ -54,7 +54,9 @@ def test_flower_simulation_equals_the_in_process_run(data, tmp_path, in_files):
     extra = ["--state-dir", str(state_dir)] if in_files else []
     assert main(["flower-sim", *flags, "--out", str(tmp_path / "flower"), *extra]) == 0
     if in_files:
-        assert state_dir.is_dir() and not list(state_dir.iterdir())  # each hospital removed its copy at release
+        # at release each hospital removed its generator's copies; its ledger (steps spent) stays on its disk
+        left = sorted(p.name for p in state_dir.iterdir())
+        assert len(left) == 3 and all(name.endswith("-ledger.json") for name in left), left
     a, b = tmp_path / "inproc", tmp_path / "flower"
     lines = (a / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3 and any(len(json.loads(line)["selected"]) < 3 for line in lines)
@@ -145,6 +147,50 @@ def test_generator_state_survives_a_new_process_from_context_or_state_dir(data, 
             ca._LIVE.clear()
             with pytest.raises(RuntimeError, match="another version"):
                 ca._hospital(cfg, ctx)
+
+
+def test_a_hospital_holds_the_server_to_the_terms_it_registered_with(data, tmp_path, monkeypatch):
+    """The server cannot change a hospital's privacy mid-run: a message whose settings differ from
+    the registered ones (ε = ∞, a larger batch, seed-derived noise) is refused, as is any message to a
+    hospital whose state is gone (a restarted node would count its spent steps from zero). A
+    deployed hospital takes part without DP, with seed-derived noise or above its max-epsilon only
+    if its own node config says so, and keeps a durable ledger in its state-dir."""
+    from dataclasses import replace
+
+    from flwr.app import Context, RecordDict
+
+    from hfgan_core.flower import client_app as ca
+    monkeypatch.delenv(ca.STATE_DIR_ENV, raising=False)
+
+    def context(**node):
+        return Context(run_id=3, node_id=5, node_config={"partition-id": 1, **node}, state=RecordDict(), run_config={})
+    cfg = _config(data, simulation_noise=False)
+    ctx = context()
+    ca._terms(cfg, ctx, first=True)
+    ca._terms(cfg, ctx, first=False)  # the same settings: answered
+    for changed in (dict(epsilon=float("inf")), dict(batch_size=16), dict(simulation_noise=True)):
+        with pytest.raises(RuntimeError, match="differ from those it registered with"):
+            ca._terms(replace(cfg, **changed), ctx, first=False)
+    with pytest.raises(RuntimeError, match="its state .* is gone"):
+        ca._terms(cfg, context(), first=False)  # a train.step reaching a node that lost its context
+    deployed = {"data-file": "/hospital/own.npz"}
+    for asked, consent, match in ((dict(epsilon=float("inf")), {"allow-no-dp": True}, "does not allow it"),
+                                  (dict(simulation_noise=True), {"allow-simulation-noise": True}, "does not allow it"),
+                                  (dict(epsilon=10.0), {"max-epsilon": 20.0}, "above its max-epsilon")):
+        with pytest.raises(RuntimeError, match=match):
+            ca._terms(replace(cfg, **asked), context(**deployed, **({"max-epsilon": 5.0} if "max-epsilon" in consent
+                                                                        else {})), first=True)
+        ca._terms(replace(cfg, **asked), context(**deployed, **consent), first=True)  # with its consent
+    # the ledger, durable in the state-dir; a second registration of the run there is refused
+    ctx = context(**{"state-dir": str(tmp_path / "disk")})
+    ca._terms(cfg, ctx, first=True)
+    h = ca._hospital(cfg, ctx)
+    h.budget.spend(3)
+    ca._save(h, ctx)
+    ledger = json.loads(Path(ca._ledger_file(ctx, 1)).read_text())
+    assert ledger["steps"] == 3 and ledger["epsilon"] == h.budget.epsilon
+    with pytest.raises(RuntimeError, match="holds a ledger of this run already"):
+        ca._terms(cfg, context(**{"state-dir": str(tmp_path / "disk")}), first=True)
 
 
 def test_flower_sim_bad_input_is_one_clear_line(tmp_path):

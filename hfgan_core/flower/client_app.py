@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -149,6 +150,12 @@ def _save(h: cl.Client, context: Context, *, generator: bool = True) -> None:
         _store_generator(context, h.cid, {k: state[k] for k in _GENERATOR_KEYS}, version)
     context.state["stream"] = ConfigRecord({"state": blob({k: v for k, v in state.items() if k not in _GENERATOR_KEYS}),
                                             "version": version})
+    if (path := _ledger_file(context, h.cid)) is not None:  # durable: written before the reply leaves
+        with open(path + ".tmp", "w") as f:
+            json.dump({"steps": state["steps"], "epsilon": state["epsilon"], "version": version}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
     _LIVE[(context.run_id, context.node_id)] = (version, h)
 
 
@@ -183,11 +190,54 @@ def _maybe_drop(msg: Message, config: TrainConfig, cid: int) -> None:
             raise Refused(f"hospital {cid}: simulated dropout")
 
 
-def _open(msg: Message, context: Context, *, may_drop: bool = False) -> tuple[TrainConfig, cl.Client]:
-    """Every handler starts here: its threads, the run's settings, this hospital restored from its
-    context (and, in a fault test, a simulated dropout before it touches anything)."""
+def _terms(config: TrainConfig, context: Context, *, first: bool) -> None:
+    """The run's settings are the hospital's terms, fixed by its first message (``register``): a later
+    message with other settings (a server that lowers σ, raises ε or the batch size, or asks for
+    seed-derived noise mid-run) is refused, so its accountant stays right whatever the server sends.
+    A deployed hospital (its own ``data-file``) also takes part without DP, or with noise derived
+    from the public seed, only if its own node config allows it (``allow-no-dp``,
+    ``allow-simulation-noise``), and never above its ``max-epsilon`` if it sets one."""
+    node, cid = context.node_config, int(context.node_config["partition-id"])
+    sent = json.dumps(asdict(config), sort_keys=True)
+    if "terms" in context.state:
+        if str(context.state["terms"]["config"]) != sent:
+            raise RuntimeError(f"hospital {cid}: this message's settings differ from those it registered with; "
+                               "it answers no message of changed settings (its accountant was set up for those)")
+        return
+    if not first:  # its state went with a restarted process: a new ledger would count its spent steps from zero
+        raise RuntimeError(f"hospital {cid}: its state (ledger, generator, random stream) is gone; it answers "
+                           "nothing more in this run")
+    if _ledger_file(context, cid) and os.path.exists(_ledger_file(context, cid)):
+        raise RuntimeError(f"hospital {cid}: its state-dir holds a ledger of this run already ({_ledger_file(context, cid)}); "
+                           "it registers once per run")
+    if node.get("data-file"):
+        if not config.private and not node.get("allow-no-dp", False):
+            raise RuntimeError(f"hospital {cid}: the server asks for epsilon = inf (no DP); its node config does not "
+                               "allow it (allow-no-dp=true)")
+        if config.simulation_noise and not node.get("allow-simulation-noise", False):
+            raise RuntimeError(f"hospital {cid}: the server asks for noise derived from the public seed; its node "
+                               "config does not allow it (allow-simulation-noise=true)")
+        if "max-epsilon" in node and config.epsilon > float(node["max-epsilon"]):
+            raise RuntimeError(f"hospital {cid}: the server asks for epsilon = {config.epsilon}, above its "
+                               f"max-epsilon = {node['max-epsilon']}")
+    context.state["terms"] = ConfigRecord({"config": sent})
+
+
+def _ledger_file(context: Context, cid: int) -> str | None:
+    """Where a hospital with a ``state-dir`` keeps a durable copy of its ledger (steps spent), so that
+    a restarted node knows it has spent them."""
+    where = _state_dir(context)
+    return os.path.join(where, f"hfgan-run{context.run_id}-hospital{cid}-ledger.json") if where else None
+
+
+def _open(msg: Message, context: Context, *, may_drop: bool = False,
+          first: bool = False) -> tuple[TrainConfig, cl.Client]:
+    """Every handler starts here: its threads, the run's settings (checked against the hospital's
+    terms), this hospital restored from its context (and, in a fault test, a simulated dropout
+    before it touches anything)."""
     _threads(context)
     config = record_config(msg.content["config"])
+    _terms(config, context, first=first)
     h = _hospital(config, context)
     if may_drop:
         _maybe_drop(msg, config, h.cid)
@@ -200,7 +250,7 @@ def _reply(msg: Message, **records) -> Message:
 
 @app.query("register")
 def register(msg: Message, context: Context) -> Message:
-    config, h = _open(msg, context)
+    config, h = _open(msg, context, first=True)
     _save(h, context)
     return _reply(msg, info=MetricRecord({"cid": h.cid, "n_examples": h.n_examples, "channels": h.images.shape[1],
                                           "image_size": h.images.shape[-1], "num_classes": h.generator.num_classes,

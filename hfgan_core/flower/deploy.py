@@ -24,8 +24,9 @@ from .server_app import RUN_CONFIG_KEYS, config_from_run_config
 
 def write_hospital_files(config: TrainConfig, out: str | Path) -> list[str]:
     """hospital<i>.npz (train_images uint8, train_labels (N, 1)) per hospital; returns the
-    ``--node-config`` string of each SuperNode (its file, and a folder of its own for its
-    generator's state between messages)."""
+    ``--node-config`` string of each SuperNode (its file, a folder of its own for its generator's
+    state and ledger between messages, and its consent to no DP or seed-derived noise where the
+    run asks for them)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(config.dataset, config.data_dir)
@@ -36,8 +37,11 @@ def write_hospital_files(config: TrainConfig, out: str | Path) -> list[str]:
         np.savez(path, train_images=images[..., 0] if images.shape[-1] == 1 else images,
                  train_labels=ds.train.labels[idx].reshape(-1, 1).astype(np.uint8))
         state = (out / f"hospital{cid}-state").resolve()  # its generator between messages, on "its" disk
+        # this script plays the hospitals too: their consent to what the run config asks of them
+        consent = ("" if config.private else " allow-no-dp=true") + (" allow-simulation-noise=true"
+                                                                     if config.simulation_noise else "")
         node_configs.append(f'partition-id={cid} num-classes={ds.num_classes} data-file="{path.resolve()}" '
-                            f'state-dir="{state}"')
+                            f'state-dir="{state}"{consent}')
     return node_configs
 
 
