@@ -49,7 +49,8 @@ def pretrain(config: BenchmarkConfig, out: Path, *, echo=print) -> list[dict]:
     try:
         for seed in config.seeds:
             for eps in config.epsilons + curve:
-                _, spent, train_s = runner._hfgan(config, prof, ds, seed, eps, out, False, resume=True)
+                _, spent, train_s = runner._hfgan(config, prof, ds, seed, eps, out, False, resume=True,
+                                                  stamp=units.stamp)
                 done.append({"seed": seed, "epsilon": eps, "spent": spent, "train_s": train_s})
                 echo(f"seed {seed}, eps {eps:g}: spent eps {spent:.3f}, trained in {train_s:.0f} s")
     finally:

@@ -31,7 +31,7 @@ _HELP = {
     "debug_exact_counts": "also write each hospital's exact class counts to NOT_PRIVATE_exact_class_counts.json "
                           "(sensitivity 1 each: for the data owner's eyes only, never publish)",
     "simulation_noise": "research mode: derive every hospital's DP noise from --seed (bit-reproducible; the "
-                        "guarantee then assumes a trusted simulator). Default: noise from OS entropy, never written",
+                        "guarantee then assumes a trusted simulator). Default: noise from OS entropy, in no released file",
 }
 
 

@@ -18,12 +18,11 @@ import copy
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from . import client as cl
 from .models import build_models
-from .privacy import calibrate_noise, compute_epsilon, float_key, noise_seed
+from .privacy import calibrate_noise, compute_epsilon, config_key, float_key, noise_seed
 
 Arrays = tuple[torch.Tensor, torch.Tensor]
 
@@ -61,7 +60,6 @@ def train_dpfedavg_gan(clients: list[Arrays], *, num_classes: int, config: DPFed
                        progress=None) -> DPFedAvgGANResult:
     c = config
     torch.manual_seed(c.seed)
-    rng = np.random.default_rng([c.seed, 11])
     channels, size = clients[0][0].shape[1], clients[0][0].shape[-1]
     generator, discriminator = build_models(num_classes=num_classes, channels=channels, image_size=size, nz=c.nz,
                                             ngf=c.ngf, ndf=c.ndf, aux_classifier=c.aux_weight > 0)
@@ -72,11 +70,14 @@ def train_dpfedavg_gan(clients: list[Arrays], *, num_classes: int, config: DPFed
     z = calibrate_noise(target_epsilon=c.epsilon, delta=c.delta, sample_rate=c.client_rate, steps=c.rounds,
                         accountant=c.accountant) if private else 0.0
     noise_rng = torch.Generator(device=c.device).manual_seed(noise_seed(c.simulation_noise, c.seed, 13,
-                                                                         float_key(c.epsilon)))
+                                                                         float_key(c.epsilon), config_key(c)))
+    # which hospitals take part: from a private stream too (with a public seed the server's amplification
+    # by sampling would be no secret), drawn on the CPU so every device samples the same hospitals
+    sampling = torch.Generator().manual_seed(noise_seed(c.simulation_noise, c.seed, 14, config_key(c)))
     expected = c.client_rate * len(clients)  # fixed denominator: the realised count is data-independent
     for r in range(c.rounds):
         # (1) update D: clipped local updates, summed, noised, averaged (DP-FedAvg)
-        chosen = np.flatnonzero(rng.random(len(clients)) < c.client_rate)
+        chosen = torch.nonzero(torch.rand(len(clients), generator=sampling) < c.client_rate).flatten().tolist()
         global_state = [p.detach().clone() for p in discriminator.parameters()]
         total = [torch.zeros_like(p) for p in global_state]
         for i in chosen:

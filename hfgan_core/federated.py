@@ -34,7 +34,7 @@ from torch import nn
 from . import server as sv
 from .classifier import SmallCNN, predict_proba
 from .metrics import classification_metrics
-from .privacy import calibrate_noise, compute_epsilon, float_key, noise_seed
+from .privacy import calibrate_noise, compute_epsilon, config_key, float_key, noise_seed
 
 Arrays = tuple[torch.Tensor, torch.Tensor]  # images (N, C, H, W) in [-1, 1], labels (N,)
 
@@ -240,7 +240,8 @@ def _train_private(model: nn.Module, data: Arrays, config: FedConfig, dp: DPSpec
     x, y = data
     q = _rate(config, data)
     # Poisson masks and Opacus's noise, on the data's device, from a stream nobody can regenerate (by default)
-    gen = torch.Generator(device=x.device).manual_seed(noise_seed(dp.simulation_noise, seed, float_key(dp.epsilon)))
+    gen = torch.Generator(device=x.device).manual_seed(noise_seed(dp.simulation_noise, seed, float_key(dp.epsilon),
+                                                                  config_key(config, dp)))
     private = GradSampleModule(model)
     adam = _adam(private.parameters(), config, moments)
     opt = DPOptimizer(adam, noise_multiplier=sigma,

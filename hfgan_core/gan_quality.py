@@ -275,7 +275,7 @@ def write_markdown(out: str | Path) -> Path:
     rule, rec = reports[0]["recipe"]["rule"], reports[0]["recipe"]["shared"]
     prov = reports[0]["provenance"]
     head = [
-        "# Generator quality (validation split only)",
+        "# Generator quality (judged without the test split: the validation split, with the training images as the real reference)",
         "",
         f"HF-GAN, {reports[0]['config']['clients']} hospitals, {reports[0]['config']['partition']} partition "
         f"(α = {reports[0]['config']['alpha']}), recipe = `TrainConfig` defaults, one rule for every dataset: "

@@ -234,13 +234,33 @@ def epsilon_replace_one(*, noise_multiplier: float, sample_rate: float, steps: i
 
 def noise_seed(simulation: bool, *key: int) -> int:
     """A seed for a DP noise stream. Deployment (``simulation=False``): drawn from the operating
-    system's entropy and never written anywhere, so nobody who reads the run's files can
-    regenerate the noise and subtract it. Simulation: derived from ``key`` (the run's seed and
-    whatever must separate streams), bit-reproducible, and the guarantee then assumes a trusted
-    simulator, because anyone with config.json can redraw every noise value."""
+    system's entropy; the stream's state is kept only in a run's checkpoint (the hospitals' private
+    state), so nobody who reads the released files can regenerate the noise and subtract it.
+    Simulation: derived from ``key`` (the run's seed and whatever must separate streams),
+    bit-reproducible, and the guarantee then assumes a trusted simulator, because anyone with
+    config.json can redraw every noise value."""
     if not simulation:
         return secrets.randbits(63)
     return int(np.random.SeedSequence([int(k) for k in key]).generate_state(2, np.uint64)[0] >> 1)
+
+
+# Settings that never change what a run computes (where it runs, how often it saves, which engine): left
+# out of ``config_key`` so that, e.g., the batched engine and the reference loop draw the same noise.
+NOT_NOISE = frozenset({"device", "data_dir", "checkpoint_every", "engine", "download", "synthetic_per_class"})
+
+
+def config_key(*configs) -> int:
+    """Every setting of one or more configs (dataclasses or dicts) as one integer seed component. Simulation runs
+    that differ in any setting (a tuning grid's points, a recipe search, a sweep) must never share
+    a noise draw: two releases f(D) + σz and g(D) + σ'z with the same z combine into a noise-free
+    function of the data (σ'·first - σ·second), and composition over them would be no bound."""
+    import hashlib
+    import json
+    from dataclasses import asdict, is_dataclass
+    items = [{k: v for k, v in (asdict(c) if is_dataclass(c) else dict(c)).items() if k not in NOT_NOISE}
+             for c in configs]
+    digest = hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def float_key(x: float) -> int:

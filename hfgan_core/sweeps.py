@@ -117,7 +117,7 @@ def _seed_units(headline: Path, sub: Path, config: BenchmarkConfig) -> None:
 
 def _seed_gan_runs(headline: Path, cache: Path) -> None:
     """Copy the headline run's finished HF-GAN runs into the ratio sweep's GAN cache; the benchmark
-    reuses one only if its config is the very same (``train.trained_generators``)."""
+    reuses one only if its config, code and data are the very same (``train.trained_generators``)."""
     for run in sorted(headline.glob("hfgan-*")):
         if (run / "generators.pt").exists() and not (cache / run.name).exists():
             shutil.copytree(run, cache / run.name, ignore=shutil.ignore_patterns("checkpoint.pt"))

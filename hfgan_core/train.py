@@ -31,8 +31,8 @@ from .data import MedicalDataset, load_dataset
 from .errors import UserError
 from .models import Generator, build_models
 from .partition import class_counts, partition
-from .privacy import (SIMULATION_NOTE, ClientBudget, calibrate_noise, epsilon_replace_one, float_key, max_steps_within,
-                      noise_seed, noisy_label_histogram, privacy_curve)
+from .privacy import (SIMULATION_NOTE, ClientBudget, calibrate_noise, config_key, epsilon_replace_one, float_key,
+                      max_steps_within, noise_seed, noisy_label_histogram, privacy_curve)
 from .synthesis import save_synthetic
 
 
@@ -209,7 +209,8 @@ def make_hospital(config: TrainConfig, cid: int, images: torch.Tensor, labels: t
     probs = None
     if config.fake_labels == "histogram":
         sigma_h = config.histogram_sigma if config.private else None
-        rng = np.random.default_rng(noise_seed(config.simulation_noise, config.seed, 2, cid, float_key(config.epsilon)))
+        rng = np.random.default_rng(noise_seed(config.simulation_noise, config.seed, 2, cid, float_key(config.epsilon),
+                                               config_key(config)))
         probs = torch.as_tensor(noisy_label_histogram(labels.cpu().numpy(), num_classes, sigma_h, rng),
                                 dtype=torch.float32)
     return cl.Client(cid, images.to(device), labels.to(device), gen,
@@ -245,10 +246,10 @@ def load_hospital_state(h: cl.Client, state: dict) -> None:
 
 def hospital_rng(c: TrainConfig, cid: int, device: torch.device) -> torch.Generator:
     """Hospital ``cid``'s own random stream (Poisson masks, fakes, DP noise) on the run's device:
-    from OS entropy, or with ``simulation_noise`` from (seed, cid, epsilon, sigma) so that runs at
-    different epsilons never share draws. Its state is saved in checkpoints (which hold the
+    from OS entropy, or with ``simulation_noise`` from (seed, cid, epsilon, every other setting) so that
+    runs at different epsilons or settings never share draws (``privacy.config_key``). Its state is saved in checkpoints (which hold the
     hospitals' private state anyway), so resume continues the stream on any device."""
-    seed = noise_seed(c.simulation_noise, c.seed, 5, cid, float_key(c.epsilon), float_key(c.noise_multiplier or 0.0))
+    seed = noise_seed(c.simulation_noise, c.seed, 5, cid, float_key(c.epsilon), config_key(c))
     return torch.Generator(device=device).manual_seed(seed)
 
 
@@ -405,7 +406,8 @@ def write_privacy_report(c: TrainConfig, rounds: int, hospitals: dict[int, dict]
               "target_epsilon": c.epsilon if c.private else None, "max_grad_norm": c.max_grad_norm,
               "rounds_completed": rounds,
               "noise_source": ("derived from the seed (simulation: assumes a trusted simulator)" if c.simulation_noise
-                               else "OS entropy, never written (nobody holding the run's files can regenerate it)"),
+                               else "OS entropy; its state is kept only in checkpoint.pt, the hospitals' private "
+                                    "state beside every model, and in no released file"),
               "clients": {str(cid): entry for cid, entry in sorted(hospitals.items())}}
     if c.private:
         report["max_epsilon"] = max(v["epsilon"] for v in report["clients"].values())
@@ -509,20 +511,26 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, stop_af
 
 
 def trained_generators(cfg: TrainConfig, run_dir: Path, ds: MedicalDataset | None = None, *, resume: bool,
-                       progress: bool) -> tuple[list[Generator], dict]:
+                       progress: bool, stamp: dict | None = None) -> tuple[list[Generator], dict]:
     """The run in ``run_dir``: trained afresh, or with ``resume`` (and the very same config) continued
     from its checkpoint or, finished, reused. Returns its released generators and ``rounds``,
     ``max_epsilon``, ``train_s`` (wall time of the rounds, over resumes; runs from before
     timing.json get the time between their first and last file) and ``resumed`` (none, checkpoint
-    or finished)."""
+    or finished). ``stamp`` (the benchmark's code hash and data file hash) must match the one the run
+    was made under too: an equal config made by other code or data is trained again, never reused."""
+    saved = run_dir / "stamp.json"
     same = resume and (run_dir / "config.json").exists() and TrainConfig.from_dict(
         json.loads((run_dir / "config.json").read_text())["config"]) == cfg
+    same = same and (stamp is None or (saved.exists() and json.loads(saved.read_text()) == stamp))
     if same and (run_dir / "generators.pt").exists():
         how = "finished"
     else:
         how = "checkpoint" if same and (run_dir / "checkpoint.pt").exists() else "none"
         if how == "none":
             shutil.rmtree(run_dir, ignore_errors=True)  # our own output from an earlier call
+            if stamp is not None:
+                run_dir.mkdir(parents=True)
+                saved.write_text(json.dumps(stamp, indent=2))
         train(cfg, run_dir, resume=how == "checkpoint", progress=progress, dataset=ds)
     timing = run_dir / "timing.json"
     train_s = (json.loads(timing.read_text())["train_s"] if timing.exists() else

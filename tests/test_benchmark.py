@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -151,15 +152,25 @@ def test_every_method_is_tuned_with_the_same_budget_on_validation(smoke):
         for p in points:  # every point from the method's grid (the default point first)
             assert all(v in t["space"][key] for key, v in p.items() if key in t["space"] and p is not points[0])
         scores = [p["val_auc"] for p in t["tried"]]
-        assert t["chosen"] == points[int(np.argmax(scores))] == r["hyperparameters"]
+        assert t["chosen"] == points[int(np.argmax(scores))]
+        assert r["hyperparameters"] == t["inherited"] | t["chosen"]
         c = r["classifier"]
         row_score = np.mean([curve[b - 1] for curve, b in zip(c["val_auc"], c["best_round"])])
         assert row_score == pytest.approx(max(scores))
-    spaces = {k.split("|")[0]: v["space"] for k, v in report["tuning"].items()}
-    assert spaces["fedprox"]["mu"] == [1e-3, 1e-2, 1e-1, 1.0]
+    tuning = {k.split("|")[0]: v for k, v in report["tuning"].items() if k.split("|")[1] in ("inf", "10.0")}
+    spaces = {m: v["space"] for m, v in tuning.items()}
+    assert spaces["fedprox"] == {"mu": [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0]}
     assert {"batch_size", "max_grad_norm", "lr", "rounds"} <= set(spaces["dp_fedavg"]) == set(spaces["dp_fedavg_clip"])
-    assert "augment_strength" in spaces["fedavg_aug"] and set(spaces["fedavg"]) == {"lr", "local_epochs"}
-    assert "same number of configurations, 2" in (out / "table.md").read_text()
+    assert set(spaces["fedavg_aug"]) == {"augment_strength"} and set(spaces["fedavg"]) == {"lr", "local_epochs"}
+    # FedProx and augmentation start from FedAvg's choice; the equal-steps control from HF-GAN's epochs
+    fedavg = {k: tuning["fedavg"]["chosen"][k] for k in ("lr", "local_epochs")}
+    assert tuning["fedprox"]["inherited"] == tuning["fedavg_aug"]["inherited"] == fedavg
+    assert tuning["fedavg_steps"]["inherited"] == {"local_epochs": tuning["hfgan"]["chosen"]["local_epochs"]}
+    by = {r["method"]: r for r in report["runs"] if r["epsilon"] in (math.inf, 10.0)}
+    assert by["fedavg_steps"]["hyperparameters"]["local_epochs"] == by["hfgan"]["hyperparameters"]["local_epochs"]
+    # the DP classifier and its clipping-only control: one grid, the same draw of points
+    assert [p["point"] for p in tuning["dp_fedavg"]["tried"]] == [p["point"] for p in tuning["dp_fedavg_clip"]["tried"]]
+    assert "at most 2 configurations" in (out / "table.md").read_text()
 
 
 def test_tuner_tunes_once_and_reuses_the_choice_for_other_seeds():
@@ -179,9 +190,43 @@ def test_tuner_tunes_once_and_reuses_the_choice_for_other_seeds():
     _, again = tuner.fit("fedavg", math.inf, 1, train, fed)
     assert again == point and len(calls) == 7 and calls[-1].lr == 3e-3
     first = candidates("fedprox", FedConfig(mu=0.01), None, k=4, seed=0)
-    assert first[0] == {"lr": 1e-3, "local_epochs": 1, "mu": 0.01}  # the profile's point first
+    assert first[0] == {"mu": 0.01}  # the profile's point first
     assert first == candidates("fedprox", FedConfig(mu=0.01), None, k=4, seed=0)  # seeded
     assert len(candidates("fedavg", fed, None, k=50, seed=0)) == 6  # never more than the grid
+    # one grid, one draw, whatever the method's name
+    assert candidates("fedavg_null", fed, None, k=4, seed=0) == candidates("hfgan", fed, None, k=4, seed=0)
+
+
+def test_methods_that_add_a_knob_start_from_their_parents_choice():
+    """FedProx tries only μ values, each at FedAvg's chosen learning rate and local epochs, so it can
+    always reach FedAvg's point (μ → 0); the equal-steps control takes HF-GAN's local epochs. A
+    parent that was not run leaves the profile's values."""
+    from hfgan_core.benchmark.tuning import Tuner
+    from hfgan_core.federated import FedConfig, FedResult
+    tried = []
+
+    def train(cfg, dp):
+        tried.append(cfg)
+        auc = 1 - abs(math.log10(cfg.lr) + 2.5) - 0.01 * cfg.local_epochs - 0.001 * abs(math.log10(cfg.mu or 1e-9) + 2)
+        return [FedResult(model=None, best_round=1, val_history=[{"auc": auc}], epsilons=None, noise_multipliers=None)]
+    tuner = Tuner(k=6)
+    fed = FedConfig(rounds=8, lr=1e-3, local_epochs=1, mu=0.01)
+    _, point = tuner.fit("fedprox", math.inf, 0, train, fed)  # no FedAvg yet: the profile's lr and epochs
+    assert {(c.lr, c.local_epochs) for c in tried} == {(1e-3, 1)} and tuner.log["fedprox|inf"]["inherited"] == {}
+    tuner.log.clear(), tried.clear()
+    tuner.log["fedavg|inf"] = {"chosen": {"lr": 3e-3, "local_epochs": 2}}
+    tuner.log["hfgan|10.0"] = {"chosen": {"lr": 3e-4, "local_epochs": 2}}
+    _, point = tuner.fit("fedprox", math.inf, 0, train, fed)
+    assert {(c.lr, c.local_epochs) for c in tried} == {(3e-3, 2)}
+    assert sorted(c.mu for c in tried) == [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0]  # the whole μ grid
+    assert point == {"lr": 3e-3, "local_epochs": 2, "mu": 1e-2}
+    tried.clear()
+    _, point = tuner.fit("fedavg_steps", math.inf, 0, train, replace(fed, mu=0.0), parent_eps=10.0)
+    assert {c.local_epochs for c in tried} == {2} and sorted(c.lr for c in tried) == [3e-4, 1e-3, 3e-3]
+    assert point == {"local_epochs": 2, "lr": 3e-3}
+    tried.clear()
+    _, again = tuner.fit("fedavg_steps", math.inf, 1, train, replace(fed, mu=0.0), parent_eps=10.0)  # a later seed
+    assert again == point and [(c.lr, c.local_epochs) for c in tried] == [(3e-3, 2)]
 
 
 def test_sealed_test_refuses_a_second_read():
@@ -584,3 +629,61 @@ def test_ratio_sweep_trains_each_gan_once_and_matches_the_controls(tmp_path, mon
         assert steps["fedavg_null"] == steps["hfgan"] > steps["fedavg"]
         assert abs(steps["fedavg_steps"] - steps["hfgan"]) <= 5
     assert "synthetic images per real image" in (root / "ratio.md").read_text() and (root / "ratio.png").exists()
+
+
+def test_a_gan_block_never_mixes_two_trainings_of_its_gan(tmp_path, monkeypatch):
+    """A session ends after HF-GAN's first row; the next, on a machine without the generators, trains
+    the GAN again. If the new generators differ (another machine's arithmetic), the finished row and
+    the judgement are made again from them; every row of the block then names the same generators."""
+    real_data("pneumoniamnist.npz")
+    config = bm.BenchmarkConfig(dataset="pneumoniamnist", methods=["hfgan", "hfgan_shared"], seeds=[0],
+                                profile="smoke")
+    put = Units.put
+
+    def put_then_stop(self, key, unit, array=None):
+        put(self, key, unit, array)
+        if key[:2] == ("row", "hfgan"):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(Units, "put", put_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        bm.run_benchmark(config, tmp_path, progress=False)
+    monkeypatch.setattr(Units, "put", put)
+    first = json.loads((tmp_path / "units" / "row-hfgan-0-10.0.json").read_text())["generators"]
+    (tmp_path / "gan_runs" / "hfgan-seed0-eps10.0" / "generators.pt").unlink()  # not carried to the new machine
+
+    def other_arithmetic(*args, **kwargs):
+        gens, info = trained_generators(*args, **kwargs)
+        with torch.no_grad():
+            next(gens[0].parameters()).add_(1e-6)
+        return gens, info
+    monkeypatch.setattr(runner, "trained_generators", other_arithmetic)
+    report = bm.run_benchmark(config, tmp_path, progress=False, resume=True)
+    names = {r["generators"] for r in report["runs"]} | {q["generators"] for q in report["gan_quality"]}
+    assert len(names) == 1 and first not in names
+    assert report["invocations"][1]["units_made"] >= 3  # both rows and the judgement, made again
+
+
+def test_a_resumed_run_refuses_another_extractor(tmp_path):
+    units = Units(tmp_path, {"code": "x"}, resume=False)
+    runner._same_extractor(units, {"weights_file": "a.pt", "weights_sha256": "1" * 64})
+    runner._same_extractor(units, {"weights_file": "a.pt", "weights_sha256": "1" * 64})  # the same file: fine
+    with pytest.raises(UserError, match="a.pt is not the extractor this run's finished units were scored with"):
+        runner._same_extractor(units, {"weights_file": "a.pt", "weights_sha256": "2" * 64})
+
+
+def test_a_cached_gan_run_is_reused_only_under_its_code_and_data(tmp_path, tiny):
+    from conftest import tiny_config
+    cfg, ds = tiny_config(rounds=2, epsilon=math.inf, data_dir=str(tmp_path), synthetic_per_class=4), tiny
+    stamp = {"code": "hfgan_core sha256 a", "data": "d sha256 1"}
+    _, made = trained_generators(cfg, tmp_path / "run", ds, resume=True, progress=False, stamp=stamp)
+    _, again = trained_generators(cfg, tmp_path / "run", ds, resume=True, progress=False, stamp=stamp)
+    _, other = trained_generators(cfg, tmp_path / "run", ds, resume=True, progress=False,
+                                  stamp=stamp | {"code": "hfgan_core sha256 b"})
+    assert (made["resumed"], again["resumed"], other["resumed"]) == ("none", "finished", "none")
+
+
+def test_one_collapsed_hospital_model_marks_the_local_row():
+    from hfgan_core.benchmark.tables import _collapsed
+    assert _collapsed({"one_class_models": 2, "predicted_classes": 1.6})  # 2 of 5 local models collapsed
+    assert not _collapsed({"one_class_models": 0, "predicted_classes": 2.0})
+    assert _collapsed({"predicted_classes": 1})  # runs from before the count was kept

@@ -217,3 +217,29 @@ def test_a_histogram_run_releases_and_accounts_the_same_sigma(tiny, tmp_path, mo
         assert entry["epsilon"] == pytest.approx(ref.get_epsilon(1e-5), rel=0.01)
         assert entry["epsilon"] <= 5.0
         assert entry["noise_multiplier"] > uniform[cid]["noise_multiplier"]  # the histogram spent part of epsilon
+
+
+def test_simulation_streams_differ_for_every_setting_but_where_a_run_executes():
+    """Simulation noise is derived from the seed. Two runs that differ in any setting (a tuning
+    grid's points, a recipe search) must draw different noise, else f(D) + σz and g(D) + σ'z with
+    one z combine into a noise-free σ'f(D) - σg(D). Where a run executes (device, engine, how often
+    it checkpoints) changes nothing it computes, and keeps the stream."""
+    from dataclasses import replace
+
+    from hfgan_core.federated import DPSpec, FedConfig
+    from hfgan_core.privacy import config_key
+    from hfgan_core.train import TrainConfig, hospital_rng
+
+    def first_draws(c: TrainConfig) -> torch.Tensor:
+        return torch.rand(8, generator=hospital_rng(c, 0, torch.device("cpu")))
+    base = TrainConfig(epsilon=10.0, simulation_noise=True)
+    same = first_draws(base)
+    assert torch.equal(same, first_draws(base))  # reproducible
+    for other in (dict(lr_d=2e-3), dict(rounds=base.rounds + 1), dict(batch_size=32), dict(noise_multiplier=1.0)):
+        assert not torch.equal(same, first_draws(replace(base, **other))), other
+    for where in (dict(engine="loop"), dict(checkpoint_every=3), dict(data_dir="/elsewhere")):
+        assert torch.equal(same, first_draws(replace(base, **where))), where
+    dp = DPSpec(epsilon=10.0, simulation_noise=True)
+    assert config_key(FedConfig(lr=1e-3), dp) != config_key(FedConfig(lr=3e-3), dp)
+    assert config_key(FedConfig(), dp) != config_key(FedConfig(), replace(dp, max_grad_norm=0.1))
+    assert config_key(FedConfig(device="cpu"), dp) == config_key(FedConfig(device="cuda"), dp)

@@ -1,5 +1,6 @@
-"""The paired bootstrap against closed forms: a normal-approximation interval for one seed, zero
-width for identical methods, and the exact bootstrap over seeds when test images do not vary."""
+"""The paired bootstrap against closed forms: a normal-approximation interval for one seed (and for
+identical seeds, since all seeds share one test set), zero width for identical methods, and the
+exact bootstrap over seeds when test images do not vary."""
 from __future__ import annotations
 
 import itertools
@@ -30,6 +31,21 @@ def test_one_seed_matches_the_normal_approximation_of_paired_differences():
     assert got["delta"] == pytest.approx(d.mean())
     assert got["low"] == pytest.approx(d.mean() - half, abs=0.006)
     assert got["high"] == pytest.approx(d.mean() + half, abs=0.006)
+
+
+def test_identical_seeds_keep_the_one_test_set_interval():
+    """Every seed is scored on the same test images. When the seeds agree exactly, the only variation
+    is the test set's, and more seeds of it must not narrow the interval: it stays the one-seed
+    normal approximation. (A fresh image resample per seed would shrink it by about √5.)"""
+    rng = np.random.default_rng(4)
+    n = 600
+    y = rng.integers(0, 2, n)
+    right_a, right_b = rng.random(n) < 0.85, rng.random(n) < 0.78
+    a, b = one_hot(np.where(right_a, y, 1 - y)), one_hot(np.where(right_b, y, 1 - y))
+    got = paired_delta(y, [a] * 5, [b] * 5, score=accuracy, n_boot=4000, seed=1)
+    d = right_a.astype(float) - right_b.astype(float)
+    half = 1.96 * d.std(ddof=1) / np.sqrt(n)
+    assert got["high"] - got["low"] == pytest.approx(2 * half, rel=0.08)
 
 
 def test_identical_methods_differ_by_exactly_zero():

@@ -11,6 +11,7 @@ selection) only; the test split sits in a ``SealedTest`` that hands it out once 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -30,7 +31,7 @@ from ..synthesis import balanced_labels, images_for_labels
 from ..extractor import load_or_train_extractor
 from ..federated import DPSpec, FedConfig, FedResult, train_federated
 from ..metrics import classification_metrics, fid, inception_score, inception_weights, mix_accuracy, standard_fid_is
-from ..privacy import compute_epsilon, noise_seed, noisy_label_histogram
+from ..privacy import compute_epsilon, config_key, noise_seed, noisy_label_histogram
 from ..models import build_models
 from ..train import TrainConfig, hospital_parts, trained_generators
 from .config import CURVE_METHODS, METHODS, PRIVATE_ROWS, PROFILES, BenchmarkConfig, Profile, profile_json, run_profile
@@ -78,6 +79,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
     test = SealedTest(ds)
     dev = replace(ds, test=None)  # from here on only `test.read` reaches the test split
     extractor, extractor_info = load_or_train_extractor(dev, epochs=prof.extractor_epochs, device=config.device)
+    _same_extractor(units, extractor_info)
     tx, ty = test.read(("extractor",))
     extractor_info = extractor_info | {"test_accuracy": float((predict_proba(extractor, tx).argmax(1) == ty.numpy()).mean())}
     records, hospitals, gan_quality = [], {}, []
@@ -174,19 +176,27 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
     k = ds.num_classes
     # Each hospital's class mix, for per-hospital accuracy and figures: a DP histogram (exact counts
     # have sensitivity 1 and never leave this function's caller unpublished; see class_mix_release)
+    split = config_key({"partition": c.partition, "alpha": c.alpha, "clients": c.clients})  # other hospitals, other draws
     mixes = np.stack([noisy_label_histogram(ds.train.labels[p], k, MIX_SIGMA,
-                                            np.random.default_rng(noise_seed(True, seed, 17, i)))
+                                            np.random.default_rng(noise_seed(True, seed, 17, i, split)))
                       for i, p in enumerate(parts)])  # (hospitals, K)
     records, quality = [], []
 
     def judge(gan: str, eps: float, generators: list, spent: float) -> None:
-        """Every GAN of the benchmark gets the quality numbers (validation split only)."""
+        """Every GAN of the benchmark gets the quality numbers (never the test split); a judgement of
+        other generators (the GAN trained again after a stop) is made again."""
         key = ("quality", gan, seed, eps)
-        if (q := units.get(key)) is None:
+        q = units.get(key)
+        if q is None or (generators and q.get("generators") != generators_sha256(generators)):
             q = {"gan": gan, "seed": seed, "epsilon": eps, "max_epsilon": spent,
+                 "generators": generators_sha256(generators),
                  **generator_quality(generators, ds, extractor, config=replace(prof.quality, seed=seed, device=c.device))}
             units.put(key, q)
         quality.append(q)
+
+    def same_gan(done: dict | None, generators: list) -> dict | None:
+        """A finished row of a GAN block, if it was made from these very generators (else None: redo it)."""
+        return done if done is not None and done.get("generators") == generators_sha256(generators) else None
 
     def finished(method: str, eps: float) -> dict | None:
         """The row's result from an earlier invocation (``resume``), with its test probabilities."""
@@ -208,7 +218,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
         ``groups``: the hospitals each model trains on (local only: one model per hospital)."""
         groups = groups or [hospitals]
         return tuner.fit(method, eps, seed, lambda cfg, spec: [fed_run(method, cfg, spec, g, **kw) for g in groups],
-                         base, dp)
+                         base, dp, parent_eps=c.epsilons[0])  # the equal-steps control: HF-GAN's headline row
 
     def log(method: str, eps: float, fitted: tuple[list[FedResult], dict], started: float, privacy: dict,
             generators=None) -> None:
@@ -221,7 +231,9 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
         # accuracy on each hospital's class mix (its own model for "local"); label skew changes only the mix
         m["per_hospital_accuracy"] = [mix_accuracy(ty.numpy(), probas[i % len(probas)].argmax(1), mix)
                                       for i, mix in enumerate(mixes)]
+        m["one_class_models"] = sum(s["predicted_classes"] <= 1 for s in scores)  # local only: of 5 models
         if generators is not None:
+            m["generators"] = generators_sha256(generators)  # a block's rows and judgement: one training
             fakes = images_for_labels(generators, ty, seed + 1000)[0]  # the test split's classes and counts
             m["fid"] = fid(extractor, fakes, tx)
             m["inception_score"], m["inception_score_sd"] = inception_score(extractor, fakes, seed=seed)
@@ -244,7 +256,8 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
                        f"macro-F1 {m['macro_f1']:.3f} AUC {m['auc']:.3f} ({m['wall_time_s']:.0f} s)")
 
     plain = {"unit": None, "gan_epsilon": None, "classifier_dp": False, "released_epsilon": math.inf}
-    for method in [m for m in c.methods if m not in PRIVATE_ROWS]:
+
+    def plain_row(method: str) -> None:
         t0 = time.time()
         if done := finished(method, math.inf):
             records.append(done)
@@ -267,13 +280,19 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
                           logit_adjust=method == "fedavg_balanced")
             log(method, math.inf, fit(method, math.inf, base=cfg), t0, plain)
 
+    # the equal-steps control takes HF-GAN's local epochs (tuning.INHERIT): it runs after HF-GAN's rows
+    last = ["fedavg_steps"] if "hfgan" in c.methods else []
+    for method in [m for m in c.methods if m not in PRIVATE_ROWS and m not in last]:
+        plain_row(method)
     on_curve = prof.curve_seeds is None or seed in c.seeds[:prof.curve_seeds]
     for eps in c.epsilons + (c.curve_epsilons if on_curve else []):
         wanted = [m for m in c.methods if m in PRIVATE_ROWS and (eps in c.epsilons or m in CURVE_METHODS)]
         hf_rows = [m for m in wanted if METHODS[m].gan == "hfgan"]
         hf_done = {m: finished(m, eps) for m in hf_rows}
         if hf_rows and (None in hf_done.values() or not units.has(("quality", "hfgan", seed, eps))):
-            gens, gan_eps, gan_time = _hfgan(c, prof, ds, seed, eps, out, progress, resume=units.resumed)
+            gens, gan_eps, gan_time = _hfgan(c, prof, ds, seed, eps, out, progress, resume=units.resumed,
+                                             stamp=units.stamp)
+            hf_done = {m: same_gan(r, gens) for m, r in hf_done.items()}
             judge("hfgan", eps, gens, gan_eps)
             own = [images_for_labels([g], balanced_labels(n_synth(h), k), seed + i)
                    for i, (g, h) in enumerate(zip(gens, hospitals))]
@@ -306,7 +325,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
                                  "device": c.device, "simulation_noise": True})))
             synth = [images_for_labels([res.generator], balanced_labels(n_synth(h), k), seed + 80 + i)
                      for i, h in enumerate(hospitals)]
-            if dpgan_done:
+            if dpgan_done := same_gan(dpgan_done, [res.generator]):
                 records.append(dpgan_done)
             else:
                 log("dpfedavg_gan", eps, fit("dpfedavg_gan", eps, synthetic=synth), t0,
@@ -324,18 +343,42 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             spent = max(res.epsilons) if res.epsilons else math.inf
             log("dp_fedavg", eps, fitted, t0, {"unit": "record" if res.epsilons else None, "gan_epsilon": None,
                                                      "classifier_dp": not math.isinf(eps), "released_epsilon": spent})
+    for method in [m for m in c.methods if m in last]:
+        plain_row(method)
     return records, {"sizes": [len(p) for p in parts], "dp_class_mix": mixes.round(4).tolist()}, quality
 
 
 def _hfgan(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, eps: float, out: Path,
-           progress: bool, *, resume: bool) -> tuple[list, float, float]:
+           progress: bool, *, resume: bool, stamp: dict) -> tuple[list, float, float]:
     """HF-GAN's released generators for (seed, eps), their max epsilon and training time. A run
     with the very same settings is continued or reused when resuming, and always from ``gan_cache``
     (a sweep over what happens *after* the GAN, e.g. the synthetic ratio, trains each GAN once)."""
     config = _gan_config(c, prof, ds, seed, epsilon=eps)
     run_dir = Path(c.gan_cache or out / "gan_runs") / f"hfgan-seed{seed}-eps{eps}"
-    gens, info = trained_generators(config, run_dir, ds, resume=resume or bool(c.gan_cache), progress=progress)
+    gens, info = trained_generators(config, run_dir, ds, resume=resume or bool(c.gan_cache), progress=progress,
+                                    stamp={k: stamp[k] for k in ("code", "data")})  # reused only under both
     return gens, info["max_epsilon"], info["train_s"]
+
+
+def _same_extractor(units: Units, info: dict) -> None:
+    """Every FID/IS of one run from one extractor: a resumed run whose extractor file is not the one its
+    earlier units were scored with (retrained on another machine, say) is refused."""
+    saved = units.get(("extractor",))
+    if saved is None:
+        units.put(("extractor",), {"weights_sha256": info["weights_sha256"]})
+    elif saved["weights_sha256"] != info["weights_sha256"]:
+        raise UserError(f"{info['weights_file']} is not the extractor this run's finished units were scored with "
+                        f"(sha256 {saved['weights_sha256'][:12]}...): put that file back (it is committed with the "
+                        "results), or run without --resume")
+
+
+def generators_sha256(generators: list) -> str:
+    """Which generators a row or judgement was made from: a hash of their weights and buffers."""
+    h = hashlib.sha256()
+    for g in generators:
+        for name, t in g.state_dict().items():
+            h.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _null_generator(gan_cfg: TrainConfig, ds: MedicalDataset, seed: int):

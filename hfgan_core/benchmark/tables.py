@@ -47,13 +47,21 @@ def summarise(records: list[dict], methods: list[str]) -> list[dict]:
                    "gan_epsilon": _max(r["gan_epsilon"] for r in runs),
                    "released_epsilon": _max(r["released_epsilon"] for r in runs),
                    "wall_time_s": float(np.mean([r["wall_time_s"] for r in runs])),
-                   "one_class_runs": sum(r.get("predicted_classes", 2) <= 1 for r in runs)}
+                   "one_class_runs": sum(_collapsed(r) for r in runs)}
             for m in METRICS:
                 values = [r[m] for r in runs if r.get(m) is not None]
                 row[m] = float(np.mean(values)) if values else None
                 row[f"{m}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else None  # sample sd
             rows.append(row)
     return rows
+
+
+def _collapsed(run: dict) -> bool:
+    """Whether a seed's classifier (for "local only": any of its hospitals' models) predicts one class.
+    Runs from before ``one_class_models`` was kept have only the mean number of predicted classes."""
+    if "one_class_models" in run:
+        return run["one_class_models"] > 0
+    return run.get("predicted_classes", 2) <= 1
 
 
 def probas_by_seed(saved, method: str, eps: float) -> dict[int, np.ndarray]:
@@ -175,10 +183,12 @@ def footnotes(report: dict) -> str:
            if report["profile"]["name"] == "quick" else "")
         + _curve_note(report),
         _tuning_note(report),
-        "Balanced accuracy: mean recall over classes. † n: in n of the seeds the classifier predicts one class "
-        "only (its accuracy is then the class prior). Δ: the row's test accuracy minus FedAvg's (or minus FedAvg + "
-        "null images': untrained generators, the same balanced labels and ratio), paired on seeds and test images, "
-        "mean over seeds with a 95 % bootstrap interval over both (1,000 replicates; `stats.paired_delta`).",
+        "Balanced accuracy: mean recall over classes. † n: in n of the seeds the classifier (local only: any "
+        "hospital's model) predicts one class only (its accuracy is then the class prior). Δ: the row's test "
+        "accuracy minus FedAvg's (or minus FedAvg + null images': untrained generators, the same balanced labels "
+        "and ratio), paired on seeds and test images, mean over seeds with a 95 % bootstrap interval (1,000 "
+        "replicates, each resampling the seeds and, shared by them since every seed is scored on the same "
+        "images, the test images; `stats.paired_delta`).",
         f"ε: per record of one hospital (unit 'record': add/remove one record, the hospital's size public) or per "
         f"whole hospital ('hospital', DP-FedAvg-GAN), δ = {c['delta']}, Opacus "
         f"{report['profile'].get('accountant', 'prv').upper()} accountant, max over hospitals. HF-GAN's noise is "
@@ -216,13 +226,22 @@ def _tuning_note(report: dict) -> str:
     if k <= 1:
         return ("Hyper-parameters: not tuned; every classifier uses the profile's default point (the `paper` "
                 "profile tunes every method with the same budget).")
-    seeds = sorted({t["seed"] for t in report.get("tuning", {}).values()})
-    return (f"Hyper-parameters: every method tried the same number of configurations, {k}, of its own grid "
-            "(learning rate and local epochs for all; FedProx's μ over decades; augmentation strength; DP-SGD's "
-            f"batch size, clipping norm, learning rate and round cap), chosen by validation macro-AUC on seed(s) "
-            f"{seeds} and used for every seed; runs.json `tuning` holds each grid, every point tried and the "
-            "choice. Tuning on validation is not charged to any ε (for a fixed number of configurations the honest "
-            "cost would be composition over their runs).")
+    tuning = report.get("tuning", {})
+    seeds = sorted({t["seed"] for t in tuning.values()})
+    if any("inherited" in t for t in tuning.values()):  # the protocol since FedProx & co. start from FedAvg's point
+        grids = ("FedAvg and every other method: learning rate × local epochs; FedProx and augmentation: FedAvg's "
+                 "chosen point, then μ over decades or the augmentation strength; the equal-steps control: HF-GAN's "
+                 "local epochs, then the learning rate; DP-SGD and its clipping-only control: the same draw of batch "
+                 "size, clipping norm, learning rate and round cap")
+    else:
+        grids = ("learning rate and local epochs for all; FedProx's μ over decades; augmentation strength; DP-SGD's "
+                 "batch size, clipping norm, learning rate and round cap")
+    return (f"Hyper-parameters: every method tried at most {k} configurations of its own grid ({grids}), chosen by "
+            f"validation macro-AUC on seed(s) {seeds} and used for every seed; runs.json `tuning` holds each grid, "
+            "every point tried and the choice. The GANs' settings are not in this budget: HF-GAN's recipe was "
+            "chosen earlier by about 20 validation runs on seed 0 (`results/recipe_search/`), DP-FedAvg-GAN's "
+            "settings were not searched. Tuning on validation is not charged to any ε (for a fixed number of "
+            "configurations the honest cost would be composition over their runs).")
 
 
 def _curve_note(report: dict) -> str:

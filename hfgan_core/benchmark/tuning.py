@@ -3,9 +3,17 @@
 Each method has a space of hyper-parameters (a grid, below). Every method tries the same number
 of its points, the profile's ``tune``: first the profile's default point, then a seeded random
 draw of the rest of its grid (random search over a grid, Bergstra & Bengio 2012), so a method
-with a larger space gets no larger budget. Each point trains the method's classifier on the
-first seed and is scored by its best *validation* macro-AUC (the criterion that also picks the
-round); the winner is used for every seed. The test split is never read here.
+with a larger space gets no larger budget. The draw depends on the grid, not on the method's
+name, so methods with one grid (the DP classifier and its clipping-only control) try the same
+points. Each point trains the method's classifier on the first seed and is scored by its best
+*validation* macro-AUC (the criterion that also picks the round); the winner is used for every
+seed. The test split is never read here.
+
+Methods that are another method plus one knob start from that method's choice (``INHERIT``) and
+spend their budget on the knob: FedProx and augmentation take FedAvg's learning rate and local
+epochs and tune μ or the augmentation strength, so they can always reach FedAvg's point (a random
+draw over lr × epochs × knob could miss it). The equal-steps control takes HF-GAN's local epochs
+(so each of its rounds takes as many optimizer steps as HF-GAN's) and tunes the learning rate.
 
 Tuning the DP classifier on validation is itself not accounted for, as in most of the DP
 literature: the fixed ``tune`` configurations each read the private records and the best one's run
@@ -24,10 +32,15 @@ from typing import Callable
 import numpy as np
 
 from ..federated import DPSpec, FedConfig, FedResult
+from .config import PRIVATE_ROWS
 
-BASE = {"lr": (3e-4, 1e-3, 3e-3), "local_epochs": (1, 2)}  # every method
-EXTRA = {"fedprox": {"mu": (1e-3, 1e-2, 1e-1, 1.0)},  # FedProx's proximal weight: a grid over decades
-         "fedavg_aug": {"augment_strength": (0.5, 1.0, 2.0)}}
+BASE = {"lr": (3e-4, 1e-3, 3e-3), "local_epochs": (1, 2)}  # every method, unless it inherits
+KNOB = {"fedprox": {"mu": (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)},  # FedProx's proximal weight: decades
+        "fedavg_aug": {"augment_strength": (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)},
+        "fedavg_steps": {"lr": BASE["lr"]}}
+# method -> (the method whose chosen point it starts from, the keys it takes from there)
+INHERIT = {"fedprox": ("fedavg", ("lr", "local_epochs")), "fedavg_aug": ("fedavg", ("lr", "local_epochs")),
+           "fedavg_steps": ("hfgan", ("local_epochs",))}
 CRITERION = "best validation macro-AUC over the rounds (the round picked the same way)"
 
 
@@ -39,7 +52,7 @@ def space(method: str, fed: FedConfig, dp: DPSpec | None = None) -> dict[str, tu
     if dp is not None:
         return {"lr": (1e-3, 4e-3), "batch_size": (64, 256, 1024), "max_grad_norm": (0.1, 1.0),
                 "rounds": tuple(sorted({fed.rounds, max(1, fed.rounds // 4)})), "keep_optimizer": (False, True)}
-    return BASE | EXTRA.get(method, {})
+    return KNOB.get(method, BASE)
 
 
 def candidates(method: str, fed: FedConfig, dp: DPSpec | None, *, k: int, seed: int) -> list[dict]:
@@ -48,7 +61,7 @@ def candidates(method: str, fed: FedConfig, dp: DPSpec | None, *, k: int, seed: 
     default = {key: _current(key, fed, dp) for key in grid}
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     rest = [p for p in points if p != default]
-    order = np.random.default_rng([seed, 31, zlib.crc32(method.encode())]).permutation(len(rest))
+    order = np.random.default_rng([seed, 31, zlib.crc32(repr(sorted(grid.items())).encode())]).permutation(len(rest))
     return [default] + [rest[i] for i in order[:max(0, k - 1)]]
 
 
@@ -83,11 +96,14 @@ class Tuner:
     log: dict = field(default_factory=dict)
 
     def fit(self, method: str, eps: float, seed: int, train: Train, fed: FedConfig,
-            dp: DPSpec | None = None) -> tuple[list[FedResult], dict]:
+            dp: DPSpec | None = None, *, parent_eps: float = math.inf) -> tuple[list[FedResult], dict]:
+        """``parent_eps``: the epsilon of the private row an ``INHERIT`` method starts from (HF-GAN's
+        headline epsilon; a non-private parent such as FedAvg is its epsilon-infinity row)."""
         key = f"{method}|{eps}"
+        fed, inherited = self.inherit(method, fed, parent_eps)
         if key in self.log:
             point = self.log[key]["chosen"]
-            return train(*apply(point, fed, dp)), point
+            return train(*apply(point, fed, dp)), inherited | point
         best, tried = None, []
         for point in candidates(method, fed, dp, k=self.k, seed=seed):
             results = train(*apply(point, fed, dp))
@@ -96,5 +112,18 @@ class Tuner:
             if best is None or np.nan_to_num(score, nan=-np.inf) > best[0]:  # ties: the earlier point
                 best = (np.nan_to_num(score, nan=-np.inf), results, point)
         self.log[key] = {"space": {k: list(v) for k, v in space(method, fed, dp).items()}, "budget": self.k,
-                         "tried": tried, "chosen": best[2], "seed": seed, "criterion": CRITERION}
-        return best[1], best[2]
+                         "tried": tried, "chosen": best[2], "seed": seed, "criterion": CRITERION,
+                         "inherited": inherited}
+        return best[1], inherited | best[2]
+
+    def inherit(self, method: str, fed: FedConfig, parent_eps: float) -> tuple[FedConfig, dict]:
+        """``fed`` with the values an ``INHERIT`` method takes from its parent's chosen point (none when
+        the parent was not run: then the profile's values stand, and the log says so)."""
+        if method not in INHERIT:
+            return fed, {}
+        parent, keys = INHERIT[method]
+        entry = self.log.get(f"{parent}|{parent_eps if parent in PRIVATE_ROWS else math.inf}")
+        if entry is None:
+            return fed, {}
+        taken = {k: entry["chosen"][k] for k in keys}
+        return replace(fed, **taken), taken
