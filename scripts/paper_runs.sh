@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-PIN=6c6a56a  # the commit whose hfgan_core makes the paper tables (code hash 7a2e4354...)
+PIN=a1c136d  # the commit whose hfgan_core makes the paper tables (code hash 4103e412...)
 WT=${WT:-/tmp/hfgan-paper-$PIN}
 PYTHON=${PYTHON:-$repo/.venv/bin/python}
 out=$repo/results/paper_runs
