@@ -17,6 +17,7 @@ import torch
 
 from .classifier import SmallCNN, train_classifier
 from .data import MedicalDataset
+from .errors import UserError
 
 CACHE = Path("results/extractors")
 
@@ -29,11 +30,18 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_or_train_extractor(ds: MedicalDataset, *, epochs: int = 5, cache: Path = CACHE,
-                            seed: int = 0, device: str = "cpu") -> tuple[SmallCNN, dict]:
+def load_or_train_extractor(ds: MedicalDataset, *, epochs: int = 5, cache: Path = CACHE, seed: int = 0,
+                            device: str = "cpu", expect_sha256: str | None = None) -> tuple[SmallCNN, dict]:
+    """The in-domain extractor: loaded from ``cache``, or trained there. ``expect_sha256`` (a resumed
+    benchmark: the weights its finished units were scored with) refuses any other file, and a missing
+    one before training a new one that could not match."""
     sha = file_sha256(ds.path)
     name = f"{ds.name}_{ds.image_size}px_n{len(ds.train)}_e{epochs}_{sha[:12]}"
     weights, meta = cache / f"{name}.pt", cache / f"{name}.json"
+    if expect_sha256 and not (weights.exists() and file_sha256(weights) == expect_sha256):
+        raise UserError(f"{weights} is {'another file than' if weights.exists() else 'missing, and it is'} the "
+                        f"extractor this run's finished units were scored with (sha256 {expect_sha256[:12]}...): put "
+                        "that file back (it is committed with the results), or run without --resume")
     model = SmallCNN(channels=ds.channels, num_classes=ds.num_classes)
     if weights.exists() and meta.exists():
         model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))

@@ -213,6 +213,10 @@ def test_methods_that_add_a_knob_start_from_their_parents_choice():
     fed = FedConfig(rounds=8, lr=1e-3, local_epochs=1, mu=0.01)
     _, point = tuner.fit("fedprox", math.inf, 0, train, fed)  # no FedAvg yet: the profile's lr and epochs
     assert {(c.lr, c.local_epochs) for c in tried} == {(1e-3, 1)} and tuner.log["fedprox|inf"]["inherited"] == {}
+    tuner.log["fedavg|inf"] = {"chosen": {"lr": 3e-3, "local_epochs": 2}}  # the parent arrives later (a resume)
+    tried.clear()
+    _, again = tuner.fit("fedprox", math.inf, 1, train, fed)  # the point as tuned: not FedAvg's lr with that μ
+    assert again == point and [(c.lr, c.local_epochs, c.mu) for c in tried] == [(1e-3, 1, point["mu"])]
     tuner.log.clear(), tried.clear()
     tuner.log["fedavg|inf"] = {"chosen": {"lr": 3e-3, "local_epochs": 2}}
     tuner.log["hfgan|10.0"] = {"chosen": {"lr": 3e-4, "local_epochs": 2}}
@@ -661,6 +665,18 @@ def test_a_gan_block_never_mixes_two_trainings_of_its_gan(tmp_path, monkeypatch)
     names = {r["generators"] for r in report["runs"]} | {q["generators"] for q in report["gan_quality"]}
     assert len(names) == 1 and first not in names
     assert report["invocations"][1]["units_made"] >= 3  # both rows and the judgement, made again
+
+
+def test_a_resumed_run_needs_the_extractor_it_was_scored_with_before_training_one(tmp_path, tiny, monkeypatch):
+    """Its file missing (a fresh machine without it), a resumed run stops at once, not after training
+    an extractor that could not match; the very file is taken."""
+    from hfgan_core import extractor as ex
+    _, info = ex.load_or_train_extractor(tiny, epochs=1, cache=tmp_path / "x")
+    monkeypatch.setattr(ex, "train_classifier", lambda *a, **kw: pytest.fail("trained an extractor"))
+    ex.load_or_train_extractor(tiny, epochs=1, cache=tmp_path / "x", expect_sha256=info["weights_sha256"])
+    for cache, what in ((tmp_path / "elsewhere", "missing"), (tmp_path / "x", "another file")):
+        with pytest.raises(UserError, match=f"is {what}"):
+            ex.load_or_train_extractor(tiny, epochs=1, cache=cache, expect_sha256="0" * 64)
 
 
 def test_a_resumed_run_refuses_another_extractor(tmp_path):

@@ -78,7 +78,9 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
     units = Units(out / "units", _stamp(config, prof, ds), resume=resume, provenance=prov)
     test = SealedTest(ds)
     dev = replace(ds, test=None)  # from here on only `test.read` reaches the test split
-    extractor, extractor_info = load_or_train_extractor(dev, epochs=prof.extractor_epochs, device=config.device)
+    scored_with = units.get(("extractor",))  # a resumed run: the extractor its finished units were scored with
+    extractor, extractor_info = load_or_train_extractor(dev, epochs=prof.extractor_epochs, device=config.device,
+                                                        expect_sha256=scored_with and scored_with["weights_sha256"])
     _same_extractor(units, extractor_info)
     tx, ty = test.read(("extractor",))
     extractor_info = extractor_info | {"test_accuracy": float((predict_proba(extractor, tx).argmax(1) == ty.numpy()).mean())}
@@ -282,8 +284,8 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
 
     # the equal-steps control takes HF-GAN's local epochs (tuning.INHERIT): it runs after HF-GAN's rows
     last = ["fedavg_steps"] if "hfgan" in c.methods else []
-    for method in [m for m in c.methods if m not in PRIVATE_ROWS and m not in last]:
-        plain_row(method)
+    for method in [m for m in METHODS if m in c.methods and m not in PRIVATE_ROWS and m not in last]:
+        plain_row(method)  # in METHODS' order, whatever --methods says: FedAvg before FedProx and augmentation
     on_curve = prof.curve_seeds is None or seed in c.seeds[:prof.curve_seeds]
     for eps in c.epsilons + (c.curve_epsilons if on_curve else []):
         wanted = [m for m in c.methods if m in PRIVATE_ROWS and (eps in c.epsilons or m in CURVE_METHODS)]

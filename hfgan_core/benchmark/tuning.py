@@ -100,10 +100,10 @@ class Tuner:
         """``parent_eps``: the epsilon of the private row an ``INHERIT`` method starts from (HF-GAN's
         headline epsilon; a non-private parent such as FedAvg is its epsilon-infinity row)."""
         key = f"{method}|{eps}"
+        if key in self.log:  # the point tuned on the first seed, with what it inherited then
+            point, inherited = self.log[key]["chosen"], self.log[key].get("inherited", {})
+            return train(*apply(inherited | point, fed, dp)), inherited | point
         fed, inherited = self.inherit(method, fed, parent_eps)
-        if key in self.log:
-            point = self.log[key]["chosen"]
-            return train(*apply(point, fed, dp)), inherited | point
         best, tried = None, []
         for point in candidates(method, fed, dp, k=self.k, seed=seed):
             results = train(*apply(point, fed, dp))

@@ -99,8 +99,9 @@ class Units:
     def invocations(self) -> list[dict]:
         """Every invocation that worked on these units, in the order they started (wall time up to
         now, units made and reused, hardware and commit from ``provenance``). Each writes its own
-        file under ``invocations/``, so processes working on different seeds of one run (once the
-        first seed's tuning is done) can share the folder."""
+        file under ``invocations/``, so processes working on different seeds of one run can share
+        the folder once the first seed is finished (every method is tuned on it, the equal-steps
+        control only after HF-GAN's rows; ``tuning.json`` is rewritten whole by each process)."""
         now = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.started)) + " UTC",
                "wall_time_s": time.time() - self.started, "units_made": self.made, "units_reused": len(self.reused),
                **{k: self.provenance.get(k) for k in ("hardware", "git_sha")}}
