@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-PIN=a1c136d  # the commit whose hfgan_core makes the paper tables (code hash 4103e412...)
+PIN=fd6c7ab  # the commit whose hfgan_core makes the paper tables (code hash 99def8ad...)
 WT=${WT:-/tmp/hfgan-paper-$PIN}
 PYTHON=${PYTHON:-$repo/.venv/bin/python}
 out=$repo/results/paper_runs
