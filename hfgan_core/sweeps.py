@@ -32,6 +32,7 @@ SETTINGS = (("dirichlet", 0.1), ("dirichlet", 0.5), ("dirichlet", 1.0), ("iid", 
 NONIID_METHODS = ["fedavg", "fedavg_null", "hfgan", "centralized"]
 RATIOS = (0.25, 0.5, 1.0, 2.0)
 RATIO_METHODS = ["fedavg", "fedavg_steps", "fedavg_null", "hfgan"]
+HFGAN_ROWS = [m for m, spec in METHODS.items() if spec.gan == "hfgan"]
 
 
 def setting_label(scheme: str, alpha: float | None) -> str:
@@ -110,9 +111,27 @@ def _seed_units(headline: Path, sub: Path, config: BenchmarkConfig) -> None:
     tuning = json.loads(tuning_file.read_text()) if tuning_file.exists() else {}
     if any(entry["seed"] != config.seeds[0] for entry in tuning.values()):  # the sweep tunes on its first seed
         return
-    shutil.copytree(headline / "units", sub / "units", ignore=shutil.ignore_patterns("invocations", "tuning.json"))
+    shutil.copytree(headline / "units", sub / "units", ignore=_without_lost_gans(headline, config))
     mine = {key: entry for key, entry in tuning.items() if key.split("|")[0] in config.methods}
     (sub / "units" / "tuning.json").write_text(json.dumps(mine))  # only the sweep's methods' choices
+
+
+def _without_lost_gans(headline: Path, config: BenchmarkConfig):
+    """What ``_seed_units`` leaves behind: the invocations, the tuning log (filtered apart) and, for a
+    sweep whose points share one GAN cache (the ratio sweep), the units made from an HF-GAN whose
+    generators are not on this machine (``*.pt`` are not committed): the cache trains that GAN again,
+    and every ratio's rows must come from that one training, not the headline's old one."""
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        skip = [n for n in names if n in ("invocations", "tuning.json")]
+        if config.gan_cache:
+            for n in names:  # row-<method>-<seed>-<eps>.json/.npy, quality-hfgan-<seed>-<eps>.json
+                parts = Path(n).stem.split("-")
+                made_by_hfgan = (parts[0] == "row" and parts[1] in HFGAN_ROWS) or parts[:2] == ["quality", "hfgan"]
+                if made_by_hfgan and not (headline / "gan_runs" / f"hfgan-seed{parts[-2]}-eps{parts[-1]}"
+                                          / "generators.pt").exists():
+                    skip.append(n)
+        return skip
+    return ignore
 
 
 def _seed_gan_runs(headline: Path, cache: Path) -> None:

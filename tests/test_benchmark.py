@@ -635,6 +635,31 @@ def test_ratio_sweep_trains_each_gan_once_and_matches_the_controls(tmp_path, mon
     assert "synthetic images per real image" in (root / "ratio.md").read_text() and (root / "ratio.png").exists()
 
 
+def test_ratio_sweep_on_a_machine_without_the_headline_generators_uses_one_training(tmp_path, monkeypatch):
+    """The headline run's generators are not committed. A ratio sweep started from its units on
+    another machine trains the GAN again into its cache; then every ratio's HF-GAN rows, the
+    headline ratio's included, must come from that training, not some from the headline's."""
+    real_data("pneumoniamnist.npz")
+    import hfgan_core.sweeps as sw
+    headline = tmp_path / "pneumoniamnist"
+    bm.run_benchmark(bm.BenchmarkConfig(dataset="pneumoniamnist", methods=sw.RATIO_METHODS, seeds=[0],
+                                        profile="smoke"), headline, progress=False)
+    for gens in headline.glob("gan_runs/*/generators.pt"):
+        gens.unlink()
+
+    def other_machine(*args, **kwargs):  # retrained weights that differ from the headline's
+        gens, info = trained_generators(*args, **kwargs)
+        with torch.no_grad():
+            next(gens[0].parameters()).add_(1e-6)
+        return gens, info
+    monkeypatch.setattr(runner, "trained_generators", other_machine)
+    sw.run_ratio("pneumoniamnist", profile="smoke", seeds=[0], out=tmp_path, ratios=(0.2, 0.5), resume=True)
+    names = {r["generators"] for ratio in ("0.2", "0.5") for r in
+             json.loads((tmp_path / "pneumoniamnist" / "ratio" / f"ratio{ratio}" / "runs.json").read_text())["runs"]
+             if r["method"] == "hfgan"}
+    assert len(names) == 1
+
+
 def test_a_gan_block_never_mixes_two_trainings_of_its_gan(tmp_path, monkeypatch):
     """A session ends after HF-GAN's first row; the next, on a machine without the generators, trains
     the GAN again. If the new generators differ (another machine's arithmetic), the finished row and
