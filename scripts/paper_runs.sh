@@ -34,7 +34,12 @@ start)
     git worktree prune
     git worktree add -q --detach "$WT" "$PIN"
   fi
-  mkdir -p "$WT/data"
+  mkdir -p "$WT/data" data
+  if [ -d ../shared/data ]; then  # as .ci/run does: the shared data files, linked where missing
+    for f in ../shared/data/*.npz; do
+      [ -e "data/$(basename "$f")" ] || ln -s "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "data/$(basename "$f")"
+    done
+  fi
   for f in "$repo"/data/*.npz; do  # the data files (make test's links to ../shared/data, or your own)
     [ -e "$f" ] && ln -sfn "$(readlink -f "$f")" "$WT/data/$(basename "$f")"
   done
