@@ -184,15 +184,15 @@ def test_tuner_tunes_once_and_reuses_the_choice_for_other_seeds():
         calls.append(cfg)
         auc = 1 - abs(math.log10(cfg.lr) + 2.5) - 0.01 * cfg.local_epochs  # best at lr 3e-3, one epoch
         return [FedResult(model=None, best_round=1, val_history=[{"auc": auc}], epsilons=None, noise_multipliers=None)]
-    tuner = Tuner(k=6)  # the whole lr x epochs grid
+    tuner = Tuner(k=8)  # the whole lr x epochs grid
     _, point = tuner.fit("fedavg", math.inf, 0, train, fed)
-    assert len(calls) == 6 and point == {"lr": 3e-3, "local_epochs": 1}
+    assert len(calls) == 8 and point == {"lr": 3e-3, "local_epochs": 1}
     _, again = tuner.fit("fedavg", math.inf, 1, train, fed)
-    assert again == point and len(calls) == 7 and calls[-1].lr == 3e-3
+    assert again == point and len(calls) == 9 and calls[-1].lr == 3e-3
     first = candidates("fedprox", FedConfig(mu=0.01), None, k=4, seed=0)
     assert first[0] == {"mu": 0.01}  # the profile's point first
     assert first == candidates("fedprox", FedConfig(mu=0.01), None, k=4, seed=0)  # seeded
-    assert len(candidates("fedavg", fed, None, k=50, seed=0)) == 6  # never more than the grid
+    assert len(candidates("fedavg", fed, None, k=50, seed=0)) == 8  # never more than the grid
     # one grid, one draw, whatever the method's name
     assert candidates("fedavg_null", fed, None, k=4, seed=0) == candidates("hfgan", fed, None, k=4, seed=0)
 
@@ -226,7 +226,7 @@ def test_methods_that_add_a_knob_start_from_their_parents_choice():
     assert point == {"lr": 3e-3, "local_epochs": 2, "mu": 1e-2}
     tried.clear()
     _, point = tuner.fit("fedavg_steps", math.inf, 0, train, replace(fed, mu=0.0), parent_eps=10.0)
-    assert {c.local_epochs for c in tried} == {2} and sorted(c.lr for c in tried) == [3e-4, 1e-3, 3e-3]
+    assert {c.local_epochs for c in tried} == {2} and sorted(c.lr for c in tried) == [3e-4, 1e-3, 3e-3, 1e-2]
     assert point == {"local_epochs": 2, "lr": 3e-3}
     tried.clear()
     _, again = tuner.fit("fedavg_steps", math.inf, 1, train, replace(fed, mu=0.0), parent_eps=10.0)  # a later seed

@@ -34,7 +34,7 @@ import numpy as np
 from ..federated import DPSpec, FedConfig, FedResult
 from .config import PRIVATE_ROWS
 
-BASE = {"lr": (3e-4, 1e-3, 3e-3), "local_epochs": (1, 2)}  # every method, unless it inherits
+BASE = {"lr": (3e-4, 1e-3, 3e-3, 1e-2), "local_epochs": (1, 2)}  # every method, unless it inherits
 KNOB = {"fedprox": {"mu": (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)},  # FedProx's proximal weight: decades
         "fedavg_aug": {"augment_strength": (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)},
         "fedavg_steps": {"lr": BASE["lr"]}}
