@@ -207,8 +207,8 @@ def _terms(config: TrainConfig, context: Context, *, first: bool) -> None:
     if not first:  # its state went with a restarted process: a new ledger would count its spent steps from zero
         raise RuntimeError(f"hospital {cid}: its state (ledger, generator, random stream) is gone; it answers "
                            "nothing more in this run")
-    if _ledger_file(context, cid) and os.path.exists(_ledger_file(context, cid)):
-        raise RuntimeError(f"hospital {cid}: its state-dir holds a ledger of this run already ({_ledger_file(context, cid)}); "
+    if (ledger := _ledger_file(context, cid)) and os.path.exists(ledger):
+        raise RuntimeError(f"hospital {cid}: its state-dir holds a ledger of this run already ({ledger}); "
                            "it registers once per run")
     if node.get("data-file"):
         if not config.private and not node.get("allow-no-dp", False):
