@@ -68,6 +68,10 @@ RECIPES: dict[str, dict] = {
     "d5-ms-m9-r200-nn": SESSION1 | dict(rounds=200, d_steps=5, mode_seeking=1.0, beta1_d=0.9, upsample="nearest"),
     "d5-ms-m9-r200-nn-g2": SESSION1 | dict(rounds=200, d_steps=5, g_steps=2, mode_seeking=1.0, beta1_d=0.9,
                                            upsample="nearest"),
+    # Many D steps per G step at the same 2,000 DP steps per hospital (Bie et al. 2023 restore G/D parity under
+    # DP with n_D up to 50): D averages more noisy steps between two G steps, and G takes fewer, better-informed ones
+    "d10-ms-m9-r200": SESSION1 | dict(rounds=200, d_steps=10, mode_seeking=1.0, beta1_d=0.9),
+    "d20-ms-m9-r100": SESSION1 | dict(rounds=100, d_steps=20, mode_seeking=1.0, beta1_d=0.9),
 }
 OUT = Path("results/recipe_search/generators.jsonl")
 
