@@ -16,6 +16,7 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 import hfgan_core.benchmark as bm
 import hfgan_core.benchmark.runner as runner
+import hfgan_core.benchmark.tables as bm_tables
 import hfgan_core.benchmark.units as units_module
 from conftest import ROOT, real_data
 from hfgan_core.classifier import SmallCNN
@@ -134,7 +135,12 @@ def test_controls_and_paired_deltas(smoke):
     for m in ("hfgan", "fedavg_null", "centralized"):
         assert float(rows[m]["delta_vs_fedavg"]) == pytest.approx(float(rows[m]["accuracy"]) - float(rows["fedavg"]["accuracy"]))
         assert float(rows[m]["delta_vs_fedavg_low"]) <= float(rows[m]["delta_vs_fedavg"]) <= float(rows[m]["delta_vs_fedavg_high"])
-    assert "Δ acc. vs FedAvg" in (out / "table.md").read_text()
+    md = (out / "table.md").read_text()
+    assert "Δ acc. vs FedAvg" in md
+    # one seed: the interval has no seed-to-seed variation, and the footnote says so (not with two)
+    assert "resamples test images only" in md
+    two = report | {"config": report["config"] | {"seeds": [0, 1]}}
+    assert "resamples test images only" not in bm_tables.footnotes(two)
 
 
 def test_every_method_is_tuned_with_the_same_budget_on_validation(smoke):

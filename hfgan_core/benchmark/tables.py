@@ -188,7 +188,9 @@ def footnotes(report: dict) -> str:
         "accuracy minus FedAvg's (or minus FedAvg + null images': untrained generators, the same balanced labels "
         "and ratio), paired on seeds and test images, mean over seeds with a 95 % bootstrap interval (1,000 "
         "replicates, each resampling the seeds and, shared by them since every seed is scored on the same "
-        "images, the test images; `stats.paired_delta`).",
+        "images, the test images; `stats.paired_delta`)."
+        + (" With one seed the interval resamples test images only: it shows no seed-to-seed variation."
+           if len(c["seeds"]) == 1 else ""),
         f"ε: per record of one hospital (unit 'record': add/remove one record, the hospital's size public) or per "
         f"whole hospital ('hospital', DP-FedAvg-GAN), δ = {c['delta']}, Opacus "
         f"{report['profile'].get('accountant', 'prv').upper()} accountant, max over hospitals. HF-GAN's noise is "
