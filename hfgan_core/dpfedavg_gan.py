@@ -100,6 +100,7 @@ def train_dpfedavg_gan(clients: list[Arrays], *, num_classes: int, config: DPFed
             progress(r + 1)
     eps = compute_epsilon(noise_multiplier=z, sample_rate=c.client_rate, steps=c.rounds, delta=c.delta,
                           accountant=c.accountant) if private else math.inf
+    cl.standing_bn_stats(generator, seed=c.seed)  # released like HF-GAN's generators: post-processing, no data
     return DPFedAvgGANResult(generator, z, eps)
 
 

@@ -19,7 +19,7 @@ METHODS: dict[str, Method] = {
     "fedprox": Method("FedProx"),
     "fedavg_aug": Method("FedAvg + classical augmentation"),
     # controls: what the synthetic rows add besides images (more steps, balanced labels, any extra pixels)
-    "fedavg_steps": Method("FedAvg, as many steps as the synthetic rows"),
+    "fedavg_steps": Method("FedAvg, as many steps per round as HF-GAN"),
     "fedavg_balanced": Method("FedAvg, class-balanced (logit adjustment)"),
     "fedavg_null": Method("FedAvg + null images (untrained generator)"),
     "hfgan": Method("HF-GAN (own synthetic images)", gan="hfgan"),

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import client as cl
 from ..classifier import predict_proba
 from ..data import MedicalDataset, Split, load_dataset, resolve_data_dir
 from ..dpfedavg_gan import DPFedAvgGANConfig, train_dpfedavg_gan
@@ -288,7 +289,9 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
         plain_row(method)  # in METHODS' order, whatever --methods says: FedAvg before FedProx and augmentation
     on_curve = prof.curve_seeds is None or seed in c.seeds[:prof.curve_seeds]
     for eps in c.epsilons + (c.curve_epsilons if on_curve else []):
-        wanted = [m for m in c.methods if m in PRIVATE_ROWS and (eps in c.epsilons or m in CURVE_METHODS)]
+        wanted = [m for m in c.methods if m in PRIVATE_ROWS and (eps in c.epsilons or m in CURVE_METHODS)
+                  and not (m == "dp_fedavg" and math.isinf(eps))]  # without noise DP-SGD FedAvg is FedAvg again;
+        #                                                          its sigma -> 0 limit is the clipping-only row
         hf_rows = [m for m in wanted if METHODS[m].gan == "hfgan"]
         hf_done = {m: finished(m, eps) for m in hf_rows}
         if hf_rows and (None in hf_done.values() or not units.has(("quality", "hfgan", seed, eps))):
@@ -338,13 +341,10 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             records.append(done)
         elif "dp_fedavg" in wanted:
             t0 = time.time()
-            dp = (DPSpec(epsilon=eps, delta=c.delta, accountant=prof.accountant, simulation_noise=True)
-                  if math.isfinite(eps) else None)
+            dp = DPSpec(epsilon=eps, delta=c.delta, accountant=prof.accountant, simulation_noise=True)
             fitted = fit("dp_fedavg", eps, dp=dp)
-            res = fitted[0][0]
-            spent = max(res.epsilons) if res.epsilons else math.inf
-            log("dp_fedavg", eps, fitted, t0, {"unit": "record" if res.epsilons else None, "gan_epsilon": None,
-                                                     "classifier_dp": not math.isinf(eps), "released_epsilon": spent})
+            log("dp_fedavg", eps, fitted, t0, {"unit": "record", "gan_epsilon": None, "classifier_dp": True,
+                                               "released_epsilon": max(fitted[0][0].epsilons)})
     for method in [m for m in c.methods if m in last]:
         plain_row(method)
     return records, {"sizes": [len(p) for p in parts], "dp_class_mix": mixes.round(4).tolist()}, quality
@@ -384,11 +384,14 @@ def generators_sha256(generators: list) -> str:
 
 
 def _null_generator(gan_cfg: TrainConfig, ds: MedicalDataset, seed: int):
-    """An untrained generator of HF-GAN's architecture (its BatchNorm at initial statistics)."""
+    """An untrained generator of HF-GAN's architecture, released the way HF-GAN's are: standing
+    BatchNorm statistics from its own samples, then eval mode (``train.trained_generators``), so
+    the control differs from HF-GAN's images by the training alone."""
     torch.manual_seed(seed)
     g, _ = build_models(num_classes=ds.num_classes, channels=ds.channels, image_size=ds.image_size, nz=gan_cfg.nz,
                         ngf=gan_cfg.ngf, ndf=gan_cfg.ndf, upsample=gan_cfg.upsample)
-    return g.eval()
+    cl.standing_bn_stats(g, seed=seed)
+    return g
 
 
 def _gan_config(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, *, epsilon: float) -> TrainConfig:

@@ -104,7 +104,7 @@ class Units:
         control only after HF-GAN's rows; ``tuning.json`` is rewritten whole by each process)."""
         now = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.started)) + " UTC",
                "wall_time_s": time.time() - self.started, "units_made": self.made, "units_reused": len(self.reused),
-               **{k: self.provenance.get(k) for k in ("hardware", "git_sha")}}
+               **{k: self.provenance.get(k) for k in ("hardware", "git_sha", "python", "versions")}}
         _write(self._me, json.dumps(now))
         return [json.loads(f.read_text()) for f in sorted(self._me.parent.glob("*.json"))]
 
