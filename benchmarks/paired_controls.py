@@ -3,7 +3,8 @@
 HF-GAN's images help only where HF-GAN beats the null-image control *and* the equal-steps
 control with a paired 95 % interval that excludes zero. This prints, for one benchmark folder
 (its probas.npz), HF-GAN's paired difference in test accuracy and balanced accuracy against
-FedAvg and each control, with ``stats.paired_delta`` (bootstrap over seeds and test images).
+FedAvg and each control, with ``stats.paired_delta`` (seeds and test images: Student's t on the
+seed differences plus a bootstrap of the test images).
 Nothing is trained and the test split is not read again: the saved probabilities are scored.
 
     python benchmarks/paired_controls.py results/retinamnist [--epsilon 10]
@@ -38,7 +39,7 @@ def main() -> None:
     y = saved["y_test"]
     mine = probas_by_seed(saved, args.method, args.epsilon)
     print(f"{METHODS[args.method].label} at eps = {args.epsilon:g} minus each row, paired on seeds and test images "
-          "(mean over seeds, 95 % bootstrap interval):")
+          "(mean over seeds, 95 % interval over seeds and test images):")
     for control in CONTROLS:
         theirs = probas_by_seed(saved, control, math.inf)
         seeds = sorted(set(mine) & set(theirs))

@@ -1,12 +1,14 @@
-"""The paired bootstrap against closed forms: a normal-approximation interval for one seed (and for
-identical seeds, since all seeds share one test set), zero width for identical methods, and the
-exact bootstrap over seeds when test images do not vary."""
+"""The paired interval against closed forms and a second library: a normal-approximation interval
+for one seed (and for identical seeds, since all seeds share one test set), zero width for identical
+methods, and Student's t over the seed differences (scipy's one-sample t interval) when test images
+do not vary."""
 from __future__ import annotations
 
-import itertools
+import math
 
 import numpy as np
 import pytest
+from scipy import stats as st
 
 from hfgan_core.stats import metric, paired_delta
 
@@ -56,20 +58,39 @@ def test_identical_methods_differ_by_exactly_zero():
     assert got["delta"] == got["low"] == got["high"] == 0.0
 
 
-def test_seed_resampling_matches_the_exact_bootstrap_over_seeds():
+def test_few_seeds_get_students_t_interval_of_the_seed_differences():
     """Within a seed every test image gives the same difference (method A right on all of them and
-    B wrong, or both right), so resampling images changes nothing and the interval is the
-    bootstrap of the seed differences alone. Its distribution is enumerated exactly over all 5^5
-    draws of seeds: an interval that forgot to resample seeds would have zero width."""
+    B wrong, or both right), so resampling images changes nothing and the interval is the one-sample
+    t interval of the 5 seed differences (4 degrees of freedom), computed here by scipy. A
+    percentile bootstrap over 5 seeds would give [0.0, 0.8], too narrow."""
     y = np.zeros(50, dtype=int)
     right, wrong = one_hot(np.zeros(50, dtype=int)), one_hot(np.ones(50, dtype=int))
     per_seed = [1, 0, 1, 0, 0]  # A's accuracy minus B's in each seed
     a = [right] * 5
     b = [wrong if d else right for d in per_seed]
-    got = paired_delta(y, a, b, score=accuracy, n_boot=2000, seed=3)
-    draws = np.array(list(itertools.product(per_seed, repeat=5))).mean(axis=1)  # every bootstrap draw once
-    low, high = np.quantile(draws, [0.025, 0.975])
-    assert got["delta"] == pytest.approx(0.4)
-    assert (got["low"], got["high"]) == pytest.approx((low, high)) == (0.0, 0.8)
+    got = paired_delta(y, a, b, score=accuracy, n_boot=200, seed=3)
+    want = st.ttest_1samp(per_seed, 0.0).confidence_interval(0.95)
+    assert got["delta"] == pytest.approx(0.4) and got["df"] == pytest.approx(4)
+    assert (got["low"], got["high"]) == pytest.approx((want.low, want.high))
+    assert got["low"] < 0.0 and got["high"] > 1.0
     with pytest.raises(ValueError, match="same seeds"):
         paired_delta(y, [right], [right, right], score=accuracy)
+
+
+def test_seed_and_test_parts_add_in_variance():
+    """Both parts present: the half-width is t × sqrt(seed variance + test variance), its quantile
+    between the normal one and Student's with s - 1 = 4 degrees of freedom."""
+    rng = np.random.default_rng(7)
+    n = 400
+    y = rng.integers(0, 2, n)
+    a, b = [], []
+    for p_a in (0.80, 0.86, 0.83, 0.90, 0.78):  # A's accuracy moves with the seed; B's stays
+        a.append(one_hot(np.where(rng.random(n) < p_a, y, 1 - y)))
+        b.append(one_hot(np.where(rng.random(n) < 0.80, y, 1 - y)))
+    got = paired_delta(y, a, b, score=accuracy, n_boot=2000, seed=1)
+    half = (got["high"] - got["low"]) / 2
+    sd = math.hypot(got["sd_seeds"], got["sd_test"])
+    assert got["sd_seeds"] > 0 and got["sd_test"] > 0
+    assert 1.96 * sd < half < st.t.ppf(0.975, 4) * sd and 4 < got["df"] < math.inf
+    per_seed = [accuracy(y, pa) - accuracy(y, pb) for pa, pb in zip(a, b)]
+    assert got["sd_seeds"] == pytest.approx(np.std(per_seed, ddof=1) / math.sqrt(5))

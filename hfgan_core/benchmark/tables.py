@@ -77,7 +77,7 @@ def accuracy(labels: np.ndarray, p: np.ndarray) -> float:
 
 def add_paired_deltas(rows: list[dict], out: str | Path, *, n_boot: int = 1000) -> list[dict]:
     """Each row's accuracy minus FedAvg's (and minus the null-image control's), paired on seeds and
-    test images, with a 95 % bootstrap interval (``stats.paired_delta``), from <out>/probas.npz."""
+    test images, with a 95 % interval (``stats.paired_delta``), from <out>/probas.npz."""
     from ..stats import paired_delta
     path = Path(out) / "probas.npz"
     if not path.exists():
@@ -186,10 +186,11 @@ def footnotes(report: dict) -> str:
         "Balanced accuracy: mean recall over classes. † n: in n of the seeds the classifier (local only: any "
         "hospital's model) predicts one class only (its accuracy is then the class prior). Δ: the row's test "
         "accuracy minus FedAvg's (or minus FedAvg + null images': untrained generators, the same balanced labels "
-        "and ratio), paired on seeds and test images, mean over seeds with a 95 % bootstrap interval (1,000 "
-        "replicates, each resampling the seeds and, shared by them since every seed is scored on the same "
-        "images, the test images; `stats.paired_delta`)."
-        + (" With one seed the interval resamples test images only: it shows no seed-to-seed variation."
+        "and ratio), paired on seeds and test images, mean over seeds with a 95 % interval: mean ± t × √(seed "
+        "part + test-set part), the seed part the variance of the per-seed differences over the number of seeds, "
+        "the test-set part the variance over 1,000 resamples of the test images, each shared by every seed since "
+        "every seed is scored on the same images; t with Welch–Satterthwaite degrees of freedom (`stats.paired_delta`)."
+        + (" With one seed the interval has the test-set part only: it shows no seed-to-seed variation."
            if len(c["seeds"]) == 1 else ""),
         f"ε: per record of one hospital (unit 'record': add/remove one record, the hospital's size public) or per "
         f"whole hospital ('hospital', DP-FedAvg-GAN), δ = {c['delta']}, Opacus "
@@ -233,14 +234,21 @@ def _tuning_note(report: dict) -> str:
     if any("inherited" in t for t in tuning.values()):  # the protocol since FedProx & co. start from FedAvg's point
         grids = ("FedAvg and every other method: learning rate × local epochs; FedProx and augmentation: FedAvg's "
                  "chosen point, then μ over decades or the augmentation strength; the equal-steps control: HF-GAN's "
-                 "local epochs, then the learning rate; DP-SGD and its clipping-only control: the same draw of batch "
+                 "local epochs (as many optimizer steps per round as HF-GAN's row at the headline ε; every row stops "
+                 "on its own validation curve, so the totals differ: runs.json `optimizer_steps`), then the learning "
+                 "rate; DP-SGD and its clipping-only control: the same draw of batch "
                  "size, clipping norm, learning rate and round cap")
     else:
         grids = ("learning rate and local epochs for all; FedProx's μ over decades; augmentation strength; DP-SGD's "
                  "batch size, clipping norm, learning rate and round cap")
-    return (f"Hyper-parameters: every method tried at most {k} configurations of its own grid ({grids}), chosen by "
-            f"validation macro-AUC on seed(s) {seeds} and used for every seed; runs.json `tuning` holds each grid, "
-            "every point tried and the choice. The GANs' settings are not in this budget: HF-GAN's recipe was "
+    fresh = any("trial_seed" in t for t in tuning.values())
+    return (f"Hyper-parameters: every method tried at most {k} configurations of its own grid ({grids}; the whole "
+            f"grid where it has fewer points), chosen by validation macro-AUC on seed(s) {seeds} and used for every "
+            "seed; runs.json `tuning` holds each grid, every point tried and the choice."
+            + (" The trials train with a classifier seed no row uses, and the tuning seed's row is a fresh run at "
+               "the chosen point (a trial's own run would keep the luck of the initialisation that made it win)."
+               if fresh else "")
+            + " The GANs' settings are not in this budget: HF-GAN's recipe was "
             "chosen earlier by about 20 validation runs on seed 0 (`results/recipe_search/`), DP-FedAvg-GAN's "
             "settings were not searched. Tuning on validation is not charged to any ε (for a fixed number of "
             "configurations the honest cost would be composition over their runs).")
