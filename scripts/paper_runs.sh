@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-PIN=5cbd5e5  # the commit whose hfgan_core makes the paper tables (code hash 78cafc22...)
+PIN=fc243a1  # the commit whose hfgan_core makes the paper tables (code hash bb384636...)
 WT=${WT:-/tmp/hfgan-paper-$PIN}
 PYTHON=${PYTHON:-$repo/.venv/bin/python}
 out=$repo/results/paper_runs
