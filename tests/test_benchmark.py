@@ -200,6 +200,9 @@ def test_tuner_tunes_once_and_reuses_the_choice_for_other_seeds():
     assert first[0] == {"mu": 0.01}  # the profile's point first
     assert first == candidates("fedprox", FedConfig(mu=0.01), None, k=4, seed=0)  # seeded
     assert len(candidates("fedavg", fed, None, k=50, seed=0)) == 8  # never more than the grid
+    calls.clear()  # one configuration (the quick profile): nothing is chosen, so the row is the only run
+    _, only = Tuner(k=1).fit("fedavg", math.inf, 0, train, fed)
+    assert only == {"lr": fed.lr, "local_epochs": fed.local_epochs} and [c.seed for c in calls] == [0]
     # one grid, one draw, whatever the method's name
     assert candidates("fedavg_null", fed, None, k=4, seed=0) == candidates("hfgan", fed, None, k=4, seed=0)
 

@@ -114,16 +114,22 @@ class Tuner:
                                 "run both in one benchmark (--methods all), in a fresh --out")
             return train(*apply(inherited | point, fed, dp)), inherited | point
         fed, inherited = self.inherit(method, fed, parent_eps)
+        points = candidates(method, fed, dp, k=self.k, seed=seed)
+        entry = {"space": {k: list(v) for k, v in space(method, fed, dp).items()}, "seed": seed,
+                 "criterion": CRITERION, "inherited": inherited}
+        if len(points) == 1:  # nothing to choose (the quick profile): the row itself is the only run
+            results = train(*apply(points[0], fed, dp))
+            self.log[key] = entry | {"budget": 1, "chosen": points[0],
+                                     "tried": [{"point": points[0], "val_auc": validation_score(results)}]}
+            return results, inherited | points[0]
         trial = replace(fed, seed=fed.seed + TRIAL_SEED)
         best, tried = None, []
-        for point in candidates(method, fed, dp, k=self.k, seed=seed):
+        for point in points:
             score = validation_score(train(*apply(point, trial, dp)))
             tried.append({"point": point, "val_auc": score})
             if best is None or np.nan_to_num(score, nan=-np.inf) > best[0]:  # ties: the earlier point
                 best = (np.nan_to_num(score, nan=-np.inf), point)
-        self.log[key] = {"space": {k: list(v) for k, v in space(method, fed, dp).items()}, "budget": len(tried),
-                         "tried": tried, "chosen": best[1], "seed": seed, "trial_seed": trial.seed,
-                         "criterion": CRITERION, "inherited": inherited}
+        self.log[key] = entry | {"budget": len(tried), "tried": tried, "chosen": best[1], "trial_seed": trial.seed}
         return train(*apply(best[1], fed, dp)), inherited | best[1]  # the row: a fresh run at the winner
 
     def inherit(self, method: str, fed: FedConfig, parent_eps: float) -> tuple[FedConfig, dict]:
