@@ -36,7 +36,7 @@ from hfgan_core.train import TrainConfig, train
 # Session 1's recipe, spelled out: every later recipe states what it changes.
 SESSION1 = dict(rounds=300, d_steps=1, g_steps=1, batch_size=64, lr_d=1e-3, lr_g=1e-3, aux_weight=1.0,
                 g_aux_weight=None, loss="ns", mode_seeking=0.0, g_ema=0.99, fakes=None, beta1_d=0.5, ndf=32,
-                smoothness=0.0, upsample="deconv")
+                smoothness=0.0, upsample="deconv", diffaugment=False)
 RECIPES: dict[str, dict] = {
     "s1-2000": SESSION1 | dict(rounds=2000),  # the same recipe given the steps a GAN needs
     "ms": SESSION1 | dict(rounds=2000, mode_seeking=1.0),  # + mode seeking on G (free: no real data)
@@ -72,6 +72,10 @@ RECIPES: dict[str, dict] = {
     # DP with n_D up to 50): D averages more noisy steps between two G steps, and G takes fewer, better-informed ones
     "d10-ms-m9-r200": SESSION1 | dict(rounds=200, d_steps=10, mode_seeking=1.0, beta1_d=0.9),
     "d20-ms-m9-r100": SESSION1 | dict(rounds=100, d_steps=20, mode_seeking=1.0, beta1_d=0.9),
+    # DiffAugment (Zhao et al. 2020): D sees real and fake images shifted and cut out, in D's and G's steps; a
+    # per-example transform, so the clipping bound and the privacy cost are unchanged
+    "d5-ms-m9-da": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, beta1_d=0.9, diffaugment=True),
+    "ms-da": SESSION1 | dict(rounds=2000, mode_seeking=1.0, diffaugment=True),  # without DP
 }
 OUT = Path("results/recipe_search/generators.jsonl")
 

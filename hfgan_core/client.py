@@ -8,7 +8,8 @@
 
 These per-hospital functions are the reference the walkthrough reads; ``engine`` computes the
 same round for all hospitals at once. Every random draw of a hospital (Poisson mask, fake
-labels and z, the DP noise) comes from its own ``rng``, in the order written here.
+labels and z, DiffAugment's shifts and cut-outs, the DP noise) comes from its own ``rng``, in the
+order written here.
 
 The loss, with D(x, y) = sigmoid(logit) (``Objective.loss = "ns"``):
     L_D = -[ sum_real log D(x, y) + sum_fake log(1 - D(G_i(z, y), y)) ] / normaliser
@@ -18,7 +19,8 @@ With an AC-GAN head, L_D adds aux_weight * CE(class | x) on real examples and L_
 g_aux_weight * CE(y | G_i(z, y)); each example's whole loss is clipped as one. The mode-seeking
 term (Mao et al. 2019) asks G_i for different images from different z of the same class, and the
 optional smoothness term penalises pixel-to-pixel jumps in its images; neither reads real data,
-so neither costs privacy.
+so neither costs privacy. With ``Objective.diffaugment`` D scores augmented images, real and fake
+alike, in both losses; the mode-seeking and smoothness terms see G's images as drawn.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .clipping import PerExampleClipper
+from .diffaugment import diff_augment
 from .models import Generator
 from .privacy import ClientBudget, privatize
 
@@ -43,6 +46,7 @@ class Objective:
     g_aux_weight: float = 1.0  # the same term in G's loss, on its fakes
     mode_seeking: float = 0.0  # weight of G's mode-seeking term
     smoothness: float = 0.0  # weight of a total-variation penalty on G's images (no real data: free)
+    diffaugment: bool = False  # D sees every image shifted and cut out (``diffaugment``), in D's and G's steps
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -154,6 +158,8 @@ def discriminator_gradient(discriminator: nn.Module, clipper: PerExampleClipper 
     x = torch.cat([real[0], fake[0]])  # (n_real + B, C, H, W)
     y = torch.cat([real[1], fake[1]])
     n_real = len(real[1])
+    if objective.diffaugment:  # each example alone, from the hospital's rng: clipping still bounds it
+        x = diff_augment(x, generator)
     if clipper is None:
         losses = per_example_d_loss(discriminator, x, y, n_real, objective)
         grads = list(torch.autograd.grad(losses.sum() / normaliser, list(discriminator.parameters())))
@@ -168,16 +174,20 @@ def discriminator_gradient(discriminator: nn.Module, clipper: PerExampleClipper 
 
 
 def generator_losses(discriminator: nn.Module, x_fake: torch.Tensor, y_fake: torch.Tensor, z: torch.Tensor,
-                     objective: Objective = Objective()) -> torch.Tensor:
+                     objective: Objective = Objective(), rngs: list[torch.Generator | None] | None = None
+                     ) -> torch.Tensor:
     """(H,) G losses, one per hospital, from fakes (H, B, C, S, S) with labels (H, B) and noise
     (H, B, nz): adversarial + class + mode-seeking terms, each a mean over the hospital's B fakes.
     D runs once on all H * B fakes; it has no batch-mixing layer, so that equals H separate calls.
 
     With mode seeking the batch holds pairs: fakes j and j + B/2 share a label and differ in z;
     the term is 1 / (mean |x_j - x_j'| / mean |z_j - z_j'|), small when different z give
-    different images (Mao et al. 2019)."""
+    different images (Mao et al. 2019). With DiffAugment, D scores hospital h's fakes augmented
+    with ``rngs[h]`` (its own rng)."""
     h, b = y_fake.shape
-    logits, class_logits = discriminator.forward_with_aux(x_fake.flatten(0, 1), y_fake.flatten())
+    seen = (torch.stack([diff_augment(x, rng) for x, rng in zip(x_fake, rngs or [None] * h)])
+            if objective.diffaugment else x_fake)  # (H, B, C, S, S): what D scores
+    logits, class_logits = discriminator.forward_with_aux(seen.flatten(0, 1), y_fake.flatten())
     logits = logits.view(h, b)  # (H, B)
     if objective.loss == "hinge":
         loss = -logits.mean(1)
@@ -216,7 +226,7 @@ def generator_loss(generator: Generator, discriminator: nn.Module, *, batch_size
                    objective: Objective = Objective(), rng: torch.Generator | None = None) -> torch.Tensor:
     """G's loss on a fresh batch of fakes; no real data."""
     z, y = generator_batch(generator, batch_size, objective, rng)
-    return generator_losses(discriminator, generator(z, y)[None], y[None], z[None], objective)[0]
+    return generator_losses(discriminator, generator(z, y)[None], y[None], z[None], objective, [rng])[0]
 
 
 def generator_step(client: Client, discriminator: nn.Module, *, batch_size: int,

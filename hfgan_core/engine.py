@@ -6,6 +6,7 @@ and ``client.generator_step``) computes, with a few large calls instead of many 
 (1) update D, ``d_steps`` times:
     - each selected hospital draws, from its own rng, its Poisson mask, B fake labels and z;
     - all hospitals' fakes come from one stacked call of the generators (below);
+    - with DiffAugment, each hospital augments its own reals and fakes from its rng;
     - the batch [real_1, fake_1, real_2, fake_2, ...] goes through D in one forward pass and one
       backward pass; each example's gradient is clipped to norm C, and the clipped gradients are
       summed per hospital (``PerExampleClipper.clipped_grad_sum(..., segments=...)``);
@@ -28,6 +29,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from . import client as cl
 from . import server as sv
+from .diffaugment import diff_augment
 from .privacy import privatize
 
 
@@ -70,7 +72,8 @@ def draw_batch(run, selected: list[cl.Client]) -> DBatch:
     xs, ys, reals, sizes = [], [], [], []
     for h, mask, xf, yf in zip(selected, masks, x_fake, y_fake):
         n_real = int(mask.sum())
-        xs += [h.images[mask], xf]
+        x = torch.cat([h.images[mask], xf])
+        xs.append(diff_augment(x, h.rng) if run.objective.diffaugment else x)  # after z, before noise: as the loop
         ys += [h.labels[mask], yf]
         reals.append(torch.arange(n_real + F, device=yf.device) < n_real)
         sizes.append(n_real + F)
@@ -127,7 +130,7 @@ def generator_step(run, selected: list[cl.Client]) -> list[float]:
     batches = [cl.generator_batch(h.generator, B, obj, h.rng) for h in selected]
     z, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])  # (H, B, nz), (H, B)
     x, params = stacked_generate([h.generator for h in selected], z, y)
-    losses = cl.generator_losses(run.discriminator, x, y, z, obj)  # (H,)
+    losses = cl.generator_losses(run.discriminator, x, y, z, obj, [h.rng for h in selected])  # (H,)
     grads = torch.autograd.grad(losses.sum(), list(params.values()))  # G_i's gradient sits in row i
     for i, h in enumerate(selected):
         for p, g in zip(h.generator.parameters(), grads):

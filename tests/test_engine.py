@@ -51,10 +51,12 @@ def test_clipped_segment_sums_equal_one_call_per_hospital(tiny, aux_weight):
         start += n
 
 
-@pytest.mark.parametrize("aux_weight", [1.0, 0.0])
-def test_batched_uploads_equal_the_reference_loop(tiny, aux_weight):
-    """Same rng draws (mask, fake labels, z, noise), same clipped sums: the same noisy uploads."""
-    loop, batched = twin_runs(tiny, aux_weight=aux_weight, epsilon=5.0, fakes=11)
+@pytest.mark.parametrize("aux_weight, diffaugment", [(1.0, True), (1.0, False), (0.0, True)])
+def test_batched_uploads_equal_the_reference_loop(tiny, aux_weight, diffaugment):
+    """Same rng draws (mask, fake labels, z, DiffAugment's, noise), same clipped sums: the same noisy
+    uploads."""
+    loop, batched = twin_runs(tiny, aux_weight=aux_weight, epsilon=5.0, fakes=11, diffaugment=diffaugment)
+    assert loop.objective.diffaugment == diffaugment
     want = [cl.discriminator_upload(h, loop.discriminator, loop.clipper, batch_size=8, max_grad_norm=1.0,
                                     objective=loop.objective, fakes=11)[0] for h in loop.clients]
     got, _ = engine.private_uploads(batched, batched.clients, engine.draw_batch(batched, batched.clients))
@@ -64,11 +66,12 @@ def test_batched_uploads_equal_the_reference_loop(tiny, aux_weight):
         assert close(g, w, atol=1e-5)
 
 
-@pytest.mark.parametrize("epsilon", [float("inf"), 10.0])
-def test_engines_take_the_same_steps_without_noise(tiny, epsilon):
-    """epsilon = inf (plain gradients) and clipping with the noise turned off: after three rounds
-    of d_steps = 2, D, every G_i and every EMA copy agree."""
-    loop, batched = twin_runs(tiny, epsilon=epsilon, d_steps=2, mode_seeking=0.5, smoothness=0.2)
+@pytest.mark.parametrize("epsilon, diffaugment", [(float("inf"), False), (10.0, True), (float("inf"), True)])
+def test_engines_take_the_same_steps_without_noise(tiny, epsilon, diffaugment):
+    """epsilon = inf (plain gradients) and clipping with the noise turned off, with and without
+    DiffAugment: after three rounds of d_steps = 2, D, every G_i and every EMA copy agree."""
+    loop, batched = twin_runs(tiny, epsilon=epsilon, d_steps=2, mode_seeking=0.5, smoothness=0.2,
+                              diffaugment=diffaugment)
     for run in (loop, batched):
         for h in run.clients:
             if h.budget is not None:
