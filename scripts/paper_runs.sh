@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-PIN=a5bbc9a  # the commit whose hfgan_core makes the paper tables (code hash 513c745b...)
+PIN=889f63f  # the commit whose hfgan_core makes the paper tables (code hash 5bc79e6f...)
 WT=${WT:-/tmp/hfgan-paper-$PIN}
 PYTHON=${PYTHON:-$repo/.venv/bin/python}
 out=$repo/results/paper_runs
