@@ -144,6 +144,27 @@ def test_controls_and_paired_deltas(smoke):
     assert "has the test-set part only" not in bm_tables.footnotes(two)
 
 
+def test_the_tuning_note_names_choices_at_an_end_of_their_grid():
+    """A choice at the smallest or largest value of a numeric axis of 3+ values is flagged; interior
+    choices, two-value axes and boolean axes are not (the committed brain MRI local row: lr 1e-2)."""
+    lr = [3e-4, 1e-3, 3e-3, 1e-2]
+    tuning = {
+        "local|inf": {"space": {"lr": lr, "local_epochs": [1, 2]}, "chosen": {"lr": 1e-2, "local_epochs": 2}},
+        "fedavg|inf": {"space": {"lr": lr, "local_epochs": [1, 2]}, "chosen": {"lr": 3e-3, "local_epochs": 1}},
+        "fedprox|inf": {"space": {"mu": [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0]}, "chosen": {"mu": 1e-4, "lr": 3e-3}},
+        "dp_fedavg|10.0": {"space": {"batch_size": [64, 256, 1024], "keep_optimizer": [False, True],
+                                     "rounds": [50, 200]},
+                           "chosen": {"batch_size": 256, "keep_optimizer": True, "rounds": 200}},
+    }
+    assert bm_tables.edge_choices(tuning) == [
+        "Local only (mean over hospitals): lr = 0.01, the largest of 4",
+        "FedProx: mu = 0.0001, the smallest of 6"]
+    tuning["dp_fedavg|10.0"]["chosen"]["batch_size"] = 1024
+    assert bm_tables.edge_choices(tuning)[-1] == "DP classifier (DP-SGD FedAvg) at ε = 10: batch_size = 1024, the largest of 3"
+    assert "lr = 0.01, the largest of 4" in bm_tables.edge_note(tuning)
+    assert bm_tables.edge_note({"fedavg|inf": tuning["fedavg|inf"]}) == ""
+
+
 def test_every_method_is_tuned_with_the_same_budget_on_validation(smoke):
     """Each (method, epsilon) tried the profile's number of configurations of its own grid, kept the
     one with the best validation AUC (checked by brute force), and its row is a fresh run of that

@@ -248,10 +248,36 @@ def _tuning_note(report: dict) -> str:
             + (" The trials train with a classifier seed no row uses, and the tuning seed's row is a fresh run at "
                "the chosen point (a trial's own run would keep the luck of the initialisation that made it win)."
                if fresh else "")
+            + edge_note(tuning)
             + " The GANs' settings are not in this budget: HF-GAN's recipe was "
             "chosen earlier by about 20 validation runs on seed 0 (`results/recipe_search/`), DP-FedAvg-GAN's "
             "settings were not searched. Tuning on validation is not charged to any ε (for a fixed number of "
             "configurations the honest cost would be composition over their runs).")
+
+
+def edge_choices(tuning: dict) -> list[str]:
+    """Chosen values at the end of a numeric grid axis of three or more values ("method|eps" keys):
+    the best value may lie beyond the grid, so such a row may be under-tuned. Two-value axes (local
+    epochs 1 or 2) are left out: every choice on them is an end."""
+    found = []
+    for key, t in tuning.items():
+        method, eps = key.split("|")
+        for axis, values in t.get("space", {}).items():
+            nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            v = t.get("chosen", {}).get(axis)
+            if len(nums) < 3 or len(nums) != len(values) or v not in (min(nums), max(nums)):
+                continue
+            label = METHODS[method].label if method in METHODS else method
+            where = "" if math.isinf(float(eps)) else f" at ε = {float(eps):g}"
+            found.append(f"{label}{where}: {axis} = {v:g}, the {'largest' if v == max(nums) else 'smallest'} "
+                         f"of {len(nums)}")
+    return found
+
+
+def edge_note(tuning: dict) -> str:
+    found = edge_choices(tuning)
+    return (" Chosen at an end of its grid (the best value may lie beyond it, so the row may be under-tuned; "
+            "methods that share a grid share the limit): " + "; ".join(found) + "." if found else "")
 
 
 def _curve_note(report: dict) -> str:
