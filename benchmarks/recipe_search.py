@@ -76,6 +76,9 @@ RECIPES: dict[str, dict] = {
     # per-example transform, so the clipping bound and the privacy cost are unchanged
     "d5-ms-m9-da": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, beta1_d=0.9, diffaugment=True),
     "ms-da": SESSION1 | dict(rounds=2000, mode_seeking=1.0, diffaugment=True),  # without DP
+    # A generator twice as wide: G's steps read no real data, so its size costs no privacy; does a larger G
+    # make more of the same noisy D?
+    "d5-ms-m9-ngf64": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, beta1_d=0.9, ngf=64),
 }
 OUT = Path("results/recipe_search/generators.jsonl")
 
