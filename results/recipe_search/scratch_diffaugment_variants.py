@@ -4,8 +4,6 @@ the accountant are untouched: each variant still transforms each example alone, 
 hospital's rng). Record: scratch_diffaugment.jsonl.
 
   cutout  the square cut-out only, no shift
-  p50     each example augmented with probability 1/2 (shift and cut-out), else left as drawn
-  r200    the full DiffAugment with half the rounds (200 x 5), less noise per step
   shift2  the full DiffAugment with shifts of at most 2 pixels (SHIFT = 1/14) instead of 4
 
 Usage (from the repository root): python results/recipe_search/scratch_diffaugment_variants.py VARIANT DATASET SEED
@@ -21,7 +19,6 @@ import recipe_search as rs
 
 torch.set_num_threads(1)
 variant, dataset, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
-library = da.diff_augment
 
 
 def cutout_only(x, rng=None):
@@ -35,24 +32,12 @@ def cutout_only(x, rng=None):
     return x * (~cut)[:, None].to(x.dtype)
 
 
-def half_the_time(x, rng=None):
-    keep = torch.rand(len(x), generator=rng, device=x.device) < 0.5  # (B,): these stay as drawn
-    return torch.where(keep[:, None, None, None], x, library(x, rng))
-
-
-rounds = None
 if variant == "cutout":
     cl.diff_augment = en.diff_augment = cutout_only
-elif variant == "p50":
-    cl.diff_augment = en.diff_augment = half_the_time
 elif variant == "shift2":
     da.SHIFT = 1 / 14  # round(28 / 14) = 2 pixels; the library's 1/8 gives round(3.5) = 4
-elif variant == "r200":
-    rounds = 200
 else:
     sys.exit(f"unknown variant {variant!r}")
-if rounds:
-    rs.RECIPES["d5-ms-m9-da"] = rs.RECIPES["d5-ms-m9-da"] | dict(rounds=rounds)
 line = rs.run_recipe("d5-ms-m9-da", dataset, 10.0, seed, Path(f"results/runs/scratch-da-{variant}"))
 line["recipe"] = f"d5-ms-m9-da, variant {variant} (scratch)"
 v = line["val"]
