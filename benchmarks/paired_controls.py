@@ -18,15 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from hfgan_core.benchmark import METHODS
-from hfgan_core.benchmark.tables import accuracy, probas_by_seed
+from hfgan_core.benchmark.tables import accuracy, balanced_accuracy, probas_by_seed
 from hfgan_core.stats import paired_delta
 
 CONTROLS = ("fedavg", "fedavg_steps", "fedavg_balanced", "fedavg_null")
-
-
-def balanced_accuracy(y: np.ndarray, p: np.ndarray) -> float:
-    pred = p.argmax(-1)  # (models, N)
-    return float(np.mean([np.mean(pred[:, y == c] == c) for c in np.unique(y)]))
 
 
 def main() -> None:

@@ -152,13 +152,15 @@ def sweep_markdown(rows: list[dict], methods: list[str], title: str) -> str:
             cells.append("—" if r is None or r["accuracy"] is None else
                          f"{r['accuracy']:.3f}" + (f" ± {r['accuracy_sd']:.3f}" if r["accuracy_sd"] is not None else ""))
         lines.append(f"| {METHODS[m].label} | " + " | ".join(cells) + " |")
-    for key, name in (("delta_vs_fedavg", "HF-GAN − FedAvg"), ("delta_vs_null", "HF-GAN − null images")):
+    for key, name in (("delta_vs_fedavg", "accuracy, HF-GAN − FedAvg"), ("delta_vs_null", "accuracy, HF-GAN − null images"),
+                      ("bal_delta_vs_fedavg", "balanced accuracy, HF-GAN − FedAvg"),
+                      ("bal_delta_vs_null", "balanced accuracy, HF-GAN − null images")):
         cells = []
         for s in settings:
             r = next((r for r in rows if r["setting"] == s and r["method"] == "hfgan"), None)
             cells.append("—" if r is None or r.get(key) is None else
                          f"{r[key]:+.3f} [{r[key + '_low']:+.3f}, {r[key + '_high']:+.3f}]")
-        lines.append(f"| Δ accuracy, {name} [95 % CI] | " + " | ".join(cells) + " |")
+        lines.append(f"| Δ {name} [95 % CI] | " + " | ".join(cells) + " |")
     return f"{title}\n\n" + "\n".join(lines) + "\n\n"
 
 

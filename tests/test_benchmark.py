@@ -134,10 +134,12 @@ def test_controls_and_paired_deltas(smoke):
     rows = {r["method"]: r for r in csv.DictReader((out / "table.csv").open())}
     assert rows["fedavg"]["delta_vs_fedavg"] == ""
     for m in ("hfgan", "fedavg_null", "centralized"):
-        assert float(rows[m]["delta_vs_fedavg"]) == pytest.approx(float(rows[m]["accuracy"]) - float(rows["fedavg"]["accuracy"]))
-        assert float(rows[m]["delta_vs_fedavg_low"]) <= float(rows[m]["delta_vs_fedavg"]) <= float(rows[m]["delta_vs_fedavg_high"])
+        for score, key in (("accuracy", "delta_vs_fedavg"), ("balanced_accuracy", "bal_delta_vs_fedavg")):
+            assert float(rows[m][key]) == pytest.approx(float(rows[m][score]) - float(rows["fedavg"][score]))
+            assert float(rows[m][f"{key}_low"]) <= float(rows[m][key]) <= float(rows[m][f"{key}_high"])
+    assert rows["hfgan"]["bal_delta_vs_null"] != "" and rows["fedavg_null"]["bal_delta_vs_null"] == ""
     md = (out / "table.md").read_text()
-    assert "Δ acc. vs FedAvg" in md
+    assert "Δ acc. vs FedAvg" in md and "Δ bal. acc. vs null images" in md
     # one seed: the interval has no seed-to-seed variation, and the footnote says so (not with two)
     assert "has the test-set part only" in md
     two = report | {"config": report["config"] | {"seeds": [0, 1]}}

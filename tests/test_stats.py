@@ -94,3 +94,24 @@ def test_seed_and_test_parts_add_in_variance():
     assert 1.96 * sd < half < st.t.ppf(0.975, 4) * sd and 4 < got["df"] < math.inf
     per_seed = [accuracy(y, pa) - accuracy(y, pb) for pa, pb in zip(a, b)]
     assert got["sd_seeds"] == pytest.approx(np.std(per_seed, ddof=1) / math.sqrt(5))
+
+
+def test_balanced_accuracy_score_is_sklearns_mean_over_models():
+    """The Δ columns' balanced accuracy: scikit-learn's per model, averaged over the row's models,
+    also on a bootstrap resample that lost a class (recall over the classes present)."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    from hfgan_core.benchmark.tables import balanced_accuracy
+    rng = np.random.default_rng(4)
+    y = rng.integers(3, size=200)
+    p = rng.dirichlet(np.ones(3), size=(5, 200))  # 5 models (the "local only" row), (M, N, K)
+    for labels, probas in ((y, p), (y[y != 2], p[:, y != 2])):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # sklearn warns when a predicted class is absent from labels
+            expected = np.mean([balanced_accuracy_score(labels, q.argmax(-1)) for q in probas])
+        assert balanced_accuracy(labels, probas) == pytest.approx(expected)
+    majority = np.zeros((1, 200, 3))
+    majority[..., 0] = 1.0  # one class for everything: balanced accuracy 1 / classes, whatever the prior
+    assert balanced_accuracy(y, majority) == pytest.approx(1 / 3)

@@ -75,9 +75,21 @@ def accuracy(labels: np.ndarray, p: np.ndarray) -> float:
     return float(np.mean(p.argmax(-1) == labels))
 
 
+def balanced_accuracy(labels: np.ndarray, p: np.ndarray) -> float:
+    """Test balanced accuracy (mean recall over the classes present), mean over the row's models:
+    a ``stats.paired_delta`` score that a classifier cannot raise by predicting the majority class."""
+    pred = p.argmax(-1)  # (models, N)
+    return float(np.mean([np.mean(pred[..., labels == c] == c) for c in np.unique(labels)]))
+
+
+# the paired differences every row gets: (score, key prefix); keys <prefix>_fedavg and <prefix>_null
+PAIRED = ((accuracy, "delta_vs"), (balanced_accuracy, "bal_delta_vs"))
+
+
 def add_paired_deltas(rows: list[dict], out: str | Path, *, n_boot: int = 1000) -> list[dict]:
-    """Each row's accuracy minus FedAvg's (and minus the null-image control's), paired on seeds and
-    test images, with a 95 % interval (``stats.paired_delta``), from <out>/probas.npz."""
+    """Each row's accuracy and balanced accuracy minus FedAvg's (and minus the null-image
+    control's), paired on seeds and test images, with a 95 % interval (``stats.paired_delta``),
+    from <out>/probas.npz."""
     from ..stats import paired_delta
     path = Path(out) / "probas.npz"
     if not path.exists():
@@ -86,12 +98,14 @@ def add_paired_deltas(rows: list[dict], out: str | Path, *, n_boot: int = 1000) 
     y = saved["y_test"]
     for row in rows:
         mine = probas_by_seed(saved, row["method"], row["epsilon_target"])
-        for base, key in (("fedavg", "delta_vs_fedavg"), ("fedavg_null", "delta_vs_null")):
+        for base, suffix in (("fedavg", "fedavg"), ("fedavg_null", "null")):
             theirs = probas_by_seed(saved, base, math.inf)
             seeds = sorted(set(mine) & set(theirs))
-            d = (None if row["method"] == base or not seeds else
-                 paired_delta(y, [mine[s] for s in seeds], [theirs[s] for s in seeds], score=accuracy, n_boot=n_boot))
-            row |= {key: d and d["delta"], f"{key}_low": d and d["low"], f"{key}_high": d and d["high"]}
+            for score, prefix in PAIRED:
+                key = f"{prefix}_{suffix}"
+                d = (None if row["method"] == base or not seeds else
+                     paired_delta(y, [mine[s] for s in seeds], [theirs[s] for s in seeds], score=score, n_boot=n_boot))
+                row |= {key: d and d["delta"], f"{key}_low": d and d["low"], f"{key}_high": d and d["high"]}
     return rows
 
 
@@ -118,9 +132,10 @@ def table_markdown(rows: list[dict], report: dict) -> str:
     standard = any(r["fid_inception"] is not None for r in rows)
     paired = any(r.get("delta_vs_fedavg") is not None for r in rows)
     head = ("| method | ε target | GAN ε (unit) | classifier DP | ε of released classifier | accuracy | balanced acc. "
-            "| macro-F1 | AUC |" + (" Δ acc. vs FedAvg [95 % CI] | Δ acc. vs null images [95 % CI] |" if paired else "")
+            "| macro-F1 | AUC |" + (" Δ acc. vs FedAvg [95 % CI] | Δ acc. vs null images [95 % CI] | Δ bal. acc. vs "
+                                    "FedAvg [95 % CI] | Δ bal. acc. vs null images [95 % CI] |" if paired else "")
             + " IS | FID |" + (" IS (Inception-v3) | FID (Inception-v3) |" if standard else ""))
-    lines = [head, "|" + " --- |" * (11 + 2 * paired + 2 * standard)]
+    lines = [head, "|" + " --- |" * (11 + 4 * paired + 2 * standard)]
     for r in rows:
         def cell(m: str) -> str:
             if r[m] is None:
@@ -140,7 +155,8 @@ def table_markdown(rows: list[dict], report: dict) -> str:
         lines.append(f"| {r['label']} | {target} | {gan} | {'yes' if r['classifier_dp'] else 'no'} | "
                      f"{released} | {cell('accuracy')}{one_class} | {cell('balanced_accuracy')} | "
                      f"{cell('macro_f1')} | {cell('auc')} |"
-                     + (f" {delta('delta_vs_fedavg')} | {delta('delta_vs_null')} |" if paired else "")
+                     + (f" {delta('delta_vs_fedavg')} | {delta('delta_vs_null')} | {delta('bal_delta_vs_fedavg')} | "
+                        f"{delta('bal_delta_vs_null')} |" if paired else "")
                      + f" {cell('inception_score')} | {cell('fid')} |"
                      + (f" {cell('inception_score_inception')} | {cell('fid_inception')} |" if standard else ""))
     return "\n".join(lines) + "\n\n" + quality_markdown(report) + footnotes(report) + "\n"
@@ -185,7 +201,7 @@ def footnotes(report: dict) -> str:
         _tuning_note(report),
         "Balanced accuracy: mean recall over classes. † n: in n of the seeds the classifier (local only: any "
         "hospital's model) predicts one class only (its accuracy is then the class prior). Δ: the row's test "
-        "accuracy minus FedAvg's (or minus FedAvg + null images': untrained generators, the same balanced labels "
+        "accuracy (or balanced accuracy, which predicting the majority class cannot raise) minus FedAvg's (or minus FedAvg + null images': untrained generators, the same balanced labels "
         "and ratio), paired on seeds and test images, mean over seeds with a 95 % interval: mean ± t × √(seed "
         "part + test-set part), the seed part the variance of the per-seed differences over the number of seeds, "
         "the test-set part the variance over 1,000 resamples of the test images, each shared by every seed since "
