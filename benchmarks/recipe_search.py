@@ -13,6 +13,7 @@ Usage:
     python benchmarks/recipe_search.py NAME [NAME ...] [--dataset pneumoniamnist] [--epsilon 10]
                                        [--seed 0] [--threads 1]
     python benchmarks/recipe_search.py --table      # markdown table of everything recorded
+    python benchmarks/recipe_search.py --compare A B [--dataset D] [--epsilon 10]   # paired by seed
 """
 from __future__ import annotations
 
@@ -114,6 +115,33 @@ def table(path: Path) -> str:
     return "\n".join(rows)
 
 
+def compare(path: Path, a: str, b: str, dataset: str, epsilon: float) -> str:
+    """Recipe a minus recipe b on the seeds both ran (the latest record of each), per seed and as a
+    mean with a 95 % Student-t interval over seeds: the paired difference a claim of "a helps" needs."""
+    from scipy import stats as st
+    latest: dict[tuple[str, int], dict] = {}
+    for line in map(json.loads, path.read_text().splitlines()):
+        if line["dataset"] == dataset and float(line["epsilon"]) == epsilon and line["recipe"] in (a, b):
+            latest[(line["recipe"], line["seed"])] = line["val"]
+    seeds = sorted({s for r, s in latest if r == a} & {s for r, s in latest if r == b})
+    if not seeds:
+        raise UserError(f"no seed of {dataset} at epsilon {epsilon:g} has records of both '{a}' and '{b}'")
+    scores = {"TSTR AUC": lambda v: v["tstr"]["auc"], "TSTR macro-F1": lambda v: v["tstr"]["macro_f1"],
+              "CAS": lambda v: v["cas"], "worst coverage": lambda v: min(v["coverage"])}
+    out = [f"{a} minus {b}, {dataset}, epsilon {epsilon:g}, seeds {seeds} (paired by seed; 95 % t interval)"]
+    for name, f in scores.items():
+        d = [f(latest[(a, s)]) - f(latest[(b, s)]) for s in seeds]
+        mean = sum(d) / len(d)
+        if len(d) > 1:
+            half = st.t.ppf(0.975, len(d) - 1) * st.tstd(d) / math.sqrt(len(d))
+            ci = f"[{mean - half:+.3f}, {mean + half:+.3f}]"
+        else:
+            ci = "(one seed: no interval)"
+        per = ", ".join(f"{f(latest[(a, s)]):.3f} vs {f(latest[(b, s)]):.3f}" for s in seeds)
+        out.append(f"  {name:15s} {mean:+.3f} {ci}   per seed: {per}")
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*")
@@ -123,9 +151,16 @@ def main() -> None:
     parser.add_argument("--epsilon", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="paired difference A - B over the seeds both ran")
     args = parser.parse_args()
     if args.table:
         print(table(OUT))
+        return
+    if args.compare:
+        try:
+            print(compare(OUT, *args.compare, args.dataset, args.epsilon))
+        except UserError as exc:
+            sys.exit(f"error: {exc}")
         return
     if args.list or not args.names:
         for name, recipe in RECIPES.items():

@@ -71,3 +71,32 @@ def test_pretrained_gans_are_reused_by_the_benchmark(tmp_path, monkeypatch):
     other = subprocess.run(script + ["--profile", "quick"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert other.returncode == 2 and "Traceback" not in other.stderr and len(other.stderr.strip().splitlines()) == 1
     assert "holds a run made with other" in other.stderr and "give this script the benchmark's own flags" in other.stderr
+
+
+def test_recipe_compare_is_the_paired_difference_by_seed(tmp_path):
+    """recipe_search.compare: the mean over shared seeds of A's score minus B's, from the latest record
+    of each (an older record of a seed is superseded), with a Student-t interval computed here by hand."""
+    import json
+    import math
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import recipe_search as rs
+
+    def record(recipe, seed, auc):
+        return {"recipe": recipe, "dataset": "brainmri", "epsilon": 10.0, "seed": seed,
+                "val": {"tstr": {"auc": auc, "macro_f1": auc - 0.2}, "cas": auc / 2, "coverage": [auc / 4, 0.3]}}
+    lines = [record("a", 0, 0.10), record("a", 0, 0.80), record("a", 1, 0.70), record("a", 2, 0.90),
+             record("b", 0, 0.75), record("b", 1, 0.70), record("b", 3, 0.99)]  # seed 2 and 3: one recipe only
+    path = tmp_path / "g.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    text = rs.compare(path, "a", "b", "brainmri", 10.0)
+    assert "seeds [0, 1]" in text
+    d = [0.80 - 0.75, 0.70 - 0.70]
+    mean, sd = sum(d) / 2, math.sqrt(sum((x - sum(d) / 2) ** 2 for x in d))  # sample sd, n - 1 = 1
+    half = 12.706204736 * sd / math.sqrt(2)  # t(0.975, 1 df)
+    auc = next(line for line in text.splitlines() if "TSTR AUC" in line)
+    assert f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]" in auc
+    import pytest
+    from hfgan_core.errors import UserError
+    with pytest.raises(UserError, match="no seed"):
+        rs.compare(path, "a", "c", "brainmri", 10.0)
