@@ -201,11 +201,12 @@ def footnotes(report: dict) -> str:
         _tuning_note(report),
         "Balanced accuracy: mean recall over classes. † n: in n of the seeds the classifier (local only: any "
         "hospital's model) predicts one class only (its accuracy is then the class prior). Δ: the row's test "
-        "accuracy (or balanced accuracy, which predicting the majority class cannot raise) minus FedAvg's (or minus FedAvg + null images': untrained generators, the same balanced labels "
-        "and ratio), paired on seeds and test images, mean over seeds with a 95 % interval: mean ± t × √(seed "
-        "part + test-set part), the seed part the variance of the per-seed differences over the number of seeds, "
-        "the test-set part the variance over 1,000 resamples of the test images, each shared by every seed since "
-        "every seed is scored on the same images; t with Welch–Satterthwaite degrees of freedom (`stats.paired_delta`)."
+        "accuracy (or balanced accuracy, which predicting the majority class cannot raise) minus FedAvg's (or "
+        "minus FedAvg + null images': untrained generators, the same balanced labels and ratio), paired on seeds "
+        "and test images, mean over seeds with a 95 % interval: mean ± t × √(seed part + test-set part), the seed "
+        "part the variance of the per-seed differences over the number of seeds, the test-set part the variance "
+        "over 1,000 resamples of the test images, each shared by every seed since every seed is scored on the same "
+        "images; t with Welch–Satterthwaite degrees of freedom (`stats.paired_delta`)."
         + (" With one seed the interval has the test-set part only: it shows no seed-to-seed variation."
            if len(c["seeds"]) == 1 else ""),
         f"ε: per record of one hospital (unit 'record': add/remove one record, the hospital's size public) or per "
