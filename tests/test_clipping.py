@@ -118,6 +118,53 @@ def test_ghost_and_direct_norm_paths_agree_on_linear_with_positions():
         assert all(torch.allclose(g, w) for g, w in zip(got, want))
 
 
+@pytest.mark.parametrize("kernel,stride,padding,size", [
+    ((4, 4), (2, 2), (1, 1), (14, 14)),  # D's layers at 28 px
+    ((4, 4), (2, 2), (1, 1), (7, 7)),  # an odd input: the last row and column of blocks half padding
+    ((6, 3), (3, 1), (2, 0), (11, 9)),  # non-square kernel, stride and padding
+    ((3, 3), (1, 1), (1, 1), (5, 6)),  # stride 1: blocks are pixels
+    ((2, 2), (2, 2), (0, 0), (9, 9)),  # windows that do not reach the last row
+])
+def test_block_gram_equals_the_gram_of_the_patches(kernel, stride, padding, size):
+    """The ghost norm's patch gram from pixel blocks equals a3^T a3 of the unfolded patches (F.unfold,
+    a second implementation), for every example and pair of output positions."""
+    conv = nn.Conv2d(3, 5, kernel, stride, padding).double()
+    a = torch.randn(4, 3, *size, dtype=torch.float64)
+    out_hw = conv(a).shape[2:]
+    patches = F.unfold(a, kernel, padding=padding, stride=stride)  # (B, 3*kh*kw, T)
+    assert clipping._blockwise(conv)
+    assert torch.allclose(clipping._patch_gram(a, conv, out_hw), patches.transpose(1, 2) @ patches, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,route", [(4, 2, 1, "blocks"), (3, 2, 1, "patches"),
+                                                         (3, 1, 0, "per-example")])
+def test_conv_norms_match_brute_force_on_every_route(kernel, stride, padding, route):
+    """A convolution's norms take the ghost norm by pixel blocks (kernel a multiple of the stride), the
+    ghost norm by unfolded patches (3 / 2) or the per-example gradient (cheaper for 49 positions and
+    144 inputs): the norms and the clipped sum are exact on every route."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(16, 32, kernel, stride, padding), nn.Flatten(), nn.LazyLinear(1)).double()
+    x = torch.randn(6, 16, 9, 9, dtype=torch.float64)
+    model(x)  # materialise the lazy layer
+    conv = model[0]
+    t = model[0](x).shape[2] * model[0](x).shape[3]
+    ghost = clipping._ghost_is_cheaper(t, conv.weight[0].numel(), 32)
+    assert route == ("per-example" if not ghost else "blocks" if clipping._blockwise(conv) else "patches")
+    clipper = PerExampleClipper(model, max_grad_norm=0.5)
+    with clipper.capture():
+        losses = model(x).squeeze(1).pow(2)
+    got, norms = clipper.clipped_grad_sum(losses)
+    want = [torch.zeros_like(p) for p in model.parameters()]
+    for i in range(6):
+        grads = torch.autograd.grad(model(x[i:i + 1]).pow(2).sum(), list(model.parameters()))
+        n = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+        assert torch.isclose(n, norms[i], rtol=1e-10)
+        for w, g in zip(want, grads):
+            w += g * min(1.0, 0.5 / (float(n) + 1e-6))
+    assert (norms > 0.5).any()
+    assert all(torch.allclose(g, w, rtol=1e-10) for g, w in zip(got, want))
+
+
 @pytest.mark.parametrize("aux", [False, True])
 def test_neighbouring_batches_differ_by_at_most_c_over_normaliser(aux):
     """Add or remove one real record: the upload before noise moves by <= C / normaliser (also
