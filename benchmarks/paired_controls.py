@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from hfgan_core.benchmark import METHODS
-from hfgan_core.benchmark.tables import accuracy, balanced_accuracy, probas_by_seed
+from hfgan_core.benchmark.tables import PAIRED, probas_by_seed
 from hfgan_core.stats import paired_delta
 
 CONTROLS = ("fedavg", "fedavg_steps", "fedavg_balanced", "fedavg_null")
@@ -39,7 +39,7 @@ def main() -> None:
         theirs = probas_by_seed(saved, control, math.inf)
         seeds = sorted(set(mine) & set(theirs))
         cells = []
-        for name, score in (("accuracy", accuracy), ("balanced accuracy", balanced_accuracy)):
+        for score, _, _, name in PAIRED:  # accuracy, balanced accuracy
             d = paired_delta(y, [mine[s] for s in seeds], [theirs[s] for s in seeds], score=score)
             cells.append(f"{name} {d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
         print(f"  vs {METHODS[control].label} (seeds {seeds}): " + "; ".join(cells))

@@ -27,8 +27,8 @@ _HELP = {
     "noise_multiplier": "fixed sigma instead of calibrating it; training stops when epsilon is reached "
                         "(0 with --epsilon inf: clipping only, no noise and no guarantee -- a control)",
     "client_fraction": "fraction of clients selected each round",
-    "diffaugment": "D sees every image, real or fake, shifted and with a square cut out (DiffAugment); "
-                   "default: the recipe's choice",
+    "diffaugment": "D sees every image, real or fake, shifted and with a square cut out (DiffAugment; "
+                   "off in the recipe)",
     "download": "fetch a missing MedMNIST file through the medmnist package",
     "debug_exact_counts": "also write each hospital's exact class counts to NOT_PRIVATE_exact_class_counts.json "
                           "(sensitivity 1 each: for the data owner's eyes only, never publish)",
@@ -154,8 +154,6 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
             p.add_argument(flag, action="store_true", help=_HELP.get(f.name))
-        elif f.type == "bool | None":  # on, off, or the recipe's choice when not given
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=_HELP.get(f.name))
         else:
             p.add_argument(flag, type=_TYPES[f.type.split(" |")[0]], default=f.default, help=_HELP.get(f.name))
     p.add_argument("--out", required=True, help="run folder (config.json, metrics.jsonl, privacy.json, ...)")

@@ -27,11 +27,18 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
         auc = roc_auc_score(y_true, proba[:, 1])
     else:
         auc = roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=np.arange(k))
-    recalls = [(pred[y_true == c] == c).mean() for c in present]
-    return {"accuracy": float(accuracy_score(y_true, pred)), "balanced_accuracy": float(np.mean(recalls)),
+    return {"accuracy": float(accuracy_score(y_true, pred)), "balanced_accuracy": balanced_accuracy(y_true, pred),
             "predicted_classes": int(len(np.unique(pred))),
             "macro_f1": float(f1_score(y_true, pred, average="macro", labels=np.arange(k), zero_division=0)),
             "auc": float(auc)}
+
+
+def balanced_accuracy(y_true: np.ndarray, pred: np.ndarray) -> float:
+    """Mean recall over the classes present in ``y_true``: predicting the majority class cannot raise
+    it. ``pred`` is (N,) or (models, N); several models are pooled per class, which (each model
+    scoring every example) is the mean of their balanced accuracies."""
+    y_true, pred = np.asarray(y_true), np.asarray(pred)
+    return float(np.mean([np.mean(pred[..., y_true == c] == c) for c in np.unique(y_true)]))
 
 
 def mix_accuracy(y_true: np.ndarray, pred: np.ndarray, mix: np.ndarray) -> float:

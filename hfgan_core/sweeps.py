@@ -27,6 +27,7 @@ import numpy as np
 from .benchmark import (METHODS, PROFILES, BenchmarkConfig, add_paired_deltas, jsonable, load_runs, run_benchmark,
                         run_profile, summarise)
 from .benchmark import runner
+from .benchmark.tables import delta_cell, paired_columns
 
 SETTINGS = (("dirichlet", 0.1), ("dirichlet", 0.5), ("dirichlet", 1.0), ("iid", None))
 NONIID_METHODS = ["fedavg", "fedavg_null", "hfgan", "centralized"]
@@ -152,14 +153,9 @@ def sweep_markdown(rows: list[dict], methods: list[str], title: str) -> str:
             cells.append("—" if r is None or r["accuracy"] is None else
                          f"{r['accuracy']:.3f}" + (f" ± {r['accuracy_sd']:.3f}" if r["accuracy_sd"] is not None else ""))
         lines.append(f"| {METHODS[m].label} | " + " | ".join(cells) + " |")
-    for key, name in (("delta_vs_fedavg", "accuracy, HF-GAN − FedAvg"), ("delta_vs_null", "accuracy, HF-GAN − null images"),
-                      ("bal_delta_vs_fedavg", "balanced accuracy, HF-GAN − FedAvg"),
-                      ("bal_delta_vs_null", "balanced accuracy, HF-GAN − null images")):
-        cells = []
-        for s in settings:
-            r = next((r for r in rows if r["setting"] == s and r["method"] == "hfgan"), None)
-            cells.append("—" if r is None or r.get(key) is None else
-                         f"{r[key]:+.3f} [{r[key + '_low']:+.3f}, {r[key + '_high']:+.3f}]")
+    for key, _, name in paired_columns():
+        cells = [delta_cell(next((r for r in rows if r["setting"] == s and r["method"] == "hfgan"), None), key)
+                 for s in settings]
         lines.append(f"| Δ {name} [95 % CI] | " + " | ".join(cells) + " |")
     return f"{title}\n\n" + "\n".join(lines) + "\n\n"
 

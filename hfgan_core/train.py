@@ -42,8 +42,8 @@ DEBUG_COUNTS = "NOT_PRIVATE_exact_class_counts.json"  # written only with debug_
 # With DP each D step costs privacy and D's gradient is mostly noise (the noise's norm is ~25x the
 # clipped signal's): D takes 5 steps per G step, 2,000 in all per hospital, and averages its noisy
 # gradients with Adam momentum 0.9. Without DP the steps are free: one D step per G step, 2,000 rounds.
-RECIPE = {"dp": dict(rounds=400, d_steps=5, beta1_d=0.9, diffaugment=False),
-          "no_dp": dict(rounds=2000, d_steps=1, beta1_d=0.5, diffaugment=False)}
+RECIPE = {"dp": dict(rounds=400, d_steps=5, beta1_d=0.9),
+          "no_dp": dict(rounds=2000, d_steps=1, beta1_d=0.5)}
 
 
 @dataclass
@@ -79,7 +79,7 @@ class TrainConfig:
     loss: str = "ns"  # ns (non-saturating) or hinge
     mode_seeking: float = 1.0  # weight of G's mode-seeking term (Mao et al. 2019; no privacy cost)
     smoothness: float = 0.0  # weight of a total-variation penalty on G's images (no privacy cost)
-    diffaugment: bool | None = None  # D sees shifted, cut-out images, real and fake (None: recipe; no privacy cost)
+    diffaugment: bool = False  # D sees shifted, cut-out images, real and fake (no privacy cost; the recipe: off)
     upsample: str = "deconv"  # generator upsampling: deconv (DCGAN) or nearest (+ 3x3 conv)
     g_ema: float = 0.99  # > 0 keeps an EMA of each G_i's weights (this decay) and samples from it
     fake_labels: str = "uniform"  # labels of D's fakes: uniform, or histogram (a DP label histogram per client)
@@ -115,13 +115,12 @@ class TrainConfig:
     @property
     def objective(self) -> cl.Objective:
         return cl.Objective(loss=self.loss, aux_weight=self.aux_weight, mode_seeking=self.mode_seeking,
-                            smoothness=self.smoothness, diffaugment=bool(self.diffaugment),
+                            smoothness=self.smoothness, diffaugment=self.diffaugment,
                             g_aux_weight=self.aux_weight if self.g_aux_weight is None else self.g_aux_weight)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
-        d = {"diffaugment": False} | d  # a config.json from before DiffAugment: trained without it
         return cls(**{k: v for k, v in d.items() if k in names})
 
 

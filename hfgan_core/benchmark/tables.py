@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import metrics
 from .config import CURVE_METHODS, GAN_LABELS, METHODS, PRIVATE_ROWS
 
 
@@ -76,14 +77,28 @@ def accuracy(labels: np.ndarray, p: np.ndarray) -> float:
 
 
 def balanced_accuracy(labels: np.ndarray, p: np.ndarray) -> float:
-    """Test balanced accuracy (mean recall over the classes present), mean over the row's models:
-    a ``stats.paired_delta`` score that a classifier cannot raise by predicting the majority class."""
-    pred = p.argmax(-1)  # (models, N)
-    return float(np.mean([np.mean(pred[..., labels == c] == c) for c in np.unique(labels)]))
+    """Test balanced accuracy, mean over the row's models: a ``stats.paired_delta`` score that a
+    classifier cannot raise by predicting the majority class."""
+    return metrics.balanced_accuracy(labels, p.argmax(-1))  # p: (models, N, K)
 
 
-# the paired differences every row gets: (score, key prefix); keys <prefix>_fedavg and <prefix>_null
-PAIRED = ((accuracy, "delta_vs"), (balanced_accuracy, "bal_delta_vs"))
+# The paired differences every row gets: each score (its key prefix, short and long name) against
+# each base row (its key suffix and name); the keys are <prefix>_<suffix>, e.g. bal_delta_vs_null.
+PAIRED = ((accuracy, "delta_vs", "acc.", "accuracy"), (balanced_accuracy, "bal_delta_vs", "bal. acc.", "balanced accuracy"))
+BASES = (("fedavg", "fedavg", "FedAvg"), ("fedavg_null", "null", "null images"))
+
+
+def paired_columns() -> list[tuple[str, str, str]]:
+    """(key, table header, sweep label) of every Δ column, in the tables' order."""
+    return [(f"{prefix}_{suffix}", f"Δ {short} vs {base} [95 % CI]", f"{long}, HF-GAN − {base}")
+            for _, prefix, short, long in PAIRED for _, suffix, base in BASES]
+
+
+def delta_cell(row: dict, key: str) -> str:
+    """A paired difference and its 95 % interval, or — where the row has none."""
+    if row is None or row.get(key) is None:
+        return "—"
+    return f"{row[key]:+.3f} [{row[key + '_low']:+.3f}, {row[key + '_high']:+.3f}]"
 
 
 def add_paired_deltas(rows: list[dict], out: str | Path, *, n_boot: int = 1000) -> list[dict]:
@@ -98,10 +113,10 @@ def add_paired_deltas(rows: list[dict], out: str | Path, *, n_boot: int = 1000) 
     y = saved["y_test"]
     for row in rows:
         mine = probas_by_seed(saved, row["method"], row["epsilon_target"])
-        for base, suffix in (("fedavg", "fedavg"), ("fedavg_null", "null")):
+        for base, suffix, _ in BASES:
             theirs = probas_by_seed(saved, base, math.inf)
             seeds = sorted(set(mine) & set(theirs))
-            for score, prefix in PAIRED:
+            for score, prefix, *_ in PAIRED:
                 key = f"{prefix}_{suffix}"
                 d = (None if row["method"] == base or not seeds else
                      paired_delta(y, [mine[s] for s in seeds], [theirs[s] for s in seeds], score=score, n_boot=n_boot))
@@ -131,21 +146,16 @@ def _eps(v: float | None) -> str:
 def table_markdown(rows: list[dict], report: dict) -> str:
     standard = any(r["fid_inception"] is not None for r in rows)
     paired = any(r.get("delta_vs_fedavg") is not None for r in rows)
+    deltas = paired_columns() if paired else []
     head = ("| method | ε target | GAN ε (unit) | classifier DP | ε of released classifier | accuracy | balanced acc. "
-            "| macro-F1 | AUC |" + (" Δ acc. vs FedAvg [95 % CI] | Δ acc. vs null images [95 % CI] | Δ bal. acc. vs "
-                                    "FedAvg [95 % CI] | Δ bal. acc. vs null images [95 % CI] |" if paired else "")
+            "| macro-F1 | AUC |" + "".join(f" {header} |" for _, header, _ in deltas)
             + " IS | FID |" + (" IS (Inception-v3) | FID (Inception-v3) |" if standard else ""))
-    lines = [head, "|" + " --- |" * (11 + 4 * paired + 2 * standard)]
+    lines = [head, "|" + " --- |" * (11 + len(deltas) + 2 * standard)]
     for r in rows:
         def cell(m: str) -> str:
             if r[m] is None:
                 return "—"
             return f"{r[m]:.3f}" + (f" ± {r[m + '_sd']:.3f}" if r[m + "_sd"] is not None else "")
-
-        def delta(key: str) -> str:
-            if r.get(key) is None:
-                return "—"
-            return f"{r[key]:+.3f} [{r[key + '_low']:+.3f}, {r[key + '_high']:+.3f}]"
         one_class = f" †{r['one_class_runs']}" if r.get("one_class_runs") else ""
         gan = "—" if r["gan_epsilon"] is None else _eps(r["gan_epsilon"]) + (f" ({r['unit']})" if r["unit"] else "")
         target = _eps(r["epsilon_target"]) if r["method"] in PRIVATE_ROWS else "—"
@@ -155,8 +165,7 @@ def table_markdown(rows: list[dict], report: dict) -> str:
         lines.append(f"| {r['label']} | {target} | {gan} | {'yes' if r['classifier_dp'] else 'no'} | "
                      f"{released} | {cell('accuracy')}{one_class} | {cell('balanced_accuracy')} | "
                      f"{cell('macro_f1')} | {cell('auc')} |"
-                     + (f" {delta('delta_vs_fedavg')} | {delta('delta_vs_null')} | {delta('bal_delta_vs_fedavg')} | "
-                        f"{delta('bal_delta_vs_null')} |" if paired else "")
+                     + "".join(f" {delta_cell(r, key)} |" for key, _, _ in deltas)
                      + f" {cell('inception_score')} | {cell('fid')} |"
                      + (f" {cell('inception_score_inception')} | {cell('fid_inception')} |" if standard else ""))
     return "\n".join(lines) + "\n\n" + quality_markdown(report) + footnotes(report) + "\n"
