@@ -764,12 +764,18 @@ def test_a_resumed_run_needs_the_extractor_it_was_scored_with_before_training_on
             ex.load_or_train_extractor(tiny, epochs=1, cache=cache, expect_sha256="0" * 64)
 
 
-def test_a_resumed_run_refuses_another_extractor(tmp_path):
-    units = Units(tmp_path, {"code": "x"}, resume=False)
-    runner._same_extractor(units, {"weights_file": "a.pt", "weights_sha256": "1" * 64})
-    runner._same_extractor(units, {"weights_file": "a.pt", "weights_sha256": "1" * 64})  # the same file: fine
-    with pytest.raises(UserError, match="a.pt is not the extractor this run's finished units were scored with"):
-        runner._same_extractor(units, {"weights_file": "a.pt", "weights_sha256": "2" * 64})
+def test_a_resumed_run_refuses_another_extractor(tmp_path, tiny):
+    """The runner records the extractor its first units are scored with; resumed, it takes that file
+    again, and refuses the file once another (retrained elsewhere, say) has replaced it."""
+    units, cache = Units(tmp_path / "units", {"code": "x"}, resume=False), tmp_path / "extractors"
+    _, info = runner._extractor(units, tiny, epochs=1, device="cpu", cache=cache)
+    assert units.get(("extractor",)) == {"weights_sha256": info["weights_sha256"]}
+    _, again = runner._extractor(units, tiny, epochs=1, device="cpu", cache=cache)
+    assert again["weights_sha256"] == info["weights_sha256"]
+    weights = next(cache.glob("*.pt"))
+    weights.write_bytes(weights.read_bytes() + b"another file")
+    with pytest.raises(UserError, match="is another file than the extractor this run's finished units were scored"):
+        runner._extractor(units, tiny, epochs=1, device="cpu", cache=cache)
 
 
 def test_a_cached_gan_run_is_reused_only_under_its_code_and_data(tmp_path, tiny):

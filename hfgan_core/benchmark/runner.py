@@ -29,7 +29,7 @@ from ..dpfedavg_gan import DPFedAvgGANConfig, train_dpfedavg_gan
 from ..errors import UserError
 from ..quality import generator_quality
 from ..synthesis import balanced_labels, images_for_labels
-from ..extractor import load_or_train_extractor
+from ..extractor import CACHE, load_or_train_extractor
 from ..federated import DPSpec, FedConfig, FedResult, train_federated
 from ..metrics import classification_metrics, fid, inception_score, inception_weights, mix_accuracy, standard_fid_is
 from ..privacy import compute_epsilon, config_key, noise_seed, noisy_label_histogram
@@ -79,10 +79,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
     units = Units(out / "units", _stamp(config, prof, ds), resume=resume, provenance=prov)
     test = SealedTest(ds)
     dev = replace(ds, test=None)  # from here on only `test.read` reaches the test split
-    scored_with = units.get(("extractor",))  # a resumed run: the extractor its finished units were scored with
-    extractor, extractor_info = load_or_train_extractor(dev, epochs=prof.extractor_epochs, device=config.device,
-                                                        expect_sha256=scored_with and scored_with["weights_sha256"])
-    _same_extractor(units, extractor_info)
+    extractor, extractor_info = _extractor(units, dev, epochs=prof.extractor_epochs, device=config.device)
     tx, ty = test.read(("extractor",))
     extractor_info = extractor_info | {"test_accuracy": float((predict_proba(extractor, tx).argmax(1) == ty.numpy()).mean())}
     records, hospitals, gan_quality = [], {}, []
@@ -362,16 +359,15 @@ def _hfgan(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, eps
     return gens, info["max_epsilon"], info["train_s"]
 
 
-def _same_extractor(units: Units, info: dict) -> None:
-    """Every FID/IS of one run from one extractor: a resumed run whose extractor file is not the one its
-    earlier units were scored with (retrained on another machine, say) is refused."""
-    saved = units.get(("extractor",))
-    if saved is None:
+def _extractor(units: Units, dev: MedicalDataset, *, epochs: int, device: str, cache: Path = CACHE):
+    """Every FID/IS of one run from one extractor: the first invocation records its file's sha256,
+    and a resumed one loads that very file or stops (``load_or_train_extractor``'s expect_sha256)."""
+    scored_with = units.get(("extractor",))
+    extractor, info = load_or_train_extractor(dev, epochs=epochs, device=device, cache=cache,
+                                              expect_sha256=scored_with and scored_with["weights_sha256"])
+    if scored_with is None:
         units.put(("extractor",), {"weights_sha256": info["weights_sha256"]})
-    elif saved["weights_sha256"] != info["weights_sha256"]:
-        raise UserError(f"{info['weights_file']} is not the extractor this run's finished units were scored with "
-                        f"(sha256 {saved['weights_sha256'][:12]}...): put that file back (it is committed with the "
-                        "results), or run without --resume")
+    return extractor, info
 
 
 def generators_sha256(generators: list) -> str:
