@@ -71,3 +71,25 @@ def fake_zenodo(tmp_path, monkeypatch):
     monkeypatch.setitem(medmnist.INFO, "retinamnist", info)
     yield info, served
     server.shutdown()
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """``python -m hfgan_core ARGS`` from the repository root, run in this process: a fresh interpreter
+    spends about 4 s importing torch, and the bad-input tests make dozens of calls. Returns a
+    CompletedProcess (returncode, stdout, stderr). tests/test_cli.py runs each command once as a
+    real process, so the entry point itself stays covered."""
+    import subprocess
+
+    from hfgan_core.__main__ import main
+    monkeypatch.chdir(ROOT)
+
+    def run(*args) -> subprocess.CompletedProcess:
+        capsys.readouterr()  # drop what the test printed before
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
+    return run

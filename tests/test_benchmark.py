@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -350,26 +348,25 @@ def test_resume_refuses_results_of_other_settings_or_code(tmp_path, monkeypatch)
     (["--mu", "-1"], "--mu (FedProx) must be positive"),
     (["--dataset", "nosuchset"], "nosuchset.npz not found"),
 ])
-def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
+def test_cli_bad_input_is_one_clear_line(tmp_path, cli, args, message):
     real_data("pneumoniamnist.npz")
-    cmd = [sys.executable, "-m", "hfgan_core", "benchmark", "--dataset", "pneumoniamnist", "--seeds", "0",
-           "--profile", "smoke", "--out", str(tmp_path / "b")]
-    proc = subprocess.run(cmd + args, capture_output=True, text=True, cwd=ROOT)
+    proc = cli("benchmark", "--dataset", "pneumoniamnist", "--seeds", "0", "--profile", "smoke",
+               "--out", tmp_path / "b", *args)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists()  # nothing half-written
 
 
 
-def test_cli_resume_with_other_settings_is_one_clear_line(tmp_path):
+def test_cli_resume_with_other_settings_is_one_clear_line(tmp_path, cli):
     real_data("pneumoniamnist.npz")
-    cmd = [sys.executable, "-m", "hfgan_core", "benchmark", "--dataset", "pneumoniamnist", "--seeds", "0",
-           "--profile", "smoke", "--methods", "fedavg", "--out", str(tmp_path / "b"), "--no-progress"]
-    assert subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).returncode == 0
-    again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, cwd=ROOT)
+    cmd = ["benchmark", "--dataset", "pneumoniamnist", "--seeds", "0", "--profile", "smoke", "--methods", "fedavg",
+           "--out", tmp_path / "b", "--no-progress"]
+    assert cli(*cmd).returncode == 0
+    again = cli(*cmd, "--resume")
     calls = json.loads((tmp_path / "b" / "runs.json").read_text())["invocations"]
     assert again.returncode == 0 and len(calls) == 2 and calls[1]["units_made"] == 0  # nothing left to do
-    proc = subprocess.run(cmd + ["--resume", "--alpha", "1.0"], capture_output=True, text=True, cwd=ROOT)
+    proc = cli(*cmd, "--resume", "--alpha", "1.0")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "holds results made with other settings; run without --resume to start over" in proc.stderr
 

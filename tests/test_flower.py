@@ -73,7 +73,7 @@ def test_dropouts_skip_hospitals_and_never_charge_them(data, tmp_path):
     over the accountant), refusing the rest, whatever the server asks."""
     from hfgan_core.flower.simulation import run_flower_simulation
     rate, sigma, eps = 0.5, 0.9, 6.0
-    cfg = _config(data, rounds=6, noise_multiplier=sigma, epsilon=eps)
+    cfg = _config(data, rounds=4, noise_multiplier=sigma, epsilon=eps)
     privacy = run_flower_simulation(cfg, tmp_path / "run", dropout=rate)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == cfg.rounds and privacy["rounds_completed"] == cfg.rounds
@@ -193,13 +193,12 @@ def test_a_hospital_holds_the_server_to_the_terms_it_registered_with(data, tmp_p
         ca._terms(cfg, context(**{"state-dir": str(tmp_path / "disk")}), first=True)
 
 
-def test_flower_sim_bad_input_is_one_clear_line(tmp_path):
+def test_flower_sim_bad_input_is_one_clear_line(tmp_path, cli):
     (tmp_path / "a-file").write_text("")
     for args, message in ((["--dropout", "1.5"], "--dropout must lie in [0, 1)"),
                           (["--epsilon", "0"], "--epsilon must be positive"),
                           (["--state-dir", str(tmp_path / "a-file")], "is a file; name a folder")):
-        proc = subprocess.run([sys.executable, "-m", "hfgan_core", "flower-sim", "--dataset", "tiny", "--out",
-                               str(tmp_path / "x"), *args], capture_output=True, text=True, timeout=120)
+        proc = cli("flower-sim", "--dataset", "tiny", "--out", tmp_path / "x", *args)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "x").exists()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import importlib
 import json
-import subprocess
-import sys
 
 import numpy as np
 import papermill
@@ -50,7 +48,8 @@ def tables(tmp_path_factory):
     for name in report.TABLES:
         real_data(f"{name}.npz")
     out = tmp_path_factory.mktemp("tables")
-    assert report.make_tables(profile="smoke", out=out, parameters={"seeds": [0], "epsilons": [10, "inf"]}) == 0
+    assert report.make_tables(profile="smoke", out=out, jobs=2,  # two notebooks side by side, one thread each
+                              parameters={"seeds": [0], "epsilons": [10, "inf"]}) == 0
     return out
 
 
@@ -105,9 +104,8 @@ def test_missing_dataset_is_reported_and_the_others_still_run(tmp_path, monkeypa
 @pytest.mark.parametrize("args,message", [(["--profile", "huge"], "unknown profile"),
                                           (["--datasets", "nosuch"], "no table for dataset"),
                                           (["--jobs", "0"], "--jobs must be at least 1")])
-def test_tables_cli_bad_input_is_one_clear_line(tmp_path, args, message):
-    proc = subprocess.run([sys.executable, "-m", "hfgan_core", "tables", "--out", str(tmp_path / "t"), *args],
-                          capture_output=True, text=True, cwd=ROOT)
+def test_tables_cli_bad_input_is_one_clear_line(tmp_path, cli, args, message):
+    proc = cli("tables", "--out", tmp_path / "t", *args)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "t").exists()
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, real_data, write_npz
+from conftest import real_data, write_npz
 from hfgan_core.data import load_dataset, load_split
 from hfgan_core.errors import UserError
 from hfgan_core.gan_quality import QualityRunConfig, run_quality, write_markdown
@@ -173,10 +171,9 @@ def test_quality_command_on_a_tiny_file(tmp_path, monkeypatch):
     (["--device", "cuda"], "has no CUDA GPU; use --device cpu") if not torch.cuda.is_available()
     else (["--epsilon", "-1"], "--epsilon values must be positive"),
 ])
-def test_quality_cli_bad_input_is_one_clear_line(tmp_path, args, message):
+def test_quality_cli_bad_input_is_one_clear_line(tmp_path, cli, args, message):
     real_data("pneumoniamnist.npz")
-    cmd = [sys.executable, "-m", "hfgan_core", "quality", "--datasets", "pneumoniamnist", "--out", str(tmp_path / "q")]
-    proc = subprocess.run(cmd + args, capture_output=True, text=True, cwd=ROOT)
+    proc = cli("quality", "--datasets", "pneumoniamnist", "--out", tmp_path / "q", *args)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "q").exists()  # nothing half-written

@@ -150,9 +150,9 @@ def _cli(*args, cwd=ROOT):
     (["--loss", "wgan"], "--loss must be one of"),
     (["--fakes", "0"], "--fakes must be at least 1"),
 ])
-def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
+def test_cli_bad_input_is_one_clear_line(tmp_path, cli, args, message):
     real_data("pneumoniamnist.npz")
-    proc = _cli("--out", str(tmp_path / "run"), "--rounds", "1", *args)
+    proc = cli("train", "--out", tmp_path / "run", "--rounds", "1", *args)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
