@@ -9,7 +9,7 @@
 # process (one torch thread, nice 19) with --resume; what is finished is never redone.
 #
 #   scripts/paper_runs.sh start [DATASET ...]   # default: pneumoniamnist brainmri; logs in results/paper_runs/<d>.log
-#   scripts/paper_runs.sh status                # units per dataset, the processes still running
+#   scripts/paper_runs.sh status                # units per dataset, table rows done and to do per seed, processes
 #   scripts/paper_runs.sh stop                  # stop them (finished units stay; the unit being made is lost)
 #
 # Env: EXTRA="--curve-epsilon 1 3 inf" adds arguments to the benchmark (e.g. the privacy-utility
@@ -65,6 +65,18 @@ status)
     rows=$(find "$dir" -path '*/units/row-*.json' | wc -l)
     judged=$(find "$dir" -path '*/units/quality-*.json' | wc -l)
     echo "$d: $rows rows, $judged GAN judgements; process: $(running "$d" | tr '\n' ' ')"
+    if [ -d "$WT/hfgan_core" ]; then  # the table rows (epsilon 10) per seed, from the pinned code's method list
+      PYTHONPATH="$WT" "$PYTHON" - "$dir/units" ${SEEDS:-0 1 2 3 4} <<'PY'
+import sys
+from pathlib import Path
+from hfgan_core.benchmark.config import METHODS, PRIVATE_ROWS
+units, seeds = Path(sys.argv[1]), sys.argv[2:]
+for seed in seeds:
+    want = [f"row-{m}-{seed}-{'10.0' if m in PRIVATE_ROWS else 'inf'}" for m in METHODS]
+    missing = [w.split("-")[1] for w in want if not (units / f"{w}.json").exists()]
+    print(f"  seed {seed}: {len(want) - len(missing)}/{len(want)} rows" + (f"; to do: {' '.join(missing)}" if missing else ""))
+PY
+    fi
   done
   ;;
 stop)
