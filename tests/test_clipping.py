@@ -27,26 +27,19 @@ def example_loss(model: nn.Module, x, y, target) -> torch.Tensor:
 
 
 def brute_force(model: nn.Module, x, y, target, max_norm: float):
-    """Loop over examples: each gradient alone, clipped, summed."""
+    """Loop over examples of D's loss: each gradient alone, clipped, summed."""
+    return clip_one_by_one(model, lambda m, i: example_loss(m, x[i:i + 1], y[i:i + 1], target[i:i + 1]), len(x),
+                           max_norm)
+
+
+def clip_one_by_one(model: nn.Module, loss, n: int, max_norm: float):
+    """Any model: each example's gradient of ``loss(model, i)`` alone (unused parameters: zero), its norm,
+    clipped, summed."""
     total = [torch.zeros_like(p) for p in model.parameters()]
     norms = []
-    for i in range(len(x)):
-        loss = example_loss(model, x[i:i + 1], y[i:i + 1], target[i:i + 1])
-        grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    for i in range(n):
+        grads = torch.autograd.grad(loss(model, i).sum(), list(model.parameters()), allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(model.parameters(), grads)]
-        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
-        norms.append(norm)
-        for t, g in zip(total, grads):
-            t += g * min(1.0, max_norm / (float(norm) + 1e-6))
-    return total, torch.stack(norms)
-
-
-def clip_one_by_one(model: nn.Module, loss, x, max_norm: float):
-    """Any model: each example's gradient of ``loss(model, x_i)`` alone, its norm, clipped, summed."""
-    total = [torch.zeros_like(p) for p in model.parameters()]
-    norms = []
-    for i in range(len(x)):
-        grads = torch.autograd.grad(loss(model, x[i:i + 1]).sum(), list(model.parameters()))
         norms.append(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
         for t, g in zip(total, grads):
             t += g * min(1.0, max_norm / (float(norms[-1]) + 1e-6))
@@ -120,7 +113,7 @@ def test_ghost_and_direct_norm_paths_agree_on_linear_with_positions():
         with clipper.capture():
             losses = model(x, y)
         got, norms = clipper.clipped_grad_sum(losses)
-        want, want_norms = clip_one_by_one(model, lambda m, xi: m(xi, y[:1]), x, 0.5)
+        want, want_norms = clip_one_by_one(model, lambda m, i: m(x[i:i + 1], y[:1]), len(x), 0.5)
         assert torch.allclose(norms, want_norms)
         assert all(torch.allclose(g, w) for g, w in zip(got, want))
 
@@ -161,7 +154,7 @@ def test_conv_norms_match_brute_force_on_every_route(kernel, stride, padding, ro
     with clipper.capture():
         losses = model(x).squeeze(1).pow(2)
     got, norms = clipper.clipped_grad_sum(losses)
-    want, want_norms = clip_one_by_one(model, lambda m, xi: m(xi).pow(2), x, 0.5)
+    want, want_norms = clip_one_by_one(model, lambda m, i: m(x[i:i + 1]).pow(2), len(x), 0.5)
     assert torch.allclose(norms, want_norms, rtol=1e-10)
     assert (norms > 0.5).any()
     assert all(torch.allclose(g, w, rtol=1e-10) for g, w in zip(got, want))
