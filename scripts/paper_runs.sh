@@ -67,14 +67,14 @@ status)
     echo "$d: $rows rows, $judged GAN judgements; process: $(running "$d" | tr '\n' ' ')"
     if [ -d "$WT/hfgan_core" ]; then  # the table rows (epsilon 10) per seed, from the pinned code's method list
       PYTHONPATH="$WT" "$PYTHON" - "$dir/units" ${SEEDS:-0 1 2 3 4} <<'PY'
-import sys
+import math, sys
 from pathlib import Path
 from hfgan_core.benchmark.config import METHODS, PRIVATE_ROWS
 units, seeds = Path(sys.argv[1]), sys.argv[2:]
-for seed in seeds:
-    want = [f"row-{m}-{seed}-{'10.0' if m in PRIVATE_ROWS else 'inf'}" for m in METHODS]
-    missing = [w.split("-")[1] for w in want if not (units / f"{w}.json").exists()]
-    print(f"  seed {seed}: {len(want) - len(missing)}/{len(want)} rows" + (f"; to do: {' '.join(missing)}" if missing else ""))
+for seed in map(int, seeds):  # a unit's file is its key ("row", method, seed, epsilon) joined by "-" (Units._path)
+    missing = [m for m in METHODS if not (units / ("-".join(map(str, (
+        "row", m, seed, 10.0 if m in PRIVATE_ROWS else math.inf))) + ".json")).exists()]
+    print(f"  seed {seed}: {len(METHODS) - len(missing)}/{len(METHODS)} rows" + (f"; to do: {' '.join(missing)}" if missing else ""))
 PY
     fi
   done
