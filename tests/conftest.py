@@ -93,3 +93,10 @@ def cli(capsys, monkeypatch):
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(list(args), code, out, err)
     return run
+
+
+def assert_one_clear_line(proc, message: str) -> None:
+    """Bad input: exit status 2 and one line on stderr naming the problem, no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
