@@ -8,8 +8,11 @@ with CUDA the same is repeated on the GPU. The last line is the figure the READM
 
     batched/loop round speed ratio: X.XX      (CPU; rounds/s of batched divided by the loop's)
 
+With ``--profile`` it then profiles a few batched rounds per device (torch.profiler) and prints
+the ops that take the most time, host and device: where a round's time goes.
+
 Usage: python benchmarks/round_speed.py [--repeats 5] [--rounds 10] [--threads N] [--devices cpu cuda]
-                                        [--data-dir DIR]
+                                        [--data-dir DIR] [--profile]
 """
 from __future__ import annotations
 
@@ -52,6 +55,29 @@ def measure(device: str, repeats: int, rounds: int, data_dir: str | None) -> dic
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
+def profile(device: str, data_dir: str | None, rounds: int = 5) -> None:
+    """Print the top ops of a few batched rounds: launch-bound (host time >> device time) or not."""
+    from torch.profiler import ProfilerActivity
+    config = TrainConfig(dataset="pneumoniamnist", clients=5, alpha=0.5, epsilon=10.0, rounds=rounds + 3,
+                         accountant="rdp", device=device)
+    run = setup(config, load_dataset("pneumoniamnist", data_dir))
+    for _ in range(3):
+        engine.train_round(run)
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(rounds):
+            engine.train_round(run)
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    print(f"== profile of {rounds} batched rounds on {device}")
+    print(events.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=15))
+    if cuda:
+        launches = sum(e.count for e in events if e.key == "cudaLaunchKernel")
+        print(f"kernel launches per round: {launches / rounds:.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -59,6 +85,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--profile", action="store_true", help="then profile a few batched rounds per device")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -66,6 +93,9 @@ def main() -> None:
         results = {device: measure(device, args.repeats, args.rounds, args.data_dir) for device in args.devices}
     except UserError as exc:
         raise SystemExit(f"error: {exc}")
+    if args.profile:
+        for device in args.devices:
+            profile(device, args.data_dir)
     print(f"HF-GAN rounds: 5 hospitals, 28 px, default models, epsilon = 10; torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads")
     for device, r in results.items():

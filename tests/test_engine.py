@@ -15,6 +15,10 @@ from hfgan_core import engine
 from hfgan_core.train import TrainConfig, setup, train, train_round
 
 
+# the equivalence tests run on the GPU too where there is one (benchmarks/cuda_check.sh); CI has none
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
+
+
 def config(**kw) -> TrainConfig:
     # twin runs draw the same noise (simulation_noise): the engines are compared draw for draw
     return tiny_config(**(dict(rounds=6, simulation_noise=True) | kw))
@@ -29,11 +33,12 @@ def close(a: list[torch.Tensor], b: list[torch.Tensor], atol: float) -> bool:
     return all(x.shape == y.shape and torch.allclose(x, y, rtol=1e-4, atol=atol) for x, y in zip(a, b))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("aux_weight", [1.0, 0.0])
-def test_clipped_segment_sums_equal_one_call_per_hospital(tiny, aux_weight):
+def test_clipped_segment_sums_equal_one_call_per_hospital(tiny, aux_weight, device):
     """The default D (AC-GAN head and its loss) and the plain one: one backward pass over all
     hospitals, summed per hospital, gives each hospital's own clipped sum."""
-    run = setup(config(aux_weight=aux_weight, max_grad_norm=0.05), tiny)
+    run = setup(config(aux_weight=aux_weight, max_grad_norm=0.05, device=device), tiny)
     assert (run.discriminator.aux is not None) == (aux_weight > 0)
     batch = engine.draw_batch(run, run.clients)
     with run.clipper.capture():
@@ -51,11 +56,13 @@ def test_clipped_segment_sums_equal_one_call_per_hospital(tiny, aux_weight):
         start += n
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("aux_weight, diffaugment", [(1.0, True), (1.0, False), (0.0, True)])
-def test_batched_uploads_equal_the_reference_loop(tiny, aux_weight, diffaugment):
+def test_batched_uploads_equal_the_reference_loop(tiny, aux_weight, diffaugment, device):
     """Same rng draws (mask, fake labels, z, DiffAugment's, noise), same clipped sums: the same noisy
     uploads."""
-    loop, batched = twin_runs(tiny, aux_weight=aux_weight, epsilon=5.0, fakes=11, diffaugment=diffaugment)
+    loop, batched = twin_runs(tiny, aux_weight=aux_weight, epsilon=5.0, fakes=11, diffaugment=diffaugment,
+                              device=device)
     assert loop.objective.diffaugment == diffaugment
     want = [cl.discriminator_upload(h, loop.discriminator, loop.clipper, batch_size=8, max_grad_norm=1.0,
                                     objective=loop.objective, fakes=11)[0] for h in loop.clients]
@@ -66,12 +73,13 @@ def test_batched_uploads_equal_the_reference_loop(tiny, aux_weight, diffaugment)
         assert close(g, w, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("epsilon, diffaugment", [(float("inf"), False), (10.0, True), (float("inf"), True)])
-def test_engines_take_the_same_steps_without_noise(tiny, epsilon, diffaugment):
+def test_engines_take_the_same_steps_without_noise(tiny, epsilon, diffaugment, device):
     """epsilon = inf (plain gradients) and clipping with the noise turned off, with and without
     DiffAugment: after three rounds of d_steps = 2, D, every G_i and every EMA copy agree."""
     loop, batched = twin_runs(tiny, epsilon=epsilon, d_steps=2, mode_seeking=0.5, smoothness=0.2,
-                              diffaugment=diffaugment)
+                              diffaugment=diffaugment, device=device)
     for run in (loop, batched):
         for h in run.clients:
             if h.budget is not None:
