@@ -7,7 +7,8 @@
 # Needs the project's packages (torch with CUDA, opacus, ...) importable by $PY and the data files
 # in data/ (or HFGAN_DATA_DIR). A step that fails is reported and the next one still runs (device
 # time is scarce: one failure should not cost the other measurements); the exit status is non-zero
-# if any step failed, and the last line lists them. SKIP_CHECKS=1 runs step 6 alone.
+# if any step failed, and the last line lists them. STEPS="1 5" runs those steps alone (default: 1 to 5);
+# ROUND_DEVICES="cuda" times the round engines on the GPU only (default: cpu cuda).
 set -uo pipefail
 PY=${PY:-python}
 OUT=${OUT:-/tmp/hfgan_cuda_check}
@@ -22,25 +23,31 @@ step() {  # step NAME COMMAND...: run it, time it, remember a failure
 }
 $PY -c 'import torch; assert torch.cuda.is_available(), "no CUDA device visible"; print("device:", torch.cuda.get_device_name(), "| torch", torch.__version__)' || exit 1
 
-if [ -z "${SKIP_CHECKS:-}" ]; then
+STEPS=" ${STEPS:-1 2 3 4 5} "
+want() { [[ $STEPS == *" $1 "* ]]; }
+if want 1; then
   echo "== 1. the engine tests on CUDA (batched uploads = the reference loop's; resume continues every stream)"
   step tests $PY -m pytest -q -p no:cacheprovider tests/test_engine.py -k cuda
-
+fi
+if want 2; then
   echo "== 2. training on the GPU, then resume"
   step train $PY -m hfgan_core train --dataset pneumoniamnist --rounds 40 --epsilon 10 --device cuda --stop-after 20 \
       --checkpoint-every 10 --out "$OUT/train" --no-progress
   step resume $PY -m hfgan_core train --out "$OUT/train" --resume --no-progress
-
+fi
+if want 3; then
   echo "== 3. the benchmark on the GPU (smoke profile: every method, FedAvg, DP-SGD, DP-FedAvg-GAN, extractor, FID/IS)"
   step benchmark $PY -m hfgan_core benchmark --dataset pneumoniamnist --methods all --seeds 0 --profile smoke \
       --device cuda --out "$OUT/bench" --no-progress
-
+fi
+if want 4; then
   echo "== 4. generator quality on the GPU (one short run)"
   step quality $PY -m hfgan_core quality --datasets pneumoniamnist --seeds 0 --epsilon 10 --rounds 50 --device cuda \
       --out "$OUT/quality" --no-progress
-
+fi
+if want 5; then
   echo "== 5. speed (and where a batched round's time goes)"
-  step round_speed $PY benchmarks/round_speed.py --devices cpu cuda --repeats 3 --profile
+  step round_speed $PY benchmarks/round_speed.py --devices ${ROUND_DEVICES:-cpu cuda} --repeats 3 --profile
   step dp_step_no_opacus $PY benchmarks/dp_step.py --device cuda --no-opacus
   step dp_step $PY benchmarks/dp_step.py --device cuda
 fi

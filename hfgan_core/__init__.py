@@ -1,7 +1,7 @@
 """HF-GAN core: Hybrid Federated GANs with a DP federated discriminator and local generators.
 
 One module per concept: ``data`` (MedMNIST-format files), ``partition`` (non-IID hospitals),
-``models``, ``clipping`` (per-example clipping), ``privacy`` (accounting and noise), ``client``
+``models``, ``device`` (the --device check; float32 kept exact on GPUs), ``clipping`` (per-example clipping), ``privacy`` (accounting and noise), ``client``
 and ``server`` (one round's steps, hospital by hospital), ``engine`` (the same round for all
 hospitals at once), ``train`` (the loop, outputs, resume), ``synthesis`` (images and synthetic
 datasets from the generators), ``quality`` / ``gan_quality`` / ``classifier`` / ``metrics``

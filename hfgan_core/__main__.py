@@ -6,8 +6,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-import torch
 
+from .device import require_device
 from .benchmark import METHODS, BenchmarkConfig, run_benchmark
 from .errors import UserError
 from .gan_quality import DATASETS, QualityRunConfig, run_quality, write_markdown
@@ -201,8 +201,7 @@ def _tables(args: argparse.Namespace) -> int:
 
 def _quality(args: argparse.Namespace) -> int:
     device = auto_device(args.device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for, but this machine has no CUDA GPU; use --device cpu")
+    require_device(device)
     config = QualityRunConfig(datasets=args.datasets, seeds=args.seeds, epsilons=args.epsilon, clients=args.clients,
                               alpha=args.alpha, partition=args.partition, delta=args.delta, data_dir=args.data_dir,
                               device=device, gan={} if args.rounds is None else {"rounds": args.rounds})

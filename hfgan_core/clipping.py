@@ -126,24 +126,29 @@ class PerExampleClipper:
         norms = sq_norms.sqrt()
         factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)  # (B,)
 
-        bounds = [0] + torch.tensor(segments or [batch]).cumsum(0).tolist()
-        if bounds[-1] != batch:
+        sizes = segments or [batch]
+        if sum(sizes) != batch:
             raise ValueError(f"segments {segments} do not add up to the batch of {batch} examples")
+        bounds = [0] + torch.tensor(sizes).cumsum(0).tolist()
         spans = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        # coef[h, i] = c_i if example i is in segment h, else 0: a segment sum is one matmul
+        owner = torch.repeat_interleave(torch.arange(len(sizes), device=factors.device),
+                                        torch.tensor(sizes, device=factors.device))
+        coef = F.one_hot(owner, len(sizes)).T.to(factors.dtype) * factors  # (H, B)
         grads: dict[torch.nn.Parameter, torch.Tensor] = {}
         for m, kind, a, g, per_example, bias_g in prepared:  # (4), one clipped sum per segment
             if per_example is not None:
-                w = torch.stack([torch.einsum("b,bok->ok", factors[s], per_example[s]) for s in spans])
+                w = coef @ per_example.flatten(1)  # (H, out * k)
             else:
                 w = torch.stack([_clipped_weight_sum(m, kind, a[s], g[s], factors[s]) for s in spans])
             grads[m.weight] = w.view(len(spans), *m.weight.shape)
             if bias_g is not None:
-                grads[m.bias] = torch.stack([factors[s] @ bias_g[s] for s in spans])
+                grads[m.bias] = coef @ bias_g  # (H, out)
         sums = [grads.get(p, p.new_zeros(len(spans), *p.shape)) for p in self.model.parameters()]
         return (sums if segments is not None else [t[0] for t in sums]), norms
 
 
-CHUNK = 128  # examples per block when forming patches: large batches stay in cache (~2x on CPU)
+CHUNK = 128  # examples per block on a CPU, so large batches stay in cache (~2x); a GPU takes the batch whole
 
 
 def _layer_norms(m: nn.Module, a: torch.Tensor, g: torch.Tensor
@@ -152,8 +157,9 @@ def _layer_norms(m: nn.Module, a: torch.Tensor, g: torch.Tensor
     gradients when those were the cheaper route, and its per-example bias gradients (B, out)."""
     parts = []
     kind = "conv" if isinstance(m, nn.Conv2d) else None
-    for lo in range(0, len(a), CHUNK):
-        a_c, g_c = a[lo:lo + CHUNK], g[lo:lo + CHUNK]
+    chunk = CHUNK if a.device.type == "cpu" else len(a)
+    for lo in range(0, len(a), chunk):
+        a_c, g_c = a[lo:lo + chunk], g[lo:lo + chunk]
         if kind == "conv" and _blockwise(m) and _ghost_is_cheaper(g_c[0, 0].numel(), m.weight[0].numel(), g_c.shape[1]):
             g3 = g_c.flatten(2)  # (b, out, T); the patches are never formed
             sq, per_example = (_patch_gram(a_c, m, g_c.shape[2:]) * (g3.transpose(1, 2) @ g3)).sum(dim=(1, 2)), None

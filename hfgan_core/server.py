@@ -48,8 +48,9 @@ def aggregation_weights(sizes: list[int]) -> list[float]:
 
 def aggregate(uploads: list[list[torch.Tensor]], sizes: list[int]) -> list[torch.Tensor]:
     """sum_i (N_i / sum_j N_j) * upload_i, parameter by parameter."""
-    weights = aggregation_weights(sizes)
-    return [sum(w * u[p] for w, u in zip(weights, uploads)) for p in range(len(uploads[0]))]
+    first = uploads[0][0]
+    weights = torch.tensor(aggregation_weights(sizes), dtype=first.dtype, device=first.device)
+    return [torch.tensordot(weights, torch.stack([u[p] for u in uploads]), dims=1) for p in range(len(uploads[0]))]
 
 
 def apply_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, grads: list[torch.Tensor]) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..device import require_device
 from .. import client as cl
 from .. import engine
 from ..benchmark import jsonable, provenance
@@ -85,8 +86,7 @@ def run_attacks(c: AttackConfig, out: str | Path, *, resume: bool = False, progr
     bad = [e for e in c.epsilons if not e > 0]
     if bad:
         raise UserError(f"--epsilon must be positive (got {bad[0]}); use inf for the clipping-only control")
-    if c.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {c.device} asked for, but this machine has no CUDA GPU; use --device cpu")
+    require_device(c.device)
     ds = load_dataset(c.dataset, c.data_dir)
     folder = Path(out) / "privacy_attacks"
     if resume:

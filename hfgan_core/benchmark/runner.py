@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..device import require_device
 from .. import client as cl
 from ..classifier import predict_proba
 from ..data import MedicalDataset, Split, load_dataset, resolve_data_dir
@@ -138,8 +139,7 @@ def _check(c: BenchmarkConfig) -> None:
         raise UserError(f"--mu (FedProx) must be positive (got {c.mu})")
     if c.gan_rounds is not None and c.gan_rounds < 1:
         raise UserError(f"--rounds must be at least 1 (got {c.gan_rounds})")
-    if c.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {c.device} asked for, but this machine has no CUDA GPU; use --device cpu")
+    require_device(c.device)
     bad = [e for e in every_eps if not e > 0]
     if bad:
         raise UserError(f"--epsilon values must be positive or inf (got {bad[0]})")

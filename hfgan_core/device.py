@@ -1,0 +1,25 @@
+"""Where a run's tensors live: the ``--device`` check, and float32 kept exact on GPUs.
+
+Per-example clipping bounds each example's gradient norm by C, and the noise is calibrated to that
+bound. On Ampere and later GPUs cuDNN runs float32 convolutions in TF32 by default (10-bit
+mantissa), so the norms that set the clip factors and the gradients they scale could disagree by
+about 1e-3 relative, and the batched engine's uploads would differ from the reference loop's by
+as much (seen on an H200). A run on CUDA therefore turns TF32 off for the whole process: at
+28 px the convolutions are too small for TF32 to buy speed.
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import UserError
+
+
+def require_device(device: str) -> None:
+    """Raise a one-line UserError if ``device`` is CUDA on a machine without one; on CUDA, keep
+    float32 matmuls and convolutions in float32."""
+    if not device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but this machine has no CUDA GPU; use --device cpu")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
