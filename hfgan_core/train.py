@@ -157,13 +157,8 @@ def setup(config: TrainConfig, dataset: MedicalDataset | None = None) -> Run:
     discriminator = build_discriminator(config, **shape)
     clients = [make_hospital(config, cid, x_all[idx], y_all[idx], num_classes=ds.num_classes,
                              planned_steps=int(planned[cid])) for cid, idx in enumerate(parts)]
-    d_opt = adam(discriminator.parameters(), lr=config.lr_d, betas=(config.beta1_d, config.beta2), device=config.device)
+    d_opt = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=(config.beta1_d, config.beta2))
     return Run(config, ds, parts, clients, discriminator, d_opt, make_clipper(config, discriminator, **shape), schedule)
-
-
-def adam(params, *, lr: float, betas: tuple[float, float], device: str | torch.device) -> torch.optim.Adam:
-    """Adam; on a GPU the fused kernel (one launch per step instead of several per tensor)."""
-    return torch.optim.Adam(params, lr=lr, betas=betas, fused=torch.device(device).type == "cuda")
 
 
 def hospital_parts(config: TrainConfig, labels: np.ndarray) -> list[np.ndarray]:
@@ -221,7 +216,7 @@ def make_hospital(config: TrainConfig, cid: int, images: torch.Tensor, labels: t
         probs = torch.as_tensor(noisy_label_histogram(labels.cpu().numpy(), num_classes, sigma_h, rng),
                                 dtype=torch.float32)
     return cl.Client(cid, images.to(device), labels.to(device), gen,
-                     adam(gen.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2), device=device), budget,
+                     torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2)), budget,
                      copy.deepcopy(gen) if config.g_ema > 0 else None, config.g_ema, probs,
                      hospital_rng(config, cid, device))
 
