@@ -12,6 +12,7 @@ import torch
 from conftest import tiny_config
 from hfgan_core import client as cl
 from hfgan_core import engine
+from hfgan_core.device import require_device
 from hfgan_core.train import TrainConfig, setup, train, train_round
 
 
@@ -197,3 +198,20 @@ def test_cuda_resume_draws_fresh_noise(tiny, tmp_path):
         assert a.rng.device.type == "cuda" and torch.equal(a.rng.get_state(), b.rng.get_state())
     lines = [json.loads(l) for l in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert len({l["d_loss_fake"] for l in lines}) == len(lines)
+
+
+def test_cuda_runs_keep_float32_exact(monkeypatch):
+    """On a GPU, TF32 convolutions round the clipped sums to 10 bits while the norms that set the
+    clip factors come from float32 matmuls (uploads off by ~1e-3 relative on an H200): a CUDA run
+    turns TF32 off."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cudnn, cublas = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, cublas.allow_tf32  # flags of the process: put back whatever happens
+    try:
+        cudnn.allow_tf32 = cublas.allow_tf32 = True
+        require_device("cpu")
+        assert cudnn.allow_tf32 and cublas.allow_tf32  # CPU runs: nothing to change
+        require_device("cuda")
+        assert not cudnn.allow_tf32 and not cublas.allow_tf32
+    finally:
+        cudnn.allow_tf32, cublas.allow_tf32 = saved
