@@ -134,7 +134,7 @@ def generator_step(run, selected: list[cl.Client]) -> list[float]:
     grads = torch.autograd.grad(losses.sum(), list(params.values()))  # G_i's gradient sits in row i
     for i, h in enumerate(selected):
         for p, g in zip(h.generator.parameters(), grads):
-            p.grad = g[i]
+            p.grad = g[i].contiguous()  # vmap hands Linear weights' rows back transposed; Adam wants p's layout
         h.g_optimizer.step()
         if h.ema is not None:
             cl.update_ema(h.ema, h.generator, h.ema_decay)
