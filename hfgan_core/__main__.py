@@ -6,9 +6,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-
-from .device import require_device
 from .benchmark import METHODS, BenchmarkConfig, run_benchmark
+from .device import require_device
 from .errors import UserError
 from .gan_quality import DATASETS, QualityRunConfig, run_quality, write_markdown
 from .report import TABLES, auto_device, make_tables

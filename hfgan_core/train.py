@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .device import require_device
 from . import client as cl
 from . import engine
 from . import server as sv
 from .clipping import PerExampleClipper
 from .data import MedicalDataset, load_dataset
+from .device import require_device
 from .errors import UserError
 from .models import Generator, build_models
 from .partition import class_counts, partition

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..device import require_device
 from .. import client as cl
 from .. import engine
 from ..benchmark import jsonable, provenance
+from ..device import require_device
 from ..data import MedicalDataset, load_dataset
 from ..errors import UserError
 from ..privacy import gaussian_noise_like

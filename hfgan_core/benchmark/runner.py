@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..device import require_device
 from .. import client as cl
 from ..classifier import predict_proba
 from ..data import MedicalDataset, Split, load_dataset, resolve_data_dir
+from ..device import require_device
 from ..dpfedavg_gan import DPFedAvgGANConfig, train_dpfedavg_gan
 from ..errors import UserError
 from ..quality import generator_quality
