@@ -26,8 +26,8 @@ $PY -c 'import torch; assert torch.cuda.is_available(), "no CUDA device visible"
 STEPS=" ${STEPS:-1 2 3 4 5} "
 want() { [[ $STEPS == *" $1 "* ]]; }
 if want 1; then
-  echo "== 1. the engine tests on CUDA (batched uploads = the reference loop's; resume continues every stream)"
-  step tests $PY -m pytest -q -p no:cacheprovider tests/test_engine.py -k cuda
+  echo "== 1. the tests on CUDA (clipping = brute force; batched uploads = the reference loop's; resume; TF32 off)"
+  step tests $PY -m pytest -q -p no:cacheprovider tests/test_clipping.py tests/test_engine.py -k "cuda or float32"
 fi
 if want 2; then
   echo "== 2. training on the GPU, then resume"

@@ -13,6 +13,8 @@ from hfgan_core.clipping import PerExampleClipper
 from hfgan_core.models import Discriminator, Generator, build_models
 
 C = 0.7
+# the brute-force checks run on the GPU too where there is one (benchmarks/cuda_check.sh); CI has none
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
 
 
 def example_loss(model: nn.Module, x, y, target) -> torch.Tensor:
@@ -54,12 +56,13 @@ def tiny_batch(size: int, channels: int, n: int = 10, scale: float = 1.0, seed: 
     return x, y, target
 
 
-def median_clipped(size: int, channels: int, aux: bool):
+def median_clipped(size: int, channels: int, aux: bool, device: str = "cpu"):
     """A double-precision D, a batch of 10 and C at the median unclipped norm (half the examples get
     clipped, half pass unchanged); the clipper has captured the per-example losses."""
     torch.manual_seed(0)
     model = Discriminator(num_classes=3, channels=channels, image_size=size, ndf=8, aux_classifier=aux).double()
-    x, y, target = tiny_batch(size, channels, scale=3.0)
+    model = model.to(device)
+    x, y, target = (t.to(device) for t in tiny_batch(size, channels, scale=3.0))
     _, unclipped = brute_force(model, x, y, target, float("inf"))
     c = float(unclipped.median())
     clipper = PerExampleClipper(model, max_grad_norm=c)
@@ -68,10 +71,11 @@ def median_clipped(size: int, channels: int, aux: bool):
     return model, (x, y, target), unclipped, c, clipper, losses
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("size,channels,aux", [(28, 1, False), (64, 3, False), (28, 1, True), (64, 3, True)])
-def test_clipped_sum_matches_brute_force(size, channels, aux):
+def test_clipped_sum_matches_brute_force(size, channels, aux, device):
     """aux=True is the default D: AC-GAN head inside each example's clipped gradient."""
-    model, (x, y, target), _, c, clipper, losses = median_clipped(size, channels, aux)
+    model, (x, y, target), _, c, clipper, losses = median_clipped(size, channels, aux, device)
     got, norms = clipper.clipped_grad_sum(losses)
     want, want_norms = brute_force(model, x, y, target, c)
     assert torch.allclose(norms, want_norms, rtol=1e-9)
@@ -80,13 +84,14 @@ def test_clipped_sum_matches_brute_force(size, channels, aux):
         assert torch.allclose(g, w, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("aux", [False, True])
-def test_chunked_patches_and_segment_sums_match_brute_force(monkeypatch, aux):
-    """Real batches are larger than the patch block (CHUNK); here blocks of 3 over 10 examples, and
-    hospitals' segments (4 and 6 examples) that cross the blocks' edges: each hospital's clipped sum
-    is still its own examples' brute-force sum."""
+def test_chunked_patches_and_segment_sums_match_brute_force(monkeypatch, aux, device):
+    """Real batches are larger than the patch block (CHUNK, on a CPU); here blocks of 3 over 10
+    examples, and hospitals' segments (4 and 6 examples) that cross the blocks' edges: each
+    hospital's clipped sum is still its own examples' brute-force sum. (A GPU takes the batch whole.)"""
     monkeypatch.setattr(clipping, "CHUNK", 3)
-    model, (x, y, target), unclipped, c, clipper, losses = median_clipped(28, 1, aux)
+    model, (x, y, target), unclipped, c, clipper, losses = median_clipped(28, 1, aux, device)
     sums, norms = clipper.clipped_grad_sum(losses, segments=[4, 6])
     assert torch.allclose(norms, unclipped, rtol=1e-9)
     for i, part in enumerate((slice(0, 4), slice(4, 10))):
