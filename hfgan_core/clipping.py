@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .device import exact_float32
+
 SUPPORTED = (nn.Linear, nn.Conv2d, nn.Embedding)
 # Layers that mix examples even without trainable parameters: each example's output (and so its
 # "per-example" gradient) depends on the other examples, which per-example clipping cannot bound.
@@ -106,7 +108,15 @@ class PerExampleClipper:
 
         With ``segments`` (sizes of consecutive runs of examples, summing to B), one sum per
         segment: each parameter's result gets a leading (len(segments),) axis. The batched
-        engine puts each hospital's examples in one segment, so one backward pass serves all."""
+        engine puts each hospital's examples in one segment, so one backward pass serves all.
+
+        TF32 is off meanwhile (``device.exact_float32``): the norms (matmuls) and the clipped sums
+        (convolution kernels) must round alike, or a clipped gradient could exceed C on a GPU."""
+        with exact_float32():
+            return self._clipped_grad_sum(losses, segments)
+
+    def _clipped_grad_sum(self, losses: torch.Tensor, segments: list[int] | None
+                          ) -> tuple[list[torch.Tensor], torch.Tensor]:
         missing = [m for m in self.layers if m not in self._records]
         if missing:
             raise RuntimeError("run the forward pass inside `with clipper.capture():` before clipping")

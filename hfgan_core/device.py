@@ -4,10 +4,14 @@ Per-example clipping bounds each example's gradient norm by C, and the noise is 
 bound. On Ampere and later GPUs cuDNN runs float32 convolutions in TF32 by default (10-bit
 mantissa), so the norms that set the clip factors and the gradients they scale could disagree by
 about 1e-3 relative, and the batched engine's uploads would differ from the reference loop's by
-as much (seen on an H200). A run on CUDA therefore turns TF32 off for the whole process: at
-28 px the convolutions are too small for TF32 to buy speed.
+as much (seen on an H200). A run on CUDA therefore turns TF32 off for the whole process (at
+28 px the convolutions are too small for TF32 to buy speed), and the clipper turns it off while
+it clips, whoever calls it.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
@@ -23,3 +27,15 @@ def require_device(device: str) -> None:
         raise UserError(f"--device {device} asked for, but this machine has no CUDA GPU; use --device cpu")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+
+
+@contextmanager
+def exact_float32() -> Iterator[None]:
+    """TF32 off inside the block (cuDNN convolutions and cuBLAS matmuls), as it was after it."""
+    cudnn, cublas = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, cublas.allow_tf32
+    cudnn.allow_tf32 = cublas.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, cublas.allow_tf32 = saved

@@ -290,3 +290,21 @@ def test_clipper_refuses_what_it_cannot_clip_exactly():
         losses = d(torch.randn(5, 1, 28, 28), torch.tensor([0, 1, 0, 1, 0]))
     with pytest.raises(ValueError, match="do not add up"):
         clipper.clipped_grad_sum(losses, segments=[2, 2])
+
+
+def test_clipping_runs_with_tf32_off_and_restores_it(monkeypatch):
+    """Whoever calls the clipper (a notebook, not only a run that checked --device), the norms and
+    the clipped sums are computed without TF32, and the caller's flags come back afterwards."""
+    cudnn, cublas = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved, seen = (cudnn.allow_tf32, cublas.allow_tf32), []
+    real = clipping._layer_norms
+    monkeypatch.setattr(clipping, "_layer_norms", lambda *a: seen.append((cudnn.allow_tf32, cublas.allow_tf32))
+                        or real(*a))
+    try:
+        cudnn.allow_tf32 = cublas.allow_tf32 = True
+        _, _, _, _, clipper, losses = median_clipped(28, 1, True)
+        clipper.clipped_grad_sum(losses)
+        assert seen and all(flags == (False, False) for flags in seen)
+        assert cudnn.allow_tf32 and cublas.allow_tf32
+    finally:
+        cudnn.allow_tf32, cublas.allow_tf32 = saved
