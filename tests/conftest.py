@@ -6,9 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("HFGAN_DATA_DIR", ROOT / "data"))
+# device-parametrized checks run on the GPU too where there is one (benchmarks/cuda_check.sh); CI has none
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
 
 
 def real_data(name: str) -> Path:
@@ -100,3 +103,14 @@ def assert_one_clear_line(proc, message: str) -> None:
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def tf32_on():
+    """TF32 allowed for cuDNN convolutions and cuBLAS matmuls, as a caller may have left it; the
+    process's own flags are put back after the test, whatever happens."""
+    cudnn, cublas = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, cublas.allow_tf32
+    cudnn.allow_tf32 = cublas.allow_tf32 = True
+    yield cudnn, cublas
+    cudnn.allow_tf32, cublas.allow_tf32 = saved

@@ -7,14 +7,13 @@ import torch.nn.functional as F
 from opacus.validators import ModuleValidator
 from torch import nn
 
+from conftest import DEVICES
 from hfgan_core.client import Objective, discriminator_gradient, per_example_d_loss
 from hfgan_core import clipping
 from hfgan_core.clipping import PerExampleClipper
 from hfgan_core.models import Discriminator, Generator, build_models
 
 C = 0.7
-# the brute-force checks run on the GPU too where there is one (benchmarks/cuda_check.sh); CI has none
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
 
 
 def example_loss(model: nn.Module, x, y, target) -> torch.Tensor:
@@ -292,19 +291,15 @@ def test_clipper_refuses_what_it_cannot_clip_exactly():
         clipper.clipped_grad_sum(losses, segments=[2, 2])
 
 
-def test_clipping_runs_with_tf32_off_and_restores_it(monkeypatch):
+def test_clipping_runs_with_tf32_off_and_restores_it(monkeypatch, tf32_on):
     """Whoever calls the clipper (a notebook, not only a run that checked --device), the norms and
     the clipped sums are computed without TF32, and the caller's flags come back afterwards."""
-    cudnn, cublas = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved, seen = (cudnn.allow_tf32, cublas.allow_tf32), []
+    cudnn, cublas = tf32_on
+    seen = []
     real = clipping._layer_norms
     monkeypatch.setattr(clipping, "_layer_norms", lambda *a: seen.append((cudnn.allow_tf32, cublas.allow_tf32))
                         or real(*a))
-    try:
-        cudnn.allow_tf32 = cublas.allow_tf32 = True
-        _, _, _, _, clipper, losses = median_clipped(28, 1, True)
-        clipper.clipped_grad_sum(losses)
-        assert seen and all(flags == (False, False) for flags in seen)
-        assert cudnn.allow_tf32 and cublas.allow_tf32
-    finally:
-        cudnn.allow_tf32, cublas.allow_tf32 = saved
+    _, _, _, _, clipper, losses = median_clipped(28, 1, True)
+    clipper.clipped_grad_sum(losses)
+    assert seen and all(flags == (False, False) for flags in seen)
+    assert cudnn.allow_tf32 and cublas.allow_tf32

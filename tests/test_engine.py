@@ -9,15 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import DEVICES, tiny_config
 from hfgan_core import client as cl
 from hfgan_core import engine
 from hfgan_core.device import require_device
 from hfgan_core.train import TrainConfig, setup, train, train_round
-
-
-# the equivalence tests run on the GPU too where there is one (benchmarks/cuda_check.sh); CI has none
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
 
 
 def config(**kw) -> TrainConfig:
@@ -200,18 +196,13 @@ def test_cuda_resume_draws_fresh_noise(tiny, tmp_path):
     assert len({l["d_loss_fake"] for l in lines}) == len(lines)
 
 
-def test_cuda_runs_keep_float32_exact(monkeypatch):
+def test_cuda_runs_keep_float32_exact(monkeypatch, tf32_on):
     """On a GPU, TF32 convolutions round the clipped sums to 10 bits while the norms that set the
     clip factors come from float32 matmuls (uploads off by ~1e-3 relative on an H200): a CUDA run
     turns TF32 off."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    cudnn, cublas = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = cudnn.allow_tf32, cublas.allow_tf32  # flags of the process: put back whatever happens
-    try:
-        cudnn.allow_tf32 = cublas.allow_tf32 = True
-        require_device("cpu")
-        assert cudnn.allow_tf32 and cublas.allow_tf32  # CPU runs: nothing to change
-        require_device("cuda")
-        assert not cudnn.allow_tf32 and not cublas.allow_tf32
-    finally:
-        cudnn.allow_tf32, cublas.allow_tf32 = saved
+    cudnn, cublas = tf32_on
+    require_device("cpu")
+    assert cudnn.allow_tf32 and cublas.allow_tf32  # CPU runs: nothing to change
+    require_device("cuda")
+    assert not cudnn.allow_tf32 and not cublas.allow_tf32
