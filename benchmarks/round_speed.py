@@ -39,11 +39,17 @@ def rounds_per_second(step, run, rounds: int) -> float:
     return rounds / (time.perf_counter() - start)
 
 
+def round_config(device: str, rounds: int) -> TrainConfig:
+    """The timed setting: 5 hospitals of PneumoniaMNIST, the default recipe at epsilon = 10; twin runs
+    draw the same noise (simulation_noise)."""
+    return TrainConfig(dataset="pneumoniamnist", clients=5, alpha=0.5, epsilon=10.0, rounds=rounds,
+                       accountant="rdp", device=device, simulation_noise=True)
+
+
 def measure(device: str, repeats: int, rounds: int, data_dir: str | None) -> dict[str, float]:
     ds = load_dataset("pneumoniamnist", data_dir)
     total = 3 + repeats * rounds  # warm-up rounds + timed rounds, per engine
-    config = TrainConfig(dataset="pneumoniamnist", clients=5, alpha=0.5, epsilon=10.0, rounds=total,
-                         accountant="rdp", device=device, simulation_noise=True)  # twins: the same draws
+    config = round_config(device, total)
     runs = {"loop": setup(config, ds), "batched": setup(config, ds)}
     steps = {"loop": train_round, "batched": engine.train_round}
     for name, run in runs.items():  # warm-up: allocator, kernels, first-call costs
@@ -58,9 +64,7 @@ def measure(device: str, repeats: int, rounds: int, data_dir: str | None) -> dic
 def profile(device: str, data_dir: str | None, rounds: int = 5) -> None:
     """Print the top ops of a few batched rounds: launch-bound (host time >> device time) or not."""
     from torch.profiler import ProfilerActivity
-    config = TrainConfig(dataset="pneumoniamnist", clients=5, alpha=0.5, epsilon=10.0, rounds=rounds + 3,
-                         accountant="rdp", device=device)
-    run = setup(config, load_dataset("pneumoniamnist", data_dir))
+    run = setup(round_config(device, rounds + 3), load_dataset("pneumoniamnist", data_dir))
     for _ in range(3):
         engine.train_round(run)
     cuda = device.startswith("cuda")
