@@ -1,7 +1,8 @@
 # make tables -- the results tables: runs notebooks/01-04 with papermill, writes results/README.md; fetches a
 #                missing PneumoniaMNIST / RetinaMNIST through medmnist. PROFILE=auto|quick|paper|smoke (auto:
 #                paper on a CUDA GPU, quick otherwise), DEVICE=auto|cpu|cuda, DATASETS=..., JOBS=notebooks side
-#                by side, DATA_DIR=where the .npz files are, RESUME=1 continues a stopped run (the paper
+#                by side, WORKERS=processes making each notebook's rows (same numbers; on a GPU e.g. 8),
+#                DATA_DIR=where the .npz files are, RESUME=1 continues a stopped run (the paper
 #                profile takes hours on a CPU: run it again with RESUME=1 until every table is written)
 # make quality -- generator quality on validation (results/gan_quality.md): every dataset, seeds 0-2, eps inf/10/1
 # make test  -- the test suite (creates .venv on first use)
@@ -19,6 +20,7 @@ PROFILE ?= auto
 DEVICE ?= auto
 DATASETS ?= pneumoniamnist brainmri retinamnist
 JOBS ?= 3  # notebooks side by side, one torch thread each: fastest on the 2-core CI machine (quick: 17.4 min)
+WORKERS ?= 1
 DATA_DIR ?= data
 RESUME ?=
 
@@ -32,7 +34,7 @@ $(STAMP): pyproject.toml environment.yml
 
 tables: $(STAMP)
 	$(PY) -m hfgan_core tables --profile $(PROFILE) --device $(DEVICE) --datasets $(DATASETS) --jobs $(JOBS) \
-		--data-dir $(DATA_DIR) $(if $(RESUME),--resume)
+		--workers $(WORKERS) --data-dir $(DATA_DIR) $(if $(RESUME),--resume)
 
 quality: $(STAMP)
 	$(PY) -m hfgan_core quality --datasets $(DATASETS) --seeds 0 1 2 --epsilon inf 10 1 --device $(DEVICE) --out results \

@@ -8,7 +8,8 @@
 # in data/ (or HFGAN_DATA_DIR). A step that fails is reported and the next one still runs (device
 # time is scarce: one failure should not cost the other measurements); the exit status is non-zero
 # if any step failed, and the last line lists them. STEPS="1 5" runs those steps alone (default: 1 to 5);
-# ROUND_DEVICES="cuda" times the round engines on the GPU only (default: cpu cuda).
+# ROUND_DEVICES="cuda" times the round engines on the GPU only (default: cpu cuda); WORKERS: benchmark
+# processes sharing the GPU in steps 5 and 6 (default 8).
 set -uo pipefail
 PY=${PY:-python}
 OUT=${OUT:-/tmp/hfgan_cuda_check}
@@ -50,15 +51,18 @@ if want 5; then
   step round_speed $PY benchmarks/round_speed.py --devices ${ROUND_DEVICES:-cpu cuda} --repeats 3 --profile
   step dp_step_no_opacus $PY benchmarks/dp_step.py --device cuda --no-opacus
   step dp_step $PY benchmarks/dp_step.py --device cuda
+  step workers $PY benchmarks/benchmark_workers.py --device cuda --workers "${WORKERS:-8}" --threads 1 --seeds 0 1
 fi
 
 # 6. (optional: PAPER_SECONDS=300 bash benchmarks/cuda_check.sh) how far the paper profile gets on the GPU in
-#    that many seconds; run it again with the same PAPER_OUT to continue (--resume), and the units say what
-#    each result cost: the numbers to size a full paper run on this card.
+#    that many seconds, its rows made by WORKERS processes side by side (default 8); run it again with the
+#    same PAPER_OUT to continue (--resume), and the units say what each result cost: the numbers to size a
+#    full paper run on this card.
 if [ "${PAPER_SECONDS:-0}" -gt 0 ]; then
   echo "== 6. the paper profile on the GPU for ${PAPER_SECONDS} s (${PAPER_DATASET:=pneumoniamnist}; resumable)"
   timeout "${PAPER_SECONDS}" $PY -m hfgan_core benchmark --dataset "$PAPER_DATASET" --methods all --seeds 0 1 2 3 4 \
-      --profile paper --device cuda --epsilon 10 --out "${PAPER_OUT:=$OUT/paper}" --no-progress --resume
+      --profile paper --device cuda --epsilon 10 --out "${PAPER_OUT:=$OUT/paper}" --no-progress --resume \
+      --workers "${WORKERS:-8}"
   echo "-- paper: exit $? after at most ${PAPER_SECONDS} s (124: stopped by the timeout, as planned)"
   $PY - "$PAPER_OUT/units" <<'PYEOF'
 import json, sys

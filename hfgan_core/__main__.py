@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="folder for table.csv, table.md, runs.json")
     b.add_argument("--resume", action="store_true",
                    help="continue a stopped run in --out: reuse its finished results (same settings, data and code)")
+    b.add_argument("--workers", type=int, default=1,
+                   help="processes making rows side by side (each with cores / workers torch threads); same numbers")
     b.add_argument("--no-progress", action="store_true")
 
     q = sub.add_parser("quality", help="generator quality on the validation split: <out>/gan_quality.md")
@@ -139,6 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="default: results (results/smoke for the smoke profile)")
     t.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the profile's (smoke 1 seed, quick 1, paper 5)")
     t.add_argument("--jobs", type=int, default=1, help="notebooks run side by side (each gets cores / jobs threads)")
+    t.add_argument("--workers", type=int, default=1,
+                   help="processes making each notebook's rows side by side (benchmark --workers; same numbers)")
     t.add_argument("--no-download", action="store_true",
                    help="do not fetch missing MedMNIST files (PneumoniaMNIST, RetinaMNIST) through medmnist")
     t.add_argument("--no-attacks", action="store_true", help="skip table 4 (the attacks on the chest X-ray runs)")
@@ -193,7 +197,7 @@ def _flower_sim(args: argparse.Namespace) -> int:
 
 def _tables(args: argparse.Namespace) -> int:
     return make_tables(profile=args.profile, device=args.device, datasets=args.datasets, out=args.out,
-                       data_dir=args.data_dir, jobs=args.jobs, attacks=not args.no_attacks,
+                       data_dir=args.data_dir, jobs=args.jobs, workers=args.workers, attacks=not args.no_attacks,
                        download=not args.no_download,
                        parameters=({"seeds": args.seeds} if args.seeds else {}) | ({"resume": True} if args.resume else {}))
 
@@ -240,7 +244,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
-    """The BenchmarkConfig of parsed ``benchmark`` flags (benchmarks/pretrain_gans.py takes the same)."""
+    """The BenchmarkConfig of parsed ``benchmark`` flags."""
     methods = list(METHODS) if args.methods == ["all"] else args.methods
     return BenchmarkConfig(dataset=args.dataset, methods=methods, seeds=args.seeds, profile=args.profile,
                            epsilons=args.epsilon, curve_epsilons=args.curve_epsilon, alpha=args.alpha,
@@ -250,7 +254,8 @@ def benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    report = run_benchmark(benchmark_config(args), args.out, progress=not args.no_progress, resume=args.resume)
+    report = run_benchmark(benchmark_config(args), args.out, progress=not args.no_progress, resume=args.resume,
+                           workers=args.workers)
     print(f"done: {len(report['runs'])} runs in {report['wall_time_s'] / 60:.1f} min; table in {args.out}/table.md")
     return 0
 

@@ -214,16 +214,18 @@ def _save(fig, path: str | Path):
 # make tables: run the notebooks, then results/README.md
 
 def make_tables(*, profile: str = "auto", device: str = "auto", datasets: list[str] | None = None,
-                out: str | Path | None = None, data_dir: str | None = None, jobs: int = 1,
+                out: str | Path | None = None, data_dir: str | None = None, jobs: int = 1, workers: int = 1,
                 parameters: dict | None = None, attacks: bool = True, download: bool = True) -> int:
     """Execute each dataset notebook (papermill), and notebook 04 (table 4, the attacks on the
     chest X-ray runs) when chest X-ray is among them, then rebuild results/README.md. A missing
     MedMNIST file is fetched (``download``: through the medmnist package, verified); any other
     missing or unreadable file is skipped with how to get it (brain MRI: the one-time build), and
     the others still run.
-    ``parameters`` overrides more notebook parameters (e.g. seeds). Returns 0, or 1 if a notebook failed."""
+    ``jobs`` notebooks run side by side, each making its rows in ``workers`` processes (the cores
+    shared out as torch threads). ``parameters`` overrides more notebook parameters (e.g. seeds).
+    Returns 0, or 1 if a notebook failed."""
     profile, device = resolve_auto(profile, device)
-    datasets = _check_tables(profile, datasets, jobs)
+    datasets = _check_tables(profile, datasets, jobs, workers)
     out = Path(out or ("results/smoke" if profile == "smoke" else "results")).resolve()
     ready, status = [], {}
     for name in datasets:
@@ -235,9 +237,9 @@ def make_tables(*, profile: str = "auto", device: str = "auto", datasets: list[s
             status[TABLES[name].stem] = f"not run: {exc}"
     if attacks and TABLES[ATTACK_TABLE.dataset] in ready:
         ready.append(ATTACK_TABLE)
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    threads = max(1, (os.cpu_count() or 1) // (jobs * workers)) if jobs * workers > 1 else None
     params = {"profile": profile, "device": device, "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
-              "out_dir": str(out), "threads": threads} | (parameters or {})
+              "out_dir": str(out), "threads": threads, "workers": workers} | (parameters or {})
     started = time.time()
 
     def run(i_t: tuple[int, Table]) -> tuple[str, str]:
@@ -249,6 +251,7 @@ def make_tables(*, profile: str = "auto", device: str = "auto", datasets: list[s
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         status |= dict(pool.map(run, enumerate(ready)))
     run_line = (f"`make tables` with profile `{profile}`, device `{device}`, {jobs} notebook(s) at a time"
+                + (f", {workers} worker processes each" if workers > 1 else "")
                 + (f" ({threads} torch thread(s) each)" if threads else "")
                 + f"; finished {time.strftime('%Y-%m-%d %H:%M %Z')} after {(time.time() - started) / 60:.1f} min.")
     readme = write_readme(out, status, run_line)
@@ -275,7 +278,7 @@ def resolve_auto(profile: str, device: str) -> tuple[str, str]:
     return profile, device
 
 
-def _check_tables(profile: str, datasets: list[str] | None, jobs: int) -> list[str]:
+def _check_tables(profile: str, datasets: list[str] | None, jobs: int, workers: int = 1) -> list[str]:
     if profile not in PROFILES:
         raise UserError(f"unknown profile '{profile}'; choose one of {', '.join(PROFILES)}")
     datasets = datasets or list(TABLES)
@@ -284,6 +287,8 @@ def _check_tables(profile: str, datasets: list[str] | None, jobs: int) -> list[s
         raise UserError(f"no table for dataset(s) {', '.join(unknown)}; choose from {', '.join(TABLES)}")
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1 (got {jobs})")
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {workers})")
     return datasets
 
 

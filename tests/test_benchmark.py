@@ -313,6 +313,70 @@ def test_a_stopped_benchmark_resumes_to_the_same_results(tmp_path, monkeypatch):
     assert "over 2 invocations" in (tmp_path / "part" / "table.md").read_text()
 
 
+def test_workers_make_the_rows_one_process_makes(smoke, tmp_path):
+    """Rows made as jobs in worker processes (spawned, each tuning on its own) equal the one-process
+    run's: the tuned points, the GAN and its judgement, the numbers and the saved test probabilities.
+    The methods chosen are the ones whose jobs wait for another's choice (FedProx from FedAvg's, the
+    equal-steps control from HF-GAN's); that they come out as in the run with every method shows
+    also that no row depends on which rows ran before it."""
+    out, one, _ = smoke
+    methods = ["fedavg", "fedprox", "hfgan", "fedavg_steps"]
+    config = bm.BenchmarkConfig(dataset="pneumoniamnist", methods=methods, seeds=[0], profile="smoke")
+    par = bm.run_benchmark(config, tmp_path, progress=False, workers=2, threads=torch.get_num_threads())
+    keys = ("accuracy", "balanced_accuracy", "auc", "macro_f1", "hyperparameters", "classifier", "fid")
+    expected = {(r["method"], r["epsilon"]): {k: r.get(k) for k in keys} for r in one["runs"] if r["method"] in methods}
+    assert {(r["method"], r["epsilon"]): {k: r.get(k) for k in keys} for r in par["runs"]} == expected
+    assert par["tuning"] == {k: v for k, v in one["tuning"].items() if k.split("|")[0] in methods}
+    assert par["gan_quality"] == [q for q in one["gan_quality"] if q["gan"] == "hfgan"]
+    p_one, p_par = np.load(out / "probas.npz"), np.load(tmp_path / "probas.npz")
+    assert sorted(p_par.files) == sorted(f for f in p_one.files if f.split("|")[0] in methods + ["y_test"])
+    assert all(np.array_equal(p_one[k], p_par[k]) for k in p_par.files)
+    jobs = [c for c in par["invocations"] if c.get("worker")]
+    assert len(jobs) == 4 and sum(c["units_made"] for c in jobs) >= 4  # the GAN block is one job, its judgement too
+    assert par["wall_time_s"] < sum(c["wall_time_s"] for c in par["invocations"])  # the jobs' time: not added
+    assert "made by 4 jobs in worker processes (`--workers`)" in (tmp_path / "table.md").read_text()
+
+
+def test_jobs_wait_for_the_choices_they_read():
+    """The plan of a parallel run makes every row the one-process run makes, once, and orders its
+    jobs as the tuning protocol needs: the first seed's job of a method before the other seeds'
+    (they reuse its choice), FedAvg's before FedProx's and augmentation's, HF-GAN's (headline epsilon)
+    before the equal-steps control's."""
+    from hfgan_core.benchmark.jobs import plan
+    config = bm.BenchmarkConfig(dataset="pneumoniamnist", methods=list(bm.METHODS), seeds=[3, 1, 2], profile="quick",
+                                epsilons=[10.0], curve_epsilons=[1.0, math.inf])  # quick: the curve on seed 3 only
+    jobs = plan(config)
+    made = [(m, j.seed, math.inf if j.epsilon is None else j.epsilon) for j in jobs for m in j.methods]
+    plain = [m for m in bm.METHODS if m not in bm.PRIVATE_ROWS]
+    expected = ([(m, s, math.inf) for m in plain for s in (3, 1, 2)]
+                + [(m, s, 10.0) for m in bm.PRIVATE_ROWS for s in (3, 1, 2)]
+                + [(m, 3, e) for m in bm.CURVE_METHODS for e in (1.0, math.inf) if (m, e) != ("dp_fedavg", math.inf)])
+    assert sorted(made, key=str) == sorted(expected, key=str) and len(made) == len(set(made))
+
+    def job(method: str, seed: int, eps: float | None = None) -> int:
+        return next(i for i, j in enumerate(jobs) if method in j.methods and j.seed == seed and j.epsilon == eps)
+    for i, j in enumerate(jobs):
+        assert all(n < i for n in j.needs)
+        if j.seed != 3:
+            assert j.needs == (job(j.methods[0], 3, j.epsilon),)
+    assert jobs[job("fedprox", 3)].needs == jobs[job("fedavg_aug", 3)].needs == (job("fedavg", 3),)
+    assert jobs[job("fedavg_steps", 3)].needs == (job("hfgan", 3, 10.0),)
+    assert len(jobs[job("hfgan", 1, 10.0)].methods) == 3  # one GAN, one job
+    assert jobs[job("hfgan", 3, 1.0)].methods == ("hfgan", "hfgan_synth_only")
+
+
+def test_processes_side_by_side_add_their_tuning_choices_without_losing_any(tmp_path):
+    stamp = {"settings": {}, "code": "x"}
+    a = Units(tmp_path, stamp, resume=False)
+    b = Units(tmp_path, stamp, resume=True, worker=True)  # opened before a chose anything
+    a.merge(("tuning",), {"fedavg|inf": {"chosen": {"lr": 0.01}}})
+    assert b.merge(("tuning",), {"local|inf": {"chosen": {"lr": 0.001}}}) == {
+        "fedavg|inf": {"chosen": {"lr": 0.01}}, "local|inf": {"chosen": {"lr": 0.001}}}
+    assert a.get(("tuning",)) == b.merge(("tuning",), {"fedavg|inf": {"chosen": {"lr": 0.01}}})  # the same: fine
+    with pytest.raises(RuntimeError, match="fedavg|inf was already chosen differently"):
+        b.merge(("tuning",), {"fedavg|inf": {"chosen": {"lr": 0.003}}})
+
+
 def test_resume_refuses_results_of_other_settings_or_code(tmp_path, monkeypatch):
     stamp = {"settings": {"alpha": 0.5}, "code": "hfgan_core sha256 a"}
     Units(tmp_path, stamp, resume=False).put(("row", "fedavg", 0, 10.0), {"accuracy": 0.8}, np.ones(3))
@@ -347,6 +411,7 @@ def test_resume_refuses_results_of_other_settings_or_code(tmp_path, monkeypatch)
     (["--synthetic-ratio", "0"], "--synthetic-ratio must be positive"),
     (["--mu", "-1"], "--mu (FedProx) must be positive"),
     (["--dataset", "nosuchset"], "nosuchset.npz not found"),
+    (["--workers", "0"], "--workers must be at least 1"),
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, cli, args, message):
     real_data("pneumoniamnist.npz")

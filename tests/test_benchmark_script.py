@@ -3,7 +3,7 @@ import re
 import subprocess
 import sys
 
-from conftest import ROOT, assert_one_clear_line
+from conftest import ROOT
 
 
 def test_dp_step_benchmark_prints_ratio_line():
@@ -13,6 +13,17 @@ def test_dp_step_benchmark_prints_ratio_line():
     lines = proc.stdout.strip().splitlines()
     assert re.fullmatch(r"dp/plain speed ratio: \d+\.\d\d", lines[-1])
     assert any(line.startswith("opacus hooks (DP)") for line in lines)
+
+
+def test_workers_benchmark_prints_ratio_line():
+    from conftest import real_data
+    real_data("pneumoniamnist.npz")
+    proc = subprocess.run([sys.executable, "benchmarks/benchmark_workers.py", "--methods", "fedavg", "local",
+                           "--seeds", "0", "--workers", "2"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert re.fullmatch(r"workers/one-process benchmark speed ratio: \d+\.\d\d", lines[-1])
+    assert re.fullmatch(r"rows that differ: \d+ of 2.*", lines[-2])
 
 
 def test_paired_controls_scores_the_saved_probabilities(tmp_path):
@@ -36,41 +47,6 @@ def test_paired_controls_scores_the_saved_probabilities(tmp_path):
         line = proc.stdout.splitlines()[1 + ("fedavg", "fedavg_steps", "fedavg_balanced", "fedavg_null").index(control)]
         delta, low, high = map(float, re.search(r"accuracy ([-+.\d]+) \[([-+.\d]+), ([-+.\d]+)\]", line).groups())
         assert delta == round(expected, 3) and low <= delta <= high
-
-
-def test_pretrained_gans_are_reused_by_the_benchmark(tmp_path, monkeypatch):
-    """benchmarks/pretrain_gans.py, given the benchmark's flags, trains the HF-GAN runs the benchmark
-    then started with --resume takes as finished (no GAN trained again: the same stamp, also with
-    flags that change the profile), records its own time as an invocation, and refuses a folder
-    of other settings in one line."""
-    import json
-
-    import hfgan_core.benchmark as bm
-    from conftest import real_data
-    real_data("pneumoniamnist.npz")
-    flags = ["--dataset", "pneumoniamnist", "--seeds", "1", "--rounds", "2", "--synthetic-ratio", "0.5",
-             "--out", str(tmp_path)]
-    script = [sys.executable, "benchmarks/pretrain_gans.py", *flags]
-    proc = subprocess.run(script + ["--profile", "smoke"], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    ready, trained = proc.stdout.strip().splitlines()
-    assert ready.startswith("stamp ready in ") and (tmp_path / "units" / "stamp.json").exists()
-    assert re.fullmatch(r"seed 1, eps 10: spent eps \d+\.\d{3}, trained in \d+ s", trained)
-    made = (tmp_path / "gan_runs" / "hfgan-seed1-eps10.0" / "generators.pt").stat().st_mtime_ns
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("the benchmark trained a GAN the script had finished")
-    monkeypatch.setattr(sys.modules["hfgan_core.train"], "train", no_training)
-    config = bm.BenchmarkConfig(dataset="pneumoniamnist", methods=["hfgan"], seeds=[1], profile="smoke", gan_rounds=2,
-                                synthetic_ratio=0.5)
-    report = bm.run_benchmark(config, tmp_path, progress=False, resume=True)
-    assert [(r["method"], r["seed"]) for r in report["runs"]] == [("hfgan", 1)]
-    assert (tmp_path / "gan_runs" / "hfgan-seed1-eps10.0" / "generators.pt").stat().st_mtime_ns == made
-    calls = json.loads((tmp_path / "runs.json").read_text())["invocations"]
-    assert len(calls) == 2 and calls[0]["units_made"] == 0 and calls[1]["units_made"] > 0
-    other = subprocess.run(script + ["--profile", "quick"], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert_one_clear_line(other, "holds a run made with other")
-    assert "give this script the benchmark's own flags" in other.stderr
 
 
 def test_recipe_compare_is_the_paired_difference_by_seed(tmp_path):

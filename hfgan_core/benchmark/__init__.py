@@ -8,6 +8,7 @@
 * ``runner``: the hospitals, every method on them, the sealed test split;
 * ``tables``: table.csv / table.md from runs.json, paired differences, footnotes;
 * ``units``: every finished result kept, so a stopped run resumes (``--resume``) with the same code;
+* ``jobs``: the rows as jobs in worker processes, side by side (``--workers``), in the order tuning needs;
 * ``provenance``: commit, hardware and versions recorded with every result.
 """
 from .config import (CURVE_METHODS, GAN_LABELS, METHODS, PRIVATE_ROWS, PROFILES, BenchmarkConfig, Method,

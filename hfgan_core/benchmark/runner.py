@@ -65,12 +65,18 @@ class SealedTest:
 
 
 def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = True,
-                  echo: bool | None = None, resume: bool = False) -> dict:
+                  echo: bool | None = None, resume: bool = False, workers: int = 1,
+                  threads: int | None = None) -> dict:
     """Run every (method, seed, epsilon), then write table.csv, table.md and runs.json under ``out``.
     ``progress`` shows progress bars, ``echo`` (default: same as progress) one line per result;
-    ``resume`` reuses the results a stopped run with the same settings and code finished."""
+    ``resume`` reuses the results a stopped run with the same settings and code finished.
+    ``workers`` > 1 first runs the rows as jobs in that many processes (``jobs``; ``threads`` torch
+    threads each, default cores / workers), then assembles the tables from their units as a resumed
+    run would: the same numbers as one process, sooner where one process leaves the machine idle."""
     echo = progress if echo is None else echo
     _check(config)
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {workers})")
     prof = run_profile(config)
     weights = inception_weights()  # standard FID/IS too, when the Inception-v3 weights are on disk
     ds = _load(config, prof)
@@ -81,6 +87,9 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
     test = SealedTest(ds)
     dev = replace(ds, test=None)  # from here on only `test.read` reaches the test split
     extractor, extractor_info = _extractor(units, dev, epochs=prof.extractor_epochs, device=config.device)
+    if workers > 1:  # every row as a unit, made in worker processes; the loop below then only collects them
+        from .jobs import run_jobs
+        run_jobs(config, out, workers=workers, threads=threads, echo=echo)
     tx, ty = test.read(("extractor",))
     extractor_info = extractor_info | {"test_accuracy": float((predict_proba(extractor, tx).argmax(1) == ty.numpy()).mean())}
     records, hospitals, gan_quality = [], {}, []
@@ -98,12 +107,30 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
               "extractor": extractor_info, "reference": _reference(extractor, dev, test),
               "hospitals": hospitals, "class_mix_release": class_mix_release(config.delta, prof.accountant),
               "runs": records, "gan_quality": gan_quality, "tuning": tuner.log}
-    invocations = units.invocations()  # more than one when the run was resumed
-    report |= {"wall_time_s": sum(i["wall_time_s"] for i in invocations), "invocations": invocations,
-               "provenance": prov}
+    invocations = units.invocations()  # more than one when the run was resumed or had workers
+    report |= {"wall_time_s": sum(i["wall_time_s"] for i in invocations if not i.get("worker")),
+               "worker_time_s": sum(i["wall_time_s"] for i in invocations if i.get("worker")),
+               "invocations": invocations, "provenance": prov}
     (out / "runs.json").write_text(json.dumps(jsonable(report), indent=2))
     write_tables(out)
     return report
+
+
+def run_job(config: BenchmarkConfig, out: str | Path, *, echo: bool = False) -> None:
+    """One job of a parallel run (``jobs``): the rows of ``config`` (one seed), written as units
+    under ``out``, whose stamp and extractor the run made before it started the jobs; no tables."""
+    _check(config)  # in this process too: the device's settings (TF32 off on CUDA)
+    prof = run_profile(config)
+    ds = _load(config, prof)
+    units = Units(Path(out) / "units", _stamp(config, prof, ds), resume=True, provenance=provenance(config.device),
+                  worker=True)
+    dev = replace(ds, test=None)
+    extractor, _ = _extractor(units, dev, epochs=prof.extractor_epochs, device=config.device)
+    tuner = Tuner(k=prof.tune)
+    tuner.log = units.get(("tuning",)) or {}  # the choices of the jobs this one waited for
+    for seed in config.seeds:
+        _run_seed(config, prof, dev, seed, extractor, SealedTest(ds), Path(out), tuner, units, False, echo,
+                  inception_weights())
 
 
 MIX_SIGMA = 10.0  # noise multiplier of the per-hospital class-mix histogram the benchmark publishes
@@ -247,7 +274,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             m["classifier"] |= {"noise_multipliers": results[0].noise_multipliers, "dp_steps": results[0].steps}
         m["hyperparameters"] = point  # the tuned point (runs.json "tuning": the grid and every point tried)
         m["wall_time_s"] = time.time() - started
-        units.put(("tuning",), tuner.log)  # the choice this row's fit may have made, before the row itself
+        tuner.log = units.merge(("tuning",), tuner.log)  # the choice this row's fit may have made, before the row
         m["_probas"] = np.stack(probas).astype(np.float32)  # (models, N, K): the paired statistics; to probas.npz
         units.put(("row", method, seed, eps), {k: v for k, v in m.items() if k != "_probas"}, m["_probas"])
         records.append(m)

@@ -241,13 +241,19 @@ def footnotes(report: dict) -> str:
 
 
 def _invocations_note(report: dict) -> str:
-    """A resumed run says over how many invocations (and machines) its results were made."""
-    calls = report.get("invocations", [])
-    if len(calls) < 2:
-        return ""
+    """A resumed run says over how many invocations (and machines) its results were made; a parallel
+    one, how many jobs its worker processes ran and their summed time."""
+    every = report.get("invocations", [])
+    calls = [c for c in every if not c.get("worker")]
+    jobs = len(every) - len(calls)
     hardware = sorted({c["hardware"] for c in calls})
-    return (f" over {len(calls)} invocations (`--resume`; every result reused only with the same settings, data and "
-            f"code{'' if len(hardware) == 1 else '; hardware: ' + ' / '.join(hardware)})")
+    note = "" if len(calls) < 2 else (
+        f" over {len(calls)} invocations (`--resume`; every result reused only with the same settings, data and "
+        f"code{'' if len(hardware) == 1 else '; hardware: ' + ' / '.join(hardware)})")
+    if jobs:
+        note += (f"; its rows made by {jobs} jobs in worker processes (`--workers`), "
+                 f"{report.get('worker_time_s', 0) / 60:.1f} min of their time summed")
+    return note
 
 
 def _tuning_note(report: dict) -> str:

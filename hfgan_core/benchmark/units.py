@@ -9,8 +9,10 @@ out). Anything else is refused, never mixed.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
+import itertools
 import json
 import os
 import shutil
@@ -47,9 +49,12 @@ def file_hash(path: str | Path) -> str:
 class Units:
     """``get``/``put`` of JSON units (with an optional array) under ``root``; ``stamp`` says what
     made them, ``provenance`` where (hardware, commit). Without ``resume`` (or with nothing to
-    resume) the folder starts empty."""
+    resume) the folder starts empty. ``worker``: a job of a parallel run (``jobs``), whose time the
+    run's own invocation already counts."""
+    _opened = itertools.count()  # two jobs of one worker process within a second keep two invocation files
 
-    def __init__(self, root: str | Path, stamp: dict, *, resume: bool, provenance: dict | None = None) -> None:
+    def __init__(self, root: str | Path, stamp: dict, *, resume: bool, provenance: dict | None = None,
+                 worker: bool = False) -> None:
         self.root, self.stamp = Path(root), jsonable(stamp)
         saved = self.root / "stamp.json"
         self.resumed = resume and saved.exists()
@@ -65,7 +70,9 @@ class Units:
             _write(saved, json.dumps(self.stamp, indent=2))
         self.made, self.reused = 0, set()  # units written by this invocation; keys it took from earlier ones
         self.started = time.time()
-        self._me = self.root / "invocations" / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}.json"
+        self.worker = worker
+        self._me = self.root / "invocations" / (f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+                                                f"{f'-{next(self._opened)}' if worker else ''}.json")
         self._me.parent.mkdir(exist_ok=True)
         self.provenance = provenance or {}
 
@@ -96,14 +103,29 @@ class Units:
         self.made += 1
         self.invocations()  # kept current: a run killed later still counts its time up to here
 
+    def merge(self, key: tuple, entries: dict) -> dict:
+        """Add ``entries`` to the dict unit ``key`` and return the whole: processes running side by side
+        (``jobs``) each add their own, under a lock, so none overwrites another's. An entry both hold
+        must agree: two processes that chose differently for one key would have made rows from both."""
+        with open(self.root / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            path = self._path(key)
+            held = json.loads(path.read_text()) if path.exists() else {}
+            clash = [k for k in entries.keys() & held.keys() if jsonable(entries[k]) != jsonable(held[k])]
+            if clash:
+                raise RuntimeError(f"{key} {clash[0]} was already chosen differently by another process")
+            if entries.keys() - held.keys():
+                self.put(key, held | entries)
+            return held | entries
+
     def invocations(self) -> list[dict]:
         """Every invocation that worked on these units, in the order they started (wall time up to
         now, units made and reused, hardware and commit from ``provenance``). Each writes its own
-        file under ``invocations/``, so processes working on different seeds of one run can share
-        the folder once the first seed is finished (every method is tuned on it, the equal-steps
-        control only after HF-GAN's rows; ``tuning.json`` is rewritten whole by each process)."""
+        file under ``invocations/``, so the worker processes of a parallel run (``jobs``) share the
+        folder; ``tuning.json`` they extend with ``merge``."""
         now = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.started)) + " UTC",
                "wall_time_s": time.time() - self.started, "units_made": self.made, "units_reused": len(self.reused),
+               **({"worker": True} if self.worker else {}),
                **{k: self.provenance.get(k) for k in ("hardware", "git_sha", "python", "versions")}}
         _write(self._me, json.dumps(now))
         return [json.loads(f.read_text()) for f in sorted(self._me.parent.glob("*.json"))]
