@@ -74,10 +74,11 @@ def plan(c: BenchmarkConfig) -> list[Job]:
 
 
 def run_jobs(c: BenchmarkConfig, out: str | Path, *, workers: int, threads: int | None = None,
-             echo: bool = True) -> None:
+             resume: bool = False, echo: bool = True) -> None:
     """Run every job of ``plan`` in ``workers`` processes (spawned: CUDA and torch's threads survive
-    no fork), each with ``threads`` torch threads (default: the cores shared out). The first error
-    stops the run: the other jobs are ended, their finished units kept (``--resume`` continues)."""
+    no fork), each with ``threads`` torch threads (default: the cores shared out). ``resume``: the
+    run continues an earlier one (its GAN run folders may be reused). The first error stops the
+    run: the other jobs are ended, their finished units kept (``--resume`` continues)."""
     from .runner import run_job
     jobs = plan(c)
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
@@ -94,7 +95,7 @@ def run_jobs(c: BenchmarkConfig, out: str | Path, *, workers: int, threads: int 
             for i in sorted(i for i in todo if not set(jobs[i].needs) & (todo | running)):
                 todo.remove(i)
                 running.add(i)
-                pool.apply_async(run_job, (jobs[i].config(c), str(out)), {"echo": echo},
+                pool.apply_async(run_job, (jobs[i].config(c), str(out)), {"resume": resume, "echo": echo},
                                  callback=lambda _, i=i: results.put((i, None)),
                                  error_callback=lambda e, i=i: results.put((i, e)))
             i, error = results.get()

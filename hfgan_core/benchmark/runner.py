@@ -89,7 +89,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
     extractor, extractor_info = _extractor(units, dev, epochs=prof.extractor_epochs, device=config.device)
     if workers > 1:  # every row as a unit, made in worker processes; the loop below then only collects them
         from .jobs import run_jobs
-        run_jobs(config, out, workers=workers, threads=threads, echo=echo)
+        run_jobs(config, out, workers=workers, threads=threads, resume=units.resumed, echo=echo)
     tx, ty = test.read(("extractor",))
     extractor_info = extractor_info | {"test_accuracy": float((predict_proba(extractor, tx).argmax(1) == ty.numpy()).mean())}
     records, hospitals, gan_quality = [], {}, []
@@ -116,14 +116,16 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
     return report
 
 
-def run_job(config: BenchmarkConfig, out: str | Path, *, echo: bool = False) -> None:
+def run_job(config: BenchmarkConfig, out: str | Path, *, resume: bool, echo: bool = False) -> None:
     """One job of a parallel run (``jobs``): the rows of ``config`` (one seed), written as units
-    under ``out``, whose stamp and extractor the run made before it started the jobs; no tables."""
+    under ``out``, whose stamp and extractor the run made before it started the jobs; no tables.
+    ``resume``: the run's own flag (a GAN run folder left by an earlier run is reused only then)."""
     _check(config)  # in this process too: the device's settings (TF32 off on CUDA)
     prof = run_profile(config)
     ds = _load(config, prof)
     units = Units(Path(out) / "units", _stamp(config, prof, ds), resume=True, provenance=provenance(config.device),
                   worker=True)
+    units.resumed = resume  # the folder is this run's (opened, not wiped); whether earlier runs count is the run's
     dev = replace(ds, test=None)
     extractor, _ = _extractor(units, dev, epochs=prof.extractor_epochs, device=config.device)
     tuner = Tuner(k=prof.tune)
