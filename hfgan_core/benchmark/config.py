@@ -108,6 +108,16 @@ def run_profile(c: BenchmarkConfig) -> Profile:
     return prof
 
 
+def private_rows(c: BenchmarkConfig, prof: Profile, seed: int) -> list[tuple[float, list[str]]]:
+    """The private rows a seed makes: (epsilon, methods) for every table epsilon, and for the curve
+    epsilons on the profile's curve seeds, the curve methods only. Without noise DP-SGD FedAvg is
+    FedAvg again (its sigma -> 0 limit is the clipping-only row), so it has no epsilon-infinity row."""
+    on_curve = prof.curve_seeds is None or seed in c.seeds[:prof.curve_seeds]
+    return [(eps, [m for m in c.methods if m in PRIVATE_ROWS and (eps in c.epsilons or m in CURVE_METHODS)
+                   and not (m == "dp_fedavg" and eps == float("inf"))])
+            for eps in c.epsilons + (c.curve_epsilons if on_curve else [])]
+
+
 def profile_json(prof: Profile) -> dict:
     return {"gan": prof.gan, "gan_epochs": prof.gan_epochs, "gan_scale": prof.gan_scale, "fed": asdict(prof.fed), "dpgan": prof.dpgan,
             "synthetic_ratio": prof.synthetic_ratio, "extractor_epochs": prof.extractor_epochs, "mu": prof.mu,

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import CURVE_METHODS, METHODS, PRIVATE_ROWS, BenchmarkConfig, run_profile
+from .config import METHODS, PRIVATE_ROWS, BenchmarkConfig, private_rows, run_profile
 from .tuning import INHERIT
 
 
@@ -59,10 +59,7 @@ def plan(c: BenchmarkConfig) -> list[Job]:
     first = c.seeds[0]  # the seed every (method, epsilon) is tuned on
     hf_eps = c.epsilons[0]
     for seed in c.seeds:
-        on_curve = prof.curve_seeds is None or seed in c.seeds[:prof.curve_seeds]
-        for eps in c.epsilons + (c.curve_epsilons if on_curve else []):
-            wanted = [m for m in c.methods if m in PRIVATE_ROWS and (eps in c.epsilons or m in CURVE_METHODS)
-                      and not (m == "dp_fedavg" and eps == float("inf"))]  # the runner's rule
+        for eps, wanted in private_rows(c, prof, seed):
             hf = [m for m in wanted if METHODS[m].gan == "hfgan"]
             for group in [hf] + [[m] for m in wanted if m not in hf]:
                 add(seed, group, eps, [(first, group[0], eps)] if seed != first else [])

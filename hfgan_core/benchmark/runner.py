@@ -36,7 +36,7 @@ from ..metrics import classification_metrics, fid, inception_score, inception_we
 from ..privacy import compute_epsilon, config_key, noise_seed, noisy_label_histogram
 from ..models import build_models
 from ..train import TrainConfig, hospital_parts, trained_generators
-from .config import CURVE_METHODS, METHODS, PRIVATE_ROWS, PROFILES, BenchmarkConfig, Profile, profile_json, run_profile
+from .config import METHODS, PRIVATE_ROWS, PROFILES, BenchmarkConfig, Profile, private_rows, profile_json, run_profile
 from .provenance import jsonable, provenance
 from .tables import write_tables
 from .tuning import Tuner
@@ -313,11 +313,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
     last = ["fedavg_steps"] if "hfgan" in c.methods else []
     for method in [m for m in METHODS if m in c.methods and m not in PRIVATE_ROWS and m not in last]:
         plain_row(method)  # in METHODS' order, whatever --methods says: FedAvg before FedProx and augmentation
-    on_curve = prof.curve_seeds is None or seed in c.seeds[:prof.curve_seeds]
-    for eps in c.epsilons + (c.curve_epsilons if on_curve else []):
-        wanted = [m for m in c.methods if m in PRIVATE_ROWS and (eps in c.epsilons or m in CURVE_METHODS)
-                  and not (m == "dp_fedavg" and math.isinf(eps))]  # without noise DP-SGD FedAvg is FedAvg again;
-        #                                                          its sigma -> 0 limit is the clipping-only row
+    for eps, wanted in private_rows(c, prof, seed):
         hf_rows = [m for m in wanted if METHODS[m].gan == "hfgan"]
         hf_done = {m: finished(m, eps) for m in hf_rows}
         if hf_rows and (None in hf_done.values() or not units.has(("quality", "hfgan", seed, eps))):
