@@ -80,6 +80,10 @@ RECIPES: dict[str, dict] = {
     # A generator twice as wide: G's steps read no real data, so its size costs no privacy; does a larger G
     # make more of the same noisy D?
     "d5-ms-m9-ngf64": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, beta1_d=0.9, ngf=64),
+    # Per-layer clipping: D's per-example gradient norms are 100-500x C, and its heads (real/fake, class,
+    # projection) hold < 1 % of the squared norm, so global clipping scales their signal down to almost
+    # nothing while the noise per coordinate stays; each layer clipped to C / sqrt(6) keeps their share.
+    "d5-ms-m9-pl": SESSION1 | dict(rounds=400, d_steps=5, mode_seeking=1.0, beta1_d=0.9, clip_per_layer=True),
 }
 OUT = Path("results/recipe_search/generators.jsonl")
 

@@ -21,6 +21,8 @@ _HELP = {
     "d_steps": "discriminator steps per round", "g_steps": "generator steps per client per round",
     "batch_size": "expected real images per client batch (= fakes per batch)",
     "max_grad_norm": "per-example clipping norm C",
+    "clip_per_layer": "clip each D layer's part of an example's gradient to C / sqrt(layers) (the same bound C, "
+                      "the same noise; off in the recipe)",
     "epsilon": "per-record, per-hospital epsilon target ('inf' disables DP)",
     "delta": "delta of the (epsilon, delta) guarantee", "accountant": "prv (default) or rdp",
     "noise_multiplier": "fixed sigma instead of calibrating it; training stops when epsilon is reached "

@@ -14,6 +14,11 @@ gradient is a product of its input activations a_i and output gradients g_i, so
 4. with the clip factors c_i known, the clipped sum per layer is one matmul
    sum_i c_i g_i^T a_i.
 
+``per_layer`` clips each of the L layers' part of an example's gradient to C / sqrt(L) instead
+(group-wise clipping, McMahan et al. 2018): the whole still has norm <= C, so the sensitivity and
+the noise are unchanged, but a layer whose gradients are small next to the others' (D's heads)
+keeps its share of the signal instead of being scaled away with them.
+
 The model must be a composition of those layers and parameter-free modules, with
 no layer mixing examples (no BatchNorm) and no in-place op on a layer's output.
 """
@@ -38,12 +43,13 @@ class PerExampleClipper:
     """Computes the sum of per-example clipped gradients of ``model``'s parameters."""
 
     def __init__(self, model: nn.Module, *, max_grad_norm: float,
-                 probe: tuple[torch.Tensor, ...] | None = None) -> None:
+                 probe: tuple[torch.Tensor, ...] | None = None, per_layer: bool = False) -> None:
         """``probe``: a few example inputs (a batch of 3 or more) to check that no layer mixes
-        examples, including parameter-free ones no type check can know (minibatch-stddev)."""
+        examples, including parameter-free ones no type check can know (minibatch-stddev).
+        ``per_layer``: each layer's part clipped to C / sqrt(layers) (module docstring)."""
         if not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be positive, got {max_grad_norm}")
-        self.model, self.max_grad_norm = model, max_grad_norm
+        self.model, self.max_grad_norm, self.per_layer = model, max_grad_norm, per_layer
         self.layers = self._prepare_layers(model)
         if probe is not None:
             self._check_examples_independent(model, probe)
@@ -131,10 +137,14 @@ class PerExampleClipper:
             a = self._records[m][0]
             kind, sq, per_example, bias_g = _layer_norms(m, a, g)  # (3)
             sq_norms += sq
-            prepared.append((m, kind, a, g, per_example, bias_g))
+            prepared.append((m, kind, a, g, per_example, bias_g, sq))
         self._records.clear()
         norms = sq_norms.sqrt()
-        factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)  # (B,)
+        if self.per_layer:  # (B,) factors per layer, each part to C / sqrt(L)
+            bound = self.max_grad_norm / len(self.layers) ** 0.5
+            layer_factors = [(bound / (sq.sqrt() + 1e-6)).clamp(max=1.0) for *_, sq in prepared]
+        else:  # one (B,) factor for every layer: the whole gradient to C
+            layer_factors = [(self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)] * len(prepared)
 
         sizes = segments or [batch]
         if sum(sizes) != batch:
@@ -142,11 +152,13 @@ class PerExampleClipper:
         bounds = [0] + torch.tensor(sizes).cumsum(0).tolist()
         spans = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
         # coef[h, i] = c_i if example i is in segment h, else 0: a segment sum is one matmul
-        owner = torch.repeat_interleave(torch.arange(len(sizes), device=factors.device),
-                                        torch.tensor(sizes, device=factors.device))
-        coef = F.one_hot(owner, len(sizes)).T.to(factors.dtype) * factors  # (H, B)
+        owner = torch.repeat_interleave(torch.arange(len(sizes), device=norms.device),
+                                        torch.tensor(sizes, device=norms.device))
+        member = F.one_hot(owner, len(sizes)).T.to(norms.dtype)  # (H, B)
+        coefs = {id(f): member * f for f in layer_factors}  # (H, B) each; one when every layer shares the factors
         grads: dict[torch.nn.Parameter, torch.Tensor] = {}
-        for m, kind, a, g, per_example, bias_g in prepared:  # (4), one clipped sum per segment
+        for (m, kind, a, g, per_example, bias_g, _), factors in zip(prepared, layer_factors):  # (4), per segment
+            coef = coefs[id(factors)]
             if per_example is not None:
                 w = coef @ per_example.flatten(1)  # (H, out * k)
             else:

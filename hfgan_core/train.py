@@ -62,6 +62,7 @@ class TrainConfig:
     batch_size: int = 64  # expected real examples per client batch (and fakes per G step)
     fakes: int | None = None  # fakes per hospital per D step (None: batch_size); they cost no privacy
     max_grad_norm: float = 1.0
+    clip_per_layer: bool = False  # each D layer's part of a gradient to C / sqrt(layers) (same bound, same noise)
     epsilon: float = 10.0  # per-record, per-hospital target; inf trains without DP
     delta: float = 1e-5
     accountant: str = "prv"
@@ -189,7 +190,7 @@ def make_clipper(config: TrainConfig, d: torch.nn.Module, *, num_classes: int, c
     gen = torch.Generator().manual_seed(0)
     probe = (torch.randn(3, channels, image_size, image_size, generator=gen).to(config.device),
              (torch.arange(3) % num_classes).to(config.device))
-    return PerExampleClipper(d, max_grad_norm=config.max_grad_norm, probe=probe)
+    return PerExampleClipper(d, max_grad_norm=config.max_grad_norm, probe=probe, per_layer=config.clip_per_layer)
 
 
 def make_hospital(config: TrainConfig, cid: int, images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,

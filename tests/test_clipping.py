@@ -164,6 +164,39 @@ def test_conv_norms_match_brute_force_on_every_route(kernel, stride, padding, ro
     assert all(torch.allclose(g, w, rtol=1e-10) for g, w in zip(got, want))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_per_layer_clipping_clips_each_layer_to_its_share_of_c(device):
+    """``per_layer``: every layer's part of each example's gradient clipped to C / sqrt(L) alone, per
+    hospital segment (brute force: each example's gradient, split by the layer that owns each
+    weight); so each example's whole clipped gradient has norm <= C, the bound the noise is for."""
+    model, (x, y, target), unclipped, c, _, _ = median_clipped(28, 1, True, device)
+    layers = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+    bound = c / len(layers) ** 0.5
+    clipper = PerExampleClipper(model, max_grad_norm=c, per_layer=True)
+    with clipper.capture():
+        losses = per_example_d_loss(model, x, y, target.bool(), Objective())
+    sums, norms = clipper.clipped_grad_sum(losses, segments=[4, 6])
+    assert torch.allclose(norms, unclipped, rtol=1e-9)  # the norms reported stay the whole gradient's
+    owner = {p: i for i, m in enumerate(layers) for p in m.parameters(recurse=False)}
+    params = list(model.parameters())
+    want = [[torch.zeros_like(p) for p in params] for _ in range(2)]
+    clipped_parts = 0
+    for i in range(len(x)):
+        grads = torch.autograd.grad(example_loss(model, x[i:i + 1], y[i:i + 1], target[i:i + 1]), params,
+                                    allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        part = [torch.sqrt(sum(g.pow(2).sum() for p, g in zip(params, grads) if owner[p] == k)) for k in range(len(layers))]
+        clipped_parts += sum(float(n) > bound for n in part)
+        one = [g * min(1.0, bound / (float(part[owner[p]]) + 1e-6)) for p, g in zip(params, grads)]
+        assert float(torch.sqrt(sum(g.pow(2).sum() for g in one))) <= c * (1 + 1e-9)
+        for t, g in zip(want[0 if i < 4 else 1], one):
+            t += g
+    assert 0 < clipped_parts < len(x) * len(layers)  # some parts clipped, some not: the test can fail
+    for h in range(2):
+        for got, w in zip(sums, want[h]):
+            assert torch.allclose(got[h], w, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("aux", [False, True])
 def test_neighbouring_batches_differ_by_at_most_c_over_normaliser(aux):
     """Add or remove one real record: the upload before noise moves by <= C / normaliser (also

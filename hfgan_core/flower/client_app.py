@@ -163,7 +163,7 @@ def _discriminator(config: TrainConfig, h: cl.Client, weights: ArrayRecord) -> t
     """A copy of the server's D (and the clipper on it), loaded with the weights just received."""
     shape = dict(num_classes=h.generator.num_classes, channels=h.images.shape[1], image_size=h.images.shape[-1])
     key = ("D", config.nz, config.ngf, config.ndf, config.aux_weight > 0, config.max_grad_norm, config.clipped,
-           tuple(shape.values()), config.device)
+           config.clip_per_layer, tuple(shape.values()), config.device)
     if key not in _CACHE:
         d = build_discriminator(config, **shape)
         _CACHE[key] = (d, make_clipper(config, d, **shape))
