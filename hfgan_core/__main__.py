@@ -132,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
         n.add_argument("--device", default="cpu")
         n.add_argument("--out", default="results", help=f"<out>/<dataset>/{name}/: one benchmark per setting, {name}.md")
         n.add_argument("--resume", action="store_true", help="continue a stopped sweep: reuse finished results")
+        n.add_argument("--workers", type=int, default=1, help="processes making each setting's rows side by side")
         n.add_argument("--no-progress", action="store_true")
 
     t = sub.add_parser("tables", help="run the dataset notebooks (papermill) and write results/README.md")
@@ -236,7 +237,8 @@ def _sweep(args: argparse.Namespace) -> int:
     noniid = args.command == "noniid"
     rows = (run_noniid if noniid else run_ratio)(args.dataset, args.out, profile=args.profile, seeds=args.seeds,
                                                  epsilon=args.epsilon, data_dir=args.data_dir, device=args.device,
-                                                 progress=not args.no_progress, resume=args.resume)
+                                                 progress=not args.no_progress, resume=args.resume,
+                                                 workers=args.workers)
     root = Path(args.out) / args.dataset / args.command
     plot_sweep(rows, root / f"{args.command}.png", methods=NONIID_METHODS if noniid else RATIO_METHODS,
                xlabel="hospitals' label skew (Dirichlet α; IID: none)" if noniid else "synthetic images per real image",

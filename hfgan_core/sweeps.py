@@ -42,9 +42,10 @@ def setting_label(scheme: str, alpha: float | None) -> str:
 
 def run_noniid(dataset: str, out: str | Path, *, profile: str = "quick", seeds: list[int] = (0, 1, 2),
                epsilon: float = 10.0, data_dir: str | None = None, device: str = "cpu",
-               settings=SETTINGS, progress: bool = False, resume: bool = False) -> list[dict]:
+               settings=SETTINGS, progress: bool = False, resume: bool = False, workers: int = 1) -> list[dict]:
     """One benchmark per setting under <out>/<dataset>/noniid/<setting>; writes noniid.json and
-    noniid.md beside them and returns the rows. ``resume``: each benchmark continues (``units``)."""
+    noniid.md beside them and returns the rows. ``resume``: each benchmark continues (``units``);
+    ``workers``: each makes its rows in that many processes (``benchmark.jobs``)."""
     points = [("iid" if scheme == "iid" else f"alpha{alpha:g}",
                {"setting": setting_label(scheme, alpha), "partition": scheme, "alpha": alpha},
                {"partition": scheme, "alpha": alpha or 0.5}) for scheme, alpha in settings]
@@ -53,12 +54,12 @@ def run_noniid(dataset: str, out: str | Path, *, profile: str = "quick", seeds: 
     return _sweep(Path(out) / dataset / "noniid", "noniid", points, NONIID_METHODS,
                   f"### {dataset}: test accuracy as hospitals differ", note,
                   dict(dataset=dataset, profile=profile, seeds=list(seeds), epsilons=[epsilon], data_dir=data_dir,
-                       device=device), progress, resume)
+                       device=device), progress, resume, workers)
 
 
 def run_ratio(dataset: str, out: str | Path, *, profile: str = "quick", seeds: list[int] = (0, 1, 2),
               epsilon: float = 10.0, data_dir: str | None = None, device: str = "cpu", ratios=RATIOS,
-              progress: bool = False, resume: bool = False) -> list[dict]:
+              progress: bool = False, resume: bool = False, workers: int = 1) -> list[dict]:
     """One benchmark per synthetic ratio under <out>/<dataset>/ratio/<ratio>, all reading the
     HF-GAN runs of <out>/<dataset>/ratio/gan_runs (trained by the first ratio, reused after)."""
     root = Path(out) / dataset / "ratio"
@@ -72,11 +73,11 @@ def run_ratio(dataset: str, out: str | Path, *, profile: str = "quick", seeds: l
             "synthetic (or null) images per real image, and FedAvg with as many steps takes the same optimizer steps.")
     return _sweep(root, "ratio", points, RATIO_METHODS, f"### {dataset}: synthetic images per real image", note,
                   dict(dataset=dataset, profile=profile, seeds=list(seeds), epsilons=[epsilon], data_dir=data_dir,
-                       device=device, gan_cache=str(root / "gan_runs")), progress, resume)
+                       device=device, gan_cache=str(root / "gan_runs")), progress, resume, workers)
 
 
 def _sweep(root: Path, name: str, points: list[tuple[str, dict, dict]], methods: list[str], title: str, note: str,
-           common: dict, progress: bool, resume: bool = False) -> list[dict]:
+           common: dict, progress: bool, resume: bool = False, workers: int = 1) -> list[dict]:
     """Run one benchmark per point (sub-folder, what its rows are labelled with, the BenchmarkConfig
     settings it varies) on ``common`` settings; write <name>.json and <name>.md under ``root``."""
     rows = []
@@ -85,7 +86,7 @@ def _sweep(root: Path, name: str, points: list[tuple[str, dict, dict]], methods:
         config = BenchmarkConfig(methods=methods, **common, **varied)
         if resume:
             _seed_units(root.parent, sub, config)
-        run_benchmark(config, sub, progress=progress, echo=progress, resume=resume)
+        run_benchmark(config, sub, progress=progress, echo=progress, resume=resume, workers=workers)
         report = load_runs(sub)
         rows += [row | labels for row in add_paired_deltas(summarise(report["runs"], methods), sub)]
     c = common
