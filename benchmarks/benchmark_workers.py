@@ -23,6 +23,7 @@ import time
 import torch
 
 import hfgan_core.benchmark as bm
+from hfgan_core.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,8 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, workers in (("one process", 1), (f"{args.workers} workers", args.workers)):
             torch.set_num_threads(args.threads * (args.workers if workers == 1 else 1))
             start = time.perf_counter()
-            report = bm.run_benchmark(config, f"{tmp}/{workers}", progress=False, echo=False, workers=workers,
-                                      threads=args.threads)
+            try:
+                report = bm.run_benchmark(config, f"{tmp}/{workers}", progress=False, echo=False, workers=workers,
+                                          threads=args.threads)
+            except UserError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
             times[name] = time.perf_counter() - start
             runs[name] = {(r["method"], r["seed"], r["epsilon"]): (r["hyperparameters"], r["auc"]) for r in report["runs"]}
             print(f"{name}: {len(report['runs'])} rows in {times[name]:.1f} s", flush=True)
