@@ -624,12 +624,13 @@ def test_dp_training_refuses_settings_the_accountant_does_not_cover():
 def test_curve_epsilons_add_rows_for_the_curve_methods_on_the_first_seed(tmp_path):
     """--epsilon 10 --curve-epsilon inf: every private method at 10, every seed; the curve's methods
     also at inf, on the profile's curve seeds (smoke: the first); the rest not at all. The DP
-    classifier has no row at inf: without noise it would be FedAvg again."""
+    classifier has no row at inf: without noise it would be FedAvg again. (Made by 2 workers: the
+    one-process path makes the notebooks' curves in test_notebooks.)"""
     real_data("pneumoniamnist.npz")
     report = bm.run_benchmark(bm.BenchmarkConfig(dataset="pneumoniamnist",
                                                  methods=["fedavg", "hfgan", "dpfedavg_gan", "dp_fedavg"],
                                                  seeds=[0, 1], profile="smoke", epsilons=[10.0],
-                                                 curve_epsilons=[math.inf]), tmp_path, progress=False)
+                                                 curve_epsilons=[math.inf]), tmp_path, progress=False, workers=2)
     runs = {(r["method"], r["seed"], r["epsilon"]) for r in report["runs"]}
     assert runs == {("fedavg", 0, math.inf), ("fedavg", 1, math.inf), ("hfgan", 0, 10.0), ("hfgan", 1, 10.0),
                     ("dpfedavg_gan", 0, 10.0), ("dpfedavg_gan", 1, 10.0), ("hfgan", 0, math.inf),
