@@ -140,29 +140,27 @@ class PerExampleClipper:
             prepared.append((m, kind, a, g, per_example, bias_g, sq))
         self._records.clear()
         norms = sq_norms.sqrt()
-        if self.per_layer:  # (B,) factors per layer, each part to C / sqrt(L)
+        if self.per_layer:  # (L, B): each layer's part to C / sqrt(L)
             bound = self.max_grad_norm / len(self.layers) ** 0.5
-            layer_factors = [(bound / (sq.sqrt() + 1e-6)).clamp(max=1.0) for *_, sq in prepared]
-        else:  # one (B,) factor for every layer: the whole gradient to C
-            layer_factors = [(self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)] * len(prepared)
+            factors = (bound / (torch.stack([sq for *_, sq in prepared]).sqrt() + 1e-6)).clamp(max=1.0)
+        else:  # (L, B), one row repeated: the whole gradient to C
+            factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0).expand(len(prepared), -1)
 
         sizes = segments or [batch]
         if sum(sizes) != batch:
             raise ValueError(f"segments {segments} do not add up to the batch of {batch} examples")
         bounds = [0] + torch.tensor(sizes).cumsum(0).tolist()
         spans = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
-        # coef[h, i] = c_i if example i is in segment h, else 0: a segment sum is one matmul
+        # coefs[l, h, i] = layer l's factor for example i if i is in segment h, else 0: a segment sum is one matmul
         owner = torch.repeat_interleave(torch.arange(len(sizes), device=norms.device),
                                         torch.tensor(sizes, device=norms.device))
-        member = F.one_hot(owner, len(sizes)).T.to(norms.dtype)  # (H, B)
-        coefs = {id(f): member * f for f in layer_factors}  # (H, B) each; one when every layer shares the factors
+        coefs = F.one_hot(owner, len(sizes)).T.to(norms.dtype) * factors[:, None, :]  # (L, H, B)
         grads: dict[torch.nn.Parameter, torch.Tensor] = {}
-        for (m, kind, a, g, per_example, bias_g, _), factors in zip(prepared, layer_factors):  # (4), per segment
-            coef = coefs[id(factors)]
+        for (m, kind, a, g, per_example, bias_g, _), f, coef in zip(prepared, factors, coefs):  # (4), per segment
             if per_example is not None:
                 w = coef @ per_example.flatten(1)  # (H, out * k)
             else:
-                w = torch.stack([_clipped_weight_sum(m, kind, a[s], g[s], factors[s]) for s in spans])
+                w = torch.stack([_clipped_weight_sum(m, kind, a[s], g[s], f[s]) for s in spans])
             grads[m.weight] = w.view(len(spans), *m.weight.shape)
             if bias_g is not None:
                 grads[m.bias] = coef @ bias_g  # (H, out)
