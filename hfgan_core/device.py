@@ -10,6 +10,7 @@ it clips, whoever calls it.
 """
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -19,12 +20,18 @@ from .errors import UserError
 
 
 def require_device(device: str) -> None:
-    """Raise a one-line UserError if ``device`` is CUDA on a machine without one; on CUDA, keep
-    float32 matmuls and convolutions in float32."""
-    if not device.startswith("cuda"):
+    """Raise a one-line UserError if ``device`` is not cpu, cuda or cuda:<index>, or is a CUDA device
+    this machine does not have; on CUDA, keep float32 matmuls and convolutions in float32."""
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
+    if match is None:
+        raise UserError(f"--device must be cpu, cuda or cuda:<index> (got {device!r})")
+    if device == "cpu":
         return
     if not torch.cuda.is_available():
         raise UserError(f"--device {device} asked for, but this machine has no CUDA GPU; use --device cpu")
+    if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 

@@ -267,6 +267,13 @@ def check_config(c: TrainConfig) -> None:
               (c.noise_multiplier is None or c.noise_multiplier > 0 or (c.noise_multiplier == 0 and not c.private),
                f"--noise-multiplier must be positive (got {c.noise_multiplier}); 0 (clipping only, no noise) "
                "needs --epsilon inf"),
+              (c.noise_multiplier in (None, 0) or c.private,
+               f"--noise-multiplier {c.noise_multiplier} with --epsilon inf: a fixed sigma needs a finite --epsilon "
+               "to stop at (or 0 with --epsilon inf: clipping only, no noise)"),
+              (c.lr_d > 0 and c.lr_g > 0, f"--lr-d and --lr-g must be positive (got {c.lr_d}, {c.lr_g})"),
+              (all(0 <= b < 1 for b in (c.beta1, c.beta1_d, c.beta2)),
+               f"--beta1, --beta1-d and --beta2 must lie in [0, 1) (got {c.beta1}, {c.beta1_d}, {c.beta2})"),
+              (0 <= c.g_ema < 1, f"--g-ema must lie in [0, 1) (got {c.g_ema}; 0 turns the EMA off)"),
               (c.checkpoint_every >= 1, f"--checkpoint-every must be >= 1 (got {c.checkpoint_every})"),
               (c.fake_labels in ("uniform", "histogram"),
                f"--fake-labels must be uniform or histogram (got {c.fake_labels})"),
@@ -490,6 +497,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, stop_af
     """Run (or resume) HF-GAN training and write config.json, metrics.jsonl, privacy.json,
     sample grids and checkpoint.pt under ``out``."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; choose another --out")
     if resume:
         if not (out / "checkpoint.pt").exists():
             raise UserError(f"--resume: no checkpoint.pt in {out}; start without --resume")

@@ -149,9 +149,17 @@ def _cli(*args, cwd=ROOT):
     (["--engine", "fast"], "--engine must be batched or loop"),
     (["--loss", "wgan"], "--loss must be one of"),
     (["--fakes", "0"], "--fakes must be at least 1"),
+    (["--device", "gpu"], "--device must be cpu, cuda or cuda:<index> (got 'gpu')"),
+    (["--lr-d", "-1"], "--lr-d and --lr-g must be positive"),
+    (["--beta1", "1.5"], "--beta1, --beta1-d and --beta2 must lie in [0, 1)"),
+    (["--g-ema", "1"], "--g-ema must lie in [0, 1)"),
+    (["--epsilon", "inf", "--noise-multiplier", "1"], "a fixed sigma needs a finite --epsilon"),
+    (["--out", "FILE"], "is a file, not a folder"),
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, cli, args, message):
     real_data("pneumoniamnist.npz")
+    (tmp_path / "FILE").write_text("not a folder")
+    args = [str(tmp_path / "FILE") if a == "FILE" else a for a in args]
     proc = cli("train", "--out", tmp_path / "run", "--rounds", "1", *args)
     assert_one_clear_line(proc, message)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing half-written
