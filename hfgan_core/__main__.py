@@ -30,6 +30,7 @@ _HELP = {
     "client_fraction": "fraction of clients selected each round",
     "diffaugment": "D sees every image, real or fake, shifted and with a square cut out (DiffAugment; "
                    "off in the recipe)",
+    "device": "cpu, cuda, cuda:<index> or auto (cuda when present)",
     "download": "fetch a missing MedMNIST file through the medmnist package",
     "debug_exact_counts": "also write each hospital's exact class counts to NOT_PRIVATE_exact_class_counts.json "
                           "(sensitivity 1 each: for the data owner's eyes only, never publish)",
@@ -78,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--synthetic-ratio", type=float, default=None,
                    help="synthetic images a hospital adds per real image (default: the profile's, 1.0 for quick)")
     b.add_argument("--mu", type=float, default=None, help="FedProx proximal weight (default: the profile's, 0.01)")
-    b.add_argument("--device", default="cpu")
+    b.add_argument("--device", default="cpu", help=_HELP["device"])
     b.add_argument("--out", required=True, help="folder for table.csv, table.md, runs.json")
     b.add_argument("--resume", action="store_true",
                    help="continue a stopped run in --out: reuse its finished results (same settings, data and code)")
@@ -97,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--partition", default="dirichlet", help=_HELP["partition"])
     q.add_argument("--delta", type=float, default=1e-5, help=_HELP["delta"])
     q.add_argument("--data-dir", default=None, help=_HELP["data_dir"])
-    q.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda when present)")
+    q.add_argument("--device", default="cpu", help=_HELP["device"])
     q.add_argument("--out", default="results", help="gan_quality.md here, per-dataset JSON and runs below it")
     q.add_argument("--render-only", action="store_true", help="only rebuild gan_quality.md from the JSON files")
     q.add_argument("--resume", action="store_true",
@@ -115,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--alpha", type=float, default=0.5, help=_HELP["alpha"])
     a.add_argument("--partition", default="dirichlet", help=_HELP["partition"])
     a.add_argument("--delta", type=float, default=1e-5, help=_HELP["delta"])
-    a.add_argument("--device", default="cpu")
+    a.add_argument("--device", default="cpu", help=_HELP["device"])
     a.add_argument("--out", default="results", help="table4_privacy_attacks.md here, runs in <out>/privacy_attacks")
     a.add_argument("--resume", action="store_true", help="keep runs already in <out>/privacy_attacks")
     a.add_argument("--render-only", action="store_true", help="only rebuild the table and figure from attacks.json")
@@ -129,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
         n.add_argument("--profile", default="quick", help="smoke (tests), quick (2-core CPU) or paper")
         n.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
         n.add_argument("--epsilon", type=float, default=10.0, help="HF-GAN's per-record epsilon")
-        n.add_argument("--device", default="cpu")
+        n.add_argument("--device", default="cpu", help=_HELP["device"])
         n.add_argument("--out", default="results", help=f"<out>/<dataset>/{name}/: one benchmark per setting, {name}.md")
         n.add_argument("--resume", action="store_true", help="continue a stopped sweep: reuse finished results")
         n.add_argument("--workers", type=int, default=1, help="processes making each setting's rows side by side")
@@ -168,6 +169,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a ``UserError`` from any of them is one line on stderr and exit status 2."""
     args = _parser().parse_args(argv)
+    if getattr(args, "device", None) == "auto" and args.command != "tables":  # tables: auto also picks the profile
+        args.device = auto_device("auto")
     handler = {"train": _train, "benchmark": _benchmark, "quality": _quality, "attacks": _attacks,
                "noniid": _sweep, "ratio": _sweep, "tables": _tables,
                "flower-sim": _flower_sim}[args.command]

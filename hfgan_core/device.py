@@ -24,7 +24,7 @@ def require_device(device: str) -> None:
     this machine does not have; on CUDA, keep float32 matmuls and convolutions in float32."""
     match = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
     if match is None:
-        raise UserError(f"--device must be cpu, cuda or cuda:<index> (got {device!r})")
+        raise UserError(f"--device must be cpu, cuda, cuda:<index> or auto (got {device!r})")
     if device == "cpu":
         return
     if not torch.cuda.is_available():

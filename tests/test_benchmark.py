@@ -412,7 +412,7 @@ def test_resume_refuses_results_of_other_settings_or_code(tmp_path, monkeypatch)
     (["--mu", "-1"], "--mu (FedProx) must be positive"),
     (["--dataset", "nosuchset"], "nosuchset.npz not found"),
     (["--workers", "0"], "--workers must be at least 1"),
-    (["--device", "gpu"], "--device must be cpu, cuda or cuda:<index>"),
+    (["--device", "gpu"], "--device must be cpu, cuda, cuda:<index> or auto"),
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, cli, args, message):
     real_data("pneumoniamnist.npz")

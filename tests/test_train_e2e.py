@@ -149,7 +149,7 @@ def _cli(*args, cwd=ROOT):
     (["--engine", "fast"], "--engine must be batched or loop"),
     (["--loss", "wgan"], "--loss must be one of"),
     (["--fakes", "0"], "--fakes must be at least 1"),
-    (["--device", "gpu"], "--device must be cpu, cuda or cuda:<index> (got 'gpu')"),
+    (["--device", "gpu"], "--device must be cpu, cuda, cuda:<index> or auto (got 'gpu')"),
     (["--lr-d", "-1"], "--lr-d and --lr-g must be positive"),
     (["--beta1", "1.5"], "--beta1, --beta1-d and --beta2 must lie in [0, 1)"),
     (["--g-ema", "1"], "--g-ema must lie in [0, 1)"),
