@@ -436,9 +436,12 @@ def release_note(run: Run, privacy: dict) -> dict:
             "delta": c.delta if c.private else None, "unit": privacy["unit"] if c.private else None,
             "accountant": c.accountant if c.private else None,
             "noise_source": privacy.get("noise_source"),
-            "note": ("post-processing of the DP generators: anything trained on these images alone is "
-                     "(epsilon, delta)-DP per record of each hospital" if c.private else
-                     "trained without DP: these images carry no privacy guarantee"),
+            "note": ("trained without DP: these images carry no privacy guarantee" if not c.private else
+                     "a research simulation, not a release: the DP noise was derived from the seed and settings in "
+                     "'recipe', so anyone holding them can redraw it; the (epsilon, delta) above holds only "
+                     "against an adversary who cannot (a trusted simulator)" if c.simulation_noise else
+                     "post-processing of the DP generators: anything trained on these images alone is "
+                     "(epsilon, delta)-DP per record of each hospital"),
             "recipe": asdict(c), "seed": c.seed}
 
 

@@ -145,8 +145,11 @@ def test_quality_command_on_a_tiny_file(tmp_path, monkeypatch):
                           "nn_below_val_p05"}
         assert len(r["coverage"]) == 2 and 0 <= r["tstr"]["auc"] <= 1
     assert report["runs"][1]["max_epsilon"] <= 10.0
-    assert (tmp_path / "out" / "tiny" / "synthetic_eps10_seed0.npz").exists()
-    assert load_split(tmp_path / "out" / "tiny" / "synthetic_eps10_seed0.npz").images.shape == (10, 28, 28, 1)
+    # a simulation (noise from the seed) releases nothing: its synthetic set stays in its run folder, labelled
+    assert not list((tmp_path / "out" / "tiny").glob("synthetic*"))
+    run_dir = tmp_path / "out" / "tiny" / "quality_runs" / "hfgan-seed0-eps10.0"
+    assert load_split(run_dir / "synthetic.npz").images.shape == (10, 28, 28, 1)
+    assert "not a release" in json.loads((run_dir / "synthetic.json").read_text())["note"]
     text = (tmp_path / "out" / "gan_quality.md").read_text()
     assert "HF-GAN, ε = ∞" in text and "HF-GAN, ε = 10" in text and "untrained generator" in text
     assert text == write_markdown(tmp_path / "out").read_text()  # rendered from the JSON alone
