@@ -421,7 +421,9 @@ def write_privacy_report(c: TrainConfig, rounds: int, hospitals: dict[int, dict]
     if c.private:
         report["max_epsilon"] = max(v["epsilon"] for v in report["clients"].values())
         report["max_epsilon_replace_one"] = max(v["epsilon_replace_one"] for v in report["clients"].values())
-        report["adjacency"] = ("epsilon: add or remove one record (N_i treated as public), the accountant above; "
+        report["adjacency"] = ("epsilon: add or remove one record with N_i treated as public (the code uses the "
+                               "exact N_i, so this is one record replaced by a null record, N_i fixed: "
+                               "dp-accounting's REPLACE_SPECIAL, the same numbers), the accountant above; "
                                "epsilon_replace_one: one record replaced by another, dp-accounting PLD")
     (out / "privacy.json").write_text(json.dumps(report, indent=2, default=str))
     return report

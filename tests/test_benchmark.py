@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -335,6 +336,20 @@ def test_workers_make_the_rows_one_process_makes(smoke, tmp_path):
     assert len(jobs) == 4 and sum(c["units_made"] for c in jobs) >= 4  # the GAN block is one job, its judgement too
     assert par["wall_time_s"] < sum(c["wall_time_s"] for c in par["invocations"])  # the jobs' time: not added
     assert "made by 4 jobs in worker processes (`--workers`)" in (tmp_path / "table.md").read_text()
+
+
+def test_wall_time_counts_invocations_side_by_side_once():
+    import calendar
+    rng = np.random.default_rng(0)
+    t0 = calendar.timegm((2026, 11, 28, 18, 0, 0))
+    calls = [{"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t0 + int(rng.integers(0, 3000)))),
+              "wall_time_s": int(rng.integers(1, 2000))} for _ in range(6)]
+    busy = np.zeros(6000, bool)  # brute force: every second some invocation ran
+    for c in calls:
+        start = calendar.timegm(time.strptime(c["started"], "%Y-%m-%d %H:%M:%S UTC")) - t0
+        busy[start:start + c["wall_time_s"]] = True
+    assert units_module.elapsed_s(calls) == busy.sum()
+    assert units_module.elapsed_s(calls) < sum(c["wall_time_s"] for c in calls)  # they overlap: not the sum
 
 
 def test_jobs_wait_for_the_choices_they_read():

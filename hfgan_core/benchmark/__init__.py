@@ -15,8 +15,8 @@ from .config import (CURVE_METHODS, GAN_LABELS, METHODS, PRIVATE_ROWS, PROFILES,
                      Profile, run_profile)
 from .provenance import jsonable, provenance
 from .runner import SealedTest, class_mix_release, run_benchmark
-from .tables import add_paired_deltas, load_runs, summarise, table_csv, table_markdown, write_tables
+from .tables import add_paired_deltas, load_runs, summarise, table_csv, table_markdown, wall_time_s, write_tables
 
 __all__ = ["CURVE_METHODS", "GAN_LABELS", "METHODS", "PRIVATE_ROWS", "PROFILES", "BenchmarkConfig", "Method", "Profile",
            "SealedTest", "add_paired_deltas", "class_mix_release", "jsonable", "load_runs", "provenance",
-           "run_benchmark", "run_profile", "summarise", "table_csv", "table_markdown", "write_tables"]
+           "run_benchmark", "run_profile", "summarise", "table_csv", "table_markdown", "wall_time_s", "write_tables"]

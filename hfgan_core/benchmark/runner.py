@@ -40,7 +40,7 @@ from .config import METHODS, PRIVATE_ROWS, PROFILES, BenchmarkConfig, Profile, p
 from .provenance import jsonable, provenance
 from .tables import write_tables
 from .tuning import Tuner
-from .units import Units, code_hash, file_hash
+from .units import Units, code_hash, elapsed_s, file_hash
 
 Arrays = tuple[torch.Tensor, torch.Tensor]
 
@@ -108,7 +108,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
               "hospitals": hospitals, "class_mix_release": class_mix_release(config.delta, prof.accountant),
               "runs": records, "gan_quality": gan_quality, "tuning": tuner.log}
     invocations = units.invocations()  # more than one when the run was resumed or had workers
-    report |= {"wall_time_s": sum(i["wall_time_s"] for i in invocations if not i.get("worker")),
+    report |= {"wall_time_s": elapsed_s([i for i in invocations if not i.get("worker")]),  # side by side: once
                "worker_time_s": sum(i["wall_time_s"] for i in invocations if i.get("worker")),
                "invocations": invocations, "provenance": prov}
     (out / "runs.json").write_text(json.dumps(jsonable(report), indent=2))

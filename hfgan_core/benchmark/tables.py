@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import metrics
 from .config import CURVE_METHODS, GAN_LABELS, METHODS, PRIVATE_ROWS
+from .units import elapsed_s
 
 
 def load_runs(out: str | Path) -> dict:
@@ -236,8 +237,15 @@ def footnotes(report: dict) -> str:
            "set HFGAN_INCEPTION_WEIGHTS for standard FID/IS)") + ". FID between generated images with the test split's labels and the real test images "
         f"({n_fid[0] if n_fid else '?'} vs {n_fid[1] if n_fid else '?'} images). Real-image reference: "
         f"FID(val, test) = {ref['fid_val_vs_test']:.3f}, IS(test) = {ref['inception_score_test']:.3f}.",
-        f"Hardware: {prov['hardware']}; total wall time {report['wall_time_s'] / 60:.1f} min"
+        f"Hardware: {prov['hardware']}; total wall time {wall_time_s(report) / 60:.1f} min"
         + _invocations_note(report) + f"; git {prov['git_sha']}" + (f" ({prov['note']})." if prov.get("note") else ".")])
+
+
+def wall_time_s(report: dict) -> float:
+    """From the first invocation's start to the last one's end, time with none running left out and
+    invocations side by side counted once (runs.json written before this took their sum)."""
+    calls = [c for c in report.get("invocations", []) if not c.get("worker")]
+    return elapsed_s(calls) if calls else report["wall_time_s"]
 
 
 def _invocations_note(report: dict) -> str:

@@ -9,11 +9,13 @@ out). Anything else is refused, never mixed.
 """
 from __future__ import annotations
 
+import calendar
 import fcntl
 import hashlib
 import io
 import itertools
 import json
+import math
 import os
 import shutil
 import time
@@ -129,6 +131,19 @@ class Units:
                **{k: self.provenance.get(k) for k in ("hardware", "git_sha", "python", "versions")}}
         _write(self._me, json.dumps(now))
         return [json.loads(f.read_text()) for f in sorted(self._me.parent.glob("*.json"))]
+
+
+def elapsed_s(invocations: list[dict]) -> float:
+    """Seconds during which at least one of these invocations ran: their intervals merged, so that
+    invocations side by side (two processes on one run, or a resume started before another ended)
+    are counted once, not summed."""
+    spans = sorted((t, t + i["wall_time_s"]) for i in invocations
+                   for t in [calendar.timegm(time.strptime(i["started"], "%Y-%m-%d %H:%M:%S UTC"))])
+    total, end = 0.0, -math.inf
+    for lo, hi in spans:
+        total += max(0.0, hi - max(lo, end))
+        end = max(end, hi)
+    return total
 
 
 def _plain(o):
