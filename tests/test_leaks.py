@@ -106,6 +106,11 @@ def test_exact_class_counts_stay_out_of_public_outputs(tiny, tmp_path, capsys):
     for text in ((tmp_path / "run" / "config.json").read_text(), (tmp_path / "run" / "privacy.json").read_text(),
                  printed.out + printed.err):
         assert not any(" ".join(f"{v:>8d}" for v in row) in text or str(row) in text for row in exact)
+    for name in ("config.json", "privacy.json"):  # parsed: a list spread over lines by indent=2 is caught too
+        published = list(_number_lists(json.loads((tmp_path / "run" / name).read_text())))
+        assert published and not any(row in published for row in exact), name
+        frequencies = [[v / sum(row) for v in row] for row in exact]
+        assert not any(np.allclose(f, q) for f in frequencies for q in published if len(q) == len(f)), name
     assert not (tmp_path / "run" / DEBUG_COUNTS).exists()
     # without DP the "mix" is the exact class frequencies (counts / N_i, N_i public): never published
     train(config(fake_labels="histogram", epsilon=float("inf")), tmp_path / "plain", progress=False, dataset=tiny)
@@ -114,6 +119,18 @@ def test_exact_class_counts_stay_out_of_public_outputs(tiny, tmp_path, capsys):
     train(config(debug_exact_counts=True), tmp_path / "debug", progress=False, dataset=tiny)
     debug = json.loads((tmp_path / "debug" / DEBUG_COUNTS).read_text())
     assert debug["warning"].startswith("NOT PRIVATE") and debug["client_class_counts"] == exact
+
+
+def _number_lists(obj):
+    """Every list of numbers anywhere in a parsed JSON document."""
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _number_lists(v)
+    elif isinstance(obj, list):
+        if obj and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in obj):
+            yield obj
+        for v in obj:
+            yield from _number_lists(v)
 
 
 @pytest.mark.parametrize("engine_name", ["batched", "loop"])
