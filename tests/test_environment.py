@@ -27,3 +27,11 @@ def test_environment_yml_matches_pyproject():
 def test_torch_pin_is_the_local_build():
     pins = _pins_pyproject()
     assert (pins["torch"], pins["torchvision"]) == ("2.14.1", "0.29.1")
+
+
+def test_the_installed_stack_is_the_pinned_one():
+    """What the suite runs on is what the pins say (a stale venv or a package that pulled in another
+    torch would fail here, not somewhere obscure)."""
+    from importlib.metadata import version
+    installed = {name: version(name.split("[")[0]) for name in _pins_pyproject()}
+    assert installed == _pins_pyproject()
