@@ -5,6 +5,7 @@
 #                DATA_DIR=where the .npz files are, RESUME=1 continues a stopped run (the paper
 #                profile takes hours on a CPU: run it again with RESUME=1 until every table is written)
 # make quality -- generator quality on validation (results/gan_quality.md): every dataset, seeds 0-2, eps inf/10/1
+# make release -- the released synthetic datasets, results/<dataset>/synthetic_eps10_seed0.npz (train, OS-entropy noise)
 # make test  -- the test suite (creates .venv on first use)
 # make demo  -- one HF-GAN run on PneumoniaMNIST with 5 hospitals at epsilon = 10 (the recipe)
 # make bench -- speed: batched engine vs the per-hospital loop, and the DP step vs a plain step
@@ -40,12 +41,12 @@ quality: $(STAMP)
 	$(PY) -m hfgan_core quality --datasets $(DATASETS) --seeds 0 1 2 --epsilon inf 10 1 --device $(DEVICE) --out results \
 		--data-dir $(DATA_DIR)
 
-# make release -- results/<dataset>/synthetic_eps10_seed0.npz (+ .json): each dataset's recipe run at epsilon = 10,
-#                 seed 0, with noise from OS entropy (a real release, unlike make quality's simulations)
+# each dataset's recipe run at epsilon = 10, seed 0, noise from OS entropy (a real release, unlike make quality's
+# simulations, whose noise anyone can redraw from the seed); run folders in results/runs/release-<dataset>
 release: $(STAMP)
 	for d in $(DATASETS); do \
 	  $(PY) -m hfgan_core train --dataset $$d --epsilon 10 --seed 0 --device $(DEVICE) --data-dir $(DATA_DIR) \
-	    --out results/runs/release-$$d --no-progress $(if $(RESUME),--resume) && \
+	    --out results/runs/release-$$d --no-progress $(if $(RESUME),--resume) && mkdir -p results/$$d && \
 	  cp results/runs/release-$$d/synthetic.npz results/$$d/synthetic_eps10_seed0.npz && \
 	  cp results/runs/release-$$d/synthetic.json results/$$d/synthetic_eps10_seed0.json || exit 1; \
 	done
