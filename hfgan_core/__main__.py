@@ -209,7 +209,7 @@ def _tables(args: argparse.Namespace) -> int:
 
 
 def _quality(args: argparse.Namespace) -> int:
-    device = auto_device(args.device)
+    device = args.device  # auto already resolved by main
     require_device(device)
     config = QualityRunConfig(datasets=args.datasets, seeds=args.seeds, epsilons=args.epsilon, clients=args.clients,
                               alpha=args.alpha, partition=args.partition, delta=args.delta, data_dir=args.data_dir,

@@ -264,12 +264,9 @@ def check_config(c: TrainConfig) -> None:
               (c.max_grad_norm > 0, f"--max-grad-norm must be positive (got {c.max_grad_norm})"),
               (c.epsilon > 0, f"--epsilon must be positive (got {c.epsilon}); use inf to train without DP"),
               (0 < c.delta < 1, f"--delta must lie in (0, 1) (got {c.delta})"),
-              (c.noise_multiplier is None or c.noise_multiplier > 0 or (c.noise_multiplier == 0 and not c.private),
-               f"--noise-multiplier must be positive (got {c.noise_multiplier}); 0 (clipping only, no noise) "
-               "needs --epsilon inf"),
-              (c.noise_multiplier in (None, 0) or c.private,
-               f"--noise-multiplier {c.noise_multiplier} with --epsilon inf: a fixed sigma needs a finite --epsilon "
-               "to stop at (or 0 with --epsilon inf: clipping only, no noise)"),
+              (c.noise_multiplier is None or (c.noise_multiplier > 0 if c.private else c.noise_multiplier == 0),
+               f"--noise-multiplier {c.noise_multiplier} with --epsilon {c.epsilon}: a fixed sigma needs a finite "
+               "--epsilon to stop at and must be positive; 0 (clipping only, no noise) needs --epsilon inf"),
               (c.lr_d > 0 and c.lr_g > 0, f"--lr-d and --lr-g must be positive (got {c.lr_d}, {c.lr_g})"),
               (all(0 <= b < 1 for b in (c.beta1, c.beta1_d, c.beta2)),
                f"--beta1, --beta1-d and --beta2 must lie in [0, 1) (got {c.beta1}, {c.beta1_d}, {c.beta2})"),
