@@ -3,7 +3,7 @@ Run with the pinned code (889f63f): cd /tmp/hfgan-paper-889f63f && PYTHONPATH=$P
 <repo>/.venv/bin/python <repo>/results/paper_runs/tuning_edge_check.py /tmp/widen/out
 FedAvg only, seed 0, paper profile; the grid replaced by lr {1e-2, 3e-2} x local epochs {2, 4}; the
 trials use the committed tuning's TRIAL_SEED, so their validation AUCs compare with tuning.json's
-(the corner point itself should repeat its 0.9913)."""
+(the corner point itself should repeat its 0.9913). Result and decision: tuning_edge_check.json."""
 import json, sys
 from pathlib import Path
 from hfgan_core.benchmark import tuning
