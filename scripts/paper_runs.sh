@@ -6,7 +6,10 @@
 # are committed, and this script continues them, on any machine, with the code that made them: the
 # commit PIN below, checked out in a worktree (a unit is reused only under the same code hash, so
 # later commits on main cannot change a number of these tables). Each dataset runs in its own
-# process (one torch thread, nice 19) with --resume; what is finished is never redone.
+# process (one torch thread, nice 19) with --resume; what is finished is never redone. The processes
+# run through scripts/paper_trials.py, which keeps each tuning trial (seed 0 tunes every classifier
+# with up to 8 trial runs, together sometimes longer than a session) under <dataset>/trials/ as it
+# finishes; it changes no number and no code of the pin.
 #
 #   scripts/paper_runs.sh start [DATASET ...]   # default: pneumoniamnist brainmri; logs in results/paper_runs/<d>.log
 #   scripts/paper_runs.sh status                # units per dataset, table rows done and to do per seed, processes
@@ -25,7 +28,7 @@ out=$repo/results/paper_runs
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 
-running() { pgrep -f "hfgan_core benchmark --dataset $1 .*--out $out/$1 " || true; }
+running() { pgrep -f "benchmark --dataset $1 .*--out $out/$1 " || true; }
 
 case "$cmd" in
 start)
@@ -53,8 +56,8 @@ start)
   for d in "${datasets[@]}"; do
     [ -e "$repo/data/$d.npz" ] || { echo "error: data/$d.npz not found; see data/README.md" >&2; exit 2; }
     if [ -n "$(running "$d")" ]; then echo "$d: already running"; continue; fi
-    (cd "$WT" && OMP_NUM_THREADS=1 PYTHONPATH="$WT" FLWR_TELEMETRY_ENABLED=0 nohup nice -n 19 "$PYTHON" -m hfgan_core \
-      benchmark --dataset "$d" --methods all --seeds ${SEEDS:-0 1 2 3 4} --profile paper --epsilon 10 ${EXTRA:-} \
+    (cd "$WT" && OMP_NUM_THREADS=1 PYTHONPATH="$WT" FLWR_TELEMETRY_ENABLED=0 nohup nice -n 19 "$PYTHON" \
+      "$repo/scripts/paper_trials.py" benchmark --dataset "$d" --methods all --seeds ${SEEDS:-0 1 2 3 4} --profile paper --epsilon 10 ${EXTRA:-} \
       --out "$out/$d" --no-progress --resume >> "$out/$d.log" 2>&1 &)
     echo "$d: started (log $out/$d.log)"
   done
@@ -80,7 +83,7 @@ PY
   done
   ;;
 stop)
-  pkill -f "hfgan_core benchmark --dataset .* --out $out/" || true
+  pkill -f "benchmark --dataset .* --out $out/" || true
   ;;
 *)
   echo "usage: scripts/paper_runs.sh start [DATASET ...] | status | stop" >&2

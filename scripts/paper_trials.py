@@ -1,0 +1,133 @@
+"""The pinned paper benchmark, with each tuning trial kept as soon as it is finished.
+
+Why: on seed 0 the benchmark tunes every classifier with up to 8 trial runs and then trains the
+row, and it keeps a tuning only when all of its trials are done. On 2 CPU cores some rows' trials
+together take longer than a session, and the processes stop with the session, so such a row would
+never finish. This wrapper changes no number and no code of the pin: around the pinned
+``Tuner.fit`` it wraps the ``train`` function so that a trial run (the tuning's trial seed) stores
+its validation score under ``<out>/trials/`` and, when the same trial comes again in a later
+process, returns that score instead of training again. The pinned ``fit`` still draws the points,
+compares the scores and trains the row; the row itself (any other seed) is never taken from here.
+
+A trial is "the same" when everything its run depends on is: the method, epsilon and tuning seed,
+the classifier config and DP spec it is given (``repr``), the data its ``train`` closure holds (the
+hospitals' images and labels, the synthetic images of a GAN row: hashed), and the run's unit stamp
+(settings, profile, data file, code hash). A GAN trained again with other weights therefore gets
+trials of its own.
+
+Usage (what ``scripts/paper_runs.sh`` runs, in the pinned worktree, PYTHONPATH=<worktree>):
+    python scripts/paper_trials.py benchmark --dataset D ... --out DIR --resume
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from hfgan_core.benchmark import tuning
+from hfgan_core.benchmark.units import code_hash
+
+PIN_CODE = "5bc79e6f"  # the pinned commit's number-making code (scripts/paper_runs.sh)
+
+
+def digest(obj, h: "hashlib._Hash", seen: set, depth: int = 0) -> None:
+    """Feed what ``obj`` holds into ``h``: tensors and arrays by their bytes, containers and
+    function closures (``fed_run`` inside ``train``) walked; anything else by type and repr."""
+    if id(obj) in seen or depth > 6:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{tuple(t.shape)}{t.dtype}".encode() + t.numpy().tobytes())
+    elif isinstance(obj, np.ndarray):
+        h.update(f"A{obj.shape}{obj.dtype}".encode() + np.ascontiguousarray(obj).tobytes())
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            digest(obj[k], h, seen, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}".encode())
+        for v in obj:
+            digest(v, h, seen, depth + 1)
+    elif isinstance(obj, types.FunctionType):  # its code is the pin's; what it closes over is data
+        h.update(obj.__qualname__.encode())
+        for cell in obj.__closure__ or ():
+            try:
+                digest(cell.cell_contents, h, seen, depth + 1)
+            except ValueError:  # an empty cell
+                h.update(b"empty")
+    elif isinstance(obj, (str, int, float, bool, type(None))):
+        h.update(repr(obj).encode())
+    else:  # models, tqdm, extractors...: the trial's data and config are what can differ between runs
+        h.update(type(obj).__qualname__.encode())
+
+
+class TrialMemo:
+    """``<out>/trials/<key>.json``: one finished trial's validation score."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.dir = out, out / "trials"
+
+    def wrap(self, method: str, eps: float, seed: int, fed, train):
+        trial_seed = fed.seed + tuning.TRIAL_SEED
+        stamp = (self.out / "units" / "stamp.json").read_text()  # written by the run before any fit
+        h = hashlib.sha256(f"{method}|{eps}|{seed}|{stamp}".encode())
+        digest(train, h, set())
+        data_key = h.hexdigest()
+
+        def memo_train(cfg, spec):
+            if cfg.seed != trial_seed:  # the row itself (a fresh run at the winner): always trained
+                return train(cfg, spec)
+            key = hashlib.sha256(f"{data_key}|{cfg!r}|{spec!r}".encode()).hexdigest()[:24]
+            path = self.dir / f"{key}.json"
+            if path.exists():
+                score = json.loads(path.read_text())["val_auc"]
+                print(f"trial reused: {method} eps={eps} {path.name} val_auc {score:.4f}", flush=True)
+            else:
+                t0 = time.time()
+                score = tuning.validation_score(train(cfg, spec))
+                self.dir.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"method": method, "epsilon": eps, "tuning_seed": seed, "val_auc": score,
+                                           "config": repr(cfg), "dp": repr(spec), "wall_time_s": time.time() - t0,
+                                           "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())},
+                                          indent=1))
+                tmp.replace(path)  # whole or absent
+            # what the pinned fit reads of a trial's results: validation_score's mean over the models
+            return [SimpleNamespace(best_round=1, val_history=[{"auc": score}])]
+
+        return memo_train
+
+
+def install(out: Path) -> None:
+    original = tuning.Tuner.fit
+    memo = TrialMemo(out)
+
+    def fit(self, method, eps, seed, train, fed, dp=None, **kw):
+        return original(self, method, eps, seed, memo.wrap(method, eps, seed, fed, train), fed, dp, **kw)
+
+    tuning.Tuner.fit = fit
+
+
+def main(argv: list[str]) -> int:
+    if not code_hash().startswith(PIN_CODE):
+        print(f"error: hfgan_core on PYTHONPATH is not the pinned code ({PIN_CODE}...); "
+              "run this through scripts/paper_runs.sh", file=sys.stderr)
+        return 2
+    if "--out" not in argv[:-1]:
+        print("error: paper_trials.py needs the benchmark's --out DIR", file=sys.stderr)
+        return 2
+    install(Path(argv[argv.index("--out") + 1]))
+    from hfgan_core.__main__ import main as hfgan_main
+    return hfgan_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
