@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from hfgan_core.benchmark import tuning
-from hfgan_core.benchmark.units import code_hash
+from hfgan_core.benchmark.units import _write, code_hash  # _write: whole or absent, as the units
 
 PIN_CODE = "5bc79e6f"  # the pinned commit's number-making code (scripts/paper_runs.sh)
 
@@ -77,15 +77,17 @@ class TrialMemo:
 
     def wrap(self, method: str, eps: float, seed: int, fed, train):
         trial_seed = fed.seed + tuning.TRIAL_SEED
-        stamp = (self.out / "units" / "stamp.json").read_text()  # written by the run before any fit
-        h = hashlib.sha256(f"{method}|{eps}|{seed}|{stamp}".encode())
-        digest(train, h, set())
-        data_key = h.hexdigest()
+        data_key = []  # hashed at the first trial: a row whose tuning is already chosen has none
 
         def memo_train(cfg, spec):
             if cfg.seed != trial_seed:  # the row itself (a fresh run at the winner): always trained
                 return train(cfg, spec)
-            key = hashlib.sha256(f"{data_key}|{cfg!r}|{spec!r}".encode()).hexdigest()[:24]
+            if not data_key:
+                stamp = (self.out / "units" / "stamp.json").read_text()  # written by the run before any fit
+                h = hashlib.sha256(f"{method}|{eps}|{seed}|{stamp}".encode())
+                digest(train, h, set())
+                data_key.append(h.hexdigest())
+            key = hashlib.sha256(f"{data_key[0]}|{cfg!r}|{spec!r}".encode()).hexdigest()[:24]
             path = self.dir / f"{key}.json"
             if path.exists():
                 score = json.loads(path.read_text())["val_auc"]
@@ -94,12 +96,10 @@ class TrialMemo:
                 t0 = time.time()
                 score = tuning.validation_score(train(cfg, spec))
                 self.dir.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"method": method, "epsilon": eps, "tuning_seed": seed, "val_auc": score,
-                                           "config": repr(cfg), "dp": repr(spec), "wall_time_s": time.time() - t0,
-                                           "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())},
-                                          indent=1))
-                tmp.replace(path)  # whole or absent
+                _write(path, json.dumps({"method": method, "epsilon": eps, "tuning_seed": seed, "val_auc": score,
+                                         "config": repr(cfg), "dp": repr(spec), "wall_time_s": time.time() - t0,
+                                         "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())},
+                                        indent=1))
             # what the pinned fit reads of a trial's results: validation_score's mean over the models
             return [SimpleNamespace(best_round=1, val_history=[{"auc": score}])]
 
