@@ -14,6 +14,8 @@
 #   scripts/paper_runs.sh start [DATASET ...]   # default: pneumoniamnist brainmri; logs in results/paper_runs/<d>.log
 #   scripts/paper_runs.sh status                # units per dataset, table rows done and to do per seed, processes
 #   scripts/paper_runs.sh stop                  # stop them (finished units stay; the unit being made is lost)
+#   scripts/paper_runs.sh preview DATASET       # a table from the seeds finished so far (a copy of the units in
+#                                               # /tmp; trains nothing, commits nothing: a check, not a result)
 #
 # Env: EXTRA="--curve-epsilon 1 3 inf" adds arguments to the benchmark (e.g. the privacy-utility
 # curve, once the tables are done); SEEDS (default 0 1 2 3 4); WT (the worktree, default
@@ -82,11 +84,37 @@ PY
     fi
   done
   ;;
+preview)
+  # Render the pinned benchmark's table from a copy of the units, for the seeds whose rows and GAN
+  # judgements are all finished: every result is reused, so nothing trains (a missing unit would be
+  # trained, hence the check). For looking at the run half-way and trying the rendering path early.
+  d=${1:-}
+  [ -n "$d" ] && [ -d "$out/$d/units" ] || { echo "error: usage: scripts/paper_runs.sh preview DATASET (one of: $(ls "$out" | grep -v '\.' | tr '\n' ' '))" >&2; exit 2; }
+  [ -d "$WT/hfgan_core" ] || { echo "error: no worktree at $WT; run 'scripts/paper_runs.sh start' once first" >&2; exit 2; }
+  seeds=$(PYTHONPATH="$WT" "$PYTHON" - "$out/$d/units" <<'PY'
+import math, sys
+from pathlib import Path
+from hfgan_core.benchmark.config import METHODS, PRIVATE_ROWS
+units = Path(sys.argv[1])
+def has(*key):
+    return (units / ("-".join(map(str, key)) + ".json")).exists()
+print(" ".join(str(s) for s in range(5) if all(has("row", m, s, 10.0 if m in PRIVATE_ROWS else math.inf) for m in METHODS)
+               and has("quality", "hfgan", s, 10.0) and has("quality", "dpfedavg_gan", s, 10.0)))
+PY
+)
+  [ -n "$seeds" ] || { echo "error: $d has no seed with every row and GAN judgement finished yet; see 'scripts/paper_runs.sh status'" >&2; exit 2; }
+  tmp=$(mktemp -d /tmp/paper-preview-XXXX)
+  cp -r "$out/$d/units" "$out/$d/gan_runs" "$tmp/" 2>/dev/null || cp -r "$out/$d/units" "$tmp/"
+  (cd "$WT" && OMP_NUM_THREADS=1 PYTHONPATH="$WT" FLWR_TELEMETRY_ENABLED=0 nice -n 19 "$PYTHON" -m hfgan_core benchmark \
+    --dataset "$d" --methods all --seeds $seeds --profile paper --epsilon 10 --out "$tmp" --no-progress --resume > "$tmp/log" 2>&1) \
+    || { echo "error: the preview failed; see $tmp/log" >&2; exit 1; }
+  echo "$d, seeds $seeds (preview, not a result): $tmp/table.md"
+  ;;
 stop)
   pkill -f "benchmark --dataset .* --out $out/" || true
   ;;
 *)
-  echo "usage: scripts/paper_runs.sh start [DATASET ...] | status | stop" >&2
+  echo "usage: scripts/paper_runs.sh start [DATASET ...] | status | preview DATASET | stop" >&2
   exit 2
   ;;
 esac
