@@ -32,6 +32,23 @@ cmd=${1:-}
 
 running() { pgrep -f "benchmark --dataset $1 .*--out $out/$1 " || true; }
 
+# One line per seed of $SEEDS: "<seed> <rows done> <rows in the table> <yes|no: every row and both GAN
+# judgements finished> <methods to do...>", from the pinned code's method list (needs the worktree).
+seed_state() {
+  PYTHONPATH="$WT" "$PYTHON" - "$1" ${SEEDS:-0 1 2 3 4} <<'PY'
+import math, sys
+from pathlib import Path
+from hfgan_core.benchmark.config import METHODS, PRIVATE_ROWS
+units, seeds = Path(sys.argv[1]), sys.argv[2:]
+def has(*key):  # a unit's file is its key joined by "-" (Units._path)
+    return (units / ("-".join(map(str, key)) + ".json")).exists()
+for seed in map(int, seeds):
+    missing = [m for m in METHODS if not has("row", m, seed, 10.0 if m in PRIVATE_ROWS else math.inf)]
+    judged = has("quality", "hfgan", seed, 10.0) and has("quality", "dpfedavg_gan", seed, 10.0)
+    print(seed, len(METHODS) - len(missing), len(METHODS), "yes" if judged and not missing else "no", *missing)
+PY
+}
+
 case "$cmd" in
 start)
   [ -x "$PYTHON" ] || { echo "error: $PYTHON not found; run 'make env' first (or set PYTHON)" >&2; exit 2; }
@@ -70,17 +87,10 @@ status)
     rows=$(find "$dir" -path '*/units/row-*.json' | wc -l)
     judged=$(find "$dir" -path '*/units/quality-*.json' | wc -l)
     echo "$d: $rows rows, $judged GAN judgements; process: $(running "$d" | tr '\n' ' ')"
-    if [ -d "$WT/hfgan_core" ]; then  # the table rows (epsilon 10) per seed, from the pinned code's method list
-      PYTHONPATH="$WT" "$PYTHON" - "$dir/units" ${SEEDS:-0 1 2 3 4} <<'PY'
-import math, sys
-from pathlib import Path
-from hfgan_core.benchmark.config import METHODS, PRIVATE_ROWS
-units, seeds = Path(sys.argv[1]), sys.argv[2:]
-for seed in map(int, seeds):  # a unit's file is its key ("row", method, seed, epsilon) joined by "-" (Units._path)
-    missing = [m for m in METHODS if not (units / ("-".join(map(str, (
-        "row", m, seed, 10.0 if m in PRIVATE_ROWS else math.inf))) + ".json")).exists()]
-    print(f"  seed {seed}: {len(METHODS) - len(missing)}/{len(METHODS)} rows" + (f"; to do: {' '.join(missing)}" if missing else ""))
-PY
+    if [ -d "$WT/hfgan_core" ]; then  # the table rows (epsilon 10) per seed
+      seed_state "$dir/units" | while read -r seed done total complete missing; do
+        echo "  seed $seed: $done/$total rows${missing:+; to do: $missing}"
+      done
     fi
   done
   ;;
@@ -91,24 +101,14 @@ preview)
   d=${1:-}
   [ -n "$d" ] && [ -d "$out/$d/units" ] || { echo "error: usage: scripts/paper_runs.sh preview DATASET (one of: $(ls "$out" | grep -v '\.' | tr '\n' ' '))" >&2; exit 2; }
   [ -d "$WT/hfgan_core" ] || { echo "error: no worktree at $WT; run 'scripts/paper_runs.sh start' once first" >&2; exit 2; }
-  seeds=$(PYTHONPATH="$WT" "$PYTHON" - "$out/$d/units" <<'PY'
-import math, sys
-from pathlib import Path
-from hfgan_core.benchmark.config import METHODS, PRIVATE_ROWS
-units = Path(sys.argv[1])
-def has(*key):
-    return (units / ("-".join(map(str, key)) + ".json")).exists()
-print(" ".join(str(s) for s in range(5) if all(has("row", m, s, 10.0 if m in PRIVATE_ROWS else math.inf) for m in METHODS)
-               and has("quality", "hfgan", s, 10.0) and has("quality", "dpfedavg_gan", s, 10.0)))
-PY
-)
+  seeds=$(seed_state "$out/$d/units" | awk '$4 == "yes" {printf "%s ", $1}')
   [ -n "$seeds" ] || { echo "error: $d has no seed with every row and GAN judgement finished yet; see 'scripts/paper_runs.sh status'" >&2; exit 2; }
   tmp=$(mktemp -d /tmp/paper-preview-XXXX)
   cp -r "$out/$d/units" "$out/$d/gan_runs" "$tmp/" 2>/dev/null || cp -r "$out/$d/units" "$tmp/"
   (cd "$WT" && OMP_NUM_THREADS=1 PYTHONPATH="$WT" FLWR_TELEMETRY_ENABLED=0 nice -n 19 "$PYTHON" -m hfgan_core benchmark \
     --dataset "$d" --methods all --seeds $seeds --profile paper --epsilon 10 --out "$tmp" --no-progress --resume > "$tmp/log" 2>&1) \
     || { echo "error: the preview failed; see $tmp/log" >&2; exit 1; }
-  echo "$d, seeds $seeds (preview, not a result): $tmp/table.md"
+  echo "$d, seeds ${seeds% } (preview, not a result): $tmp/table.md"
   ;;
 stop)
   pkill -f "benchmark --dataset .* --out $out/" || true
