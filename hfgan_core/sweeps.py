@@ -8,10 +8,15 @@
   the generators are trained once per seed and reused across ratios.
 
 Each writes a table (accuracy, and HF-GAN's paired differences to FedAvg and to the null-image
-control) and a figure of accuracy against the varied setting. With ``resume``, the point whose
-settings are the headline table's (alpha = 0.5; the profile's ratio) starts from the headline run's
-finished units in <out>/<dataset> when their stamp (settings, profile, data, code) is the same, and
-the ratio sweep from its finished HF-GAN runs: the same numbers, not made twice.
+control) and a figure of accuracy against the varied setting. Tuning: the point with the headline
+table's settings (alpha = 0.5; the profile's ratio) runs first and tunes every method on the first
+seed's validation split as the tables do; every other point holds those choices (one protocol for
+every method and setting, as NIID-Bench holds one learning rate, batch size and local epochs
+across its partitions; tuning again per point would cost each method its whole grid per point).
+A sweep without the headline's settings holds its first point's. With ``resume``, the headline
+point starts from the headline run's finished units in <out>/<dataset> when their stamp
+(settings, profile, data, code) is the same, and the ratio sweep from its finished HF-GAN runs:
+the same numbers, not made twice.
 
     python -m hfgan_core noniid --dataset pneumoniamnist --profile paper --out results
     python -m hfgan_core ratio --dataset pneumoniamnist --profile paper --out results
@@ -80,22 +85,31 @@ def _sweep(root: Path, name: str, points: list[tuple[str, dict, dict]], methods:
            common: dict, progress: bool, resume: bool = False, workers: int = 1) -> list[dict]:
     """Run one benchmark per point (sub-folder, what its rows are labelled with, the BenchmarkConfig
     settings it varies) on ``common`` settings; write <name>.json and <name>.md under ``root``."""
-    rows = []
-    for folder, labels, varied in points:
+    # the point with the headline's settings (else the first) runs first and tunes; the others hold its choices
+    first = next((i for i, (_, _, varied) in enumerate(points) if _is_headline(varied)), 0)
+    tuned = root / points[first][0] / "units" / "tuning.json"
+    rows = {}
+    for i in [first] + [i for i in range(len(points)) if i != first]:
+        folder, labels, varied = points[i]
         sub = root / folder
         config = BenchmarkConfig(methods=methods, **common, **varied)
-        if resume:
+        if i == first and resume:
             _seed_units(root.parent, sub, config)
-        run_benchmark(config, sub, progress=progress, echo=progress, resume=resume, workers=workers)
-        report = load_runs(sub)
-        rows += [row | labels for row in add_paired_deltas(summarise(report["runs"], methods), sub)]
+        elif i != first:
+            if not resume:
+                shutil.rmtree(sub, ignore_errors=True)  # a run without resume starts every point over
+            _hold_tuning(tuned, points[first][1]["setting"], sub, config)
+        run_benchmark(config, sub, progress=progress, echo=progress, resume=resume or i != first, workers=workers)
+        rows[i] = [row | labels for row in add_paired_deltas(summarise(load_runs(sub)["runs"], methods), sub)]
+    rows = [row for i in range(len(points)) for row in rows[i]]  # in the sweep's order
     c = common
     (root / f"{name}.json").write_text(json.dumps(jsonable({"dataset": c["dataset"], "profile": c["profile"],
                                                             "seeds": c["seeds"], "epsilon": c["epsilons"][0],
                                                             "rows": rows}), indent=2))
     (root / f"{name}.md").write_text(
         sweep_markdown(rows, methods, title) + f"Mean ± sd over seeds {c['seeds']}, profile `{c['profile']}`, "
-        + note + " Δ: paired on seeds and test images, 95 % bootstrap interval.\n")
+        + note + f" Tuning: every column holds the classifiers' choices made in column {points[first][1]['setting']} "
+        f"(on seed {c['seeds'][0]}'s validation split). Δ: paired on seeds and test images, 95 % bootstrap interval.\n")
     return rows
 
 
@@ -116,6 +130,26 @@ def _seed_units(headline: Path, sub: Path, config: BenchmarkConfig) -> None:
     shutil.copytree(headline / "units", sub / "units", ignore=_without_lost_gans(headline, config))
     mine = {key: entry for key, entry in tuning.items() if key.split("|")[0] in config.methods}
     (sub / "units" / "tuning.json").write_text(json.dumps(mine))  # only the sweep's methods' choices
+
+
+def _is_headline(varied: dict) -> bool:
+    """Whether a point's varied settings are the headline tables' (BenchmarkConfig's defaults)."""
+    return all(BenchmarkConfig.__dataclass_fields__[key].default == value for key, value in varied.items())
+
+
+def _hold_tuning(tuned: Path, setting: str, sub: Path, config: BenchmarkConfig) -> None:
+    """Start a sweep point at the tuning choices in ``tuned`` (made at ``setting``): its unit stamp
+    and a tuning log whose entries are those choices, marked ``held_from``, so that the benchmark's
+    ``Tuner`` takes them as its own and tries nothing. A point already started keeps its own."""
+    if (sub / "units" / "stamp.json").exists():
+        return
+    runner._check(config)
+    prof = run_profile(config)
+    held = {key: entry | {"held_from": setting} for key, entry in json.loads(tuned.read_text()).items()
+            if key.split("|")[0] in config.methods}
+    (sub / "units").mkdir(parents=True)
+    (sub / "units" / "stamp.json").write_text(json.dumps(jsonable(runner._stamp(config, prof, runner._load(config, prof)))))
+    (sub / "units" / "tuning.json").write_text(json.dumps(held))
 
 
 def _without_lost_gans(headline: Path, config: BenchmarkConfig):

@@ -7,6 +7,7 @@ import json
 import math
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -684,6 +685,19 @@ def test_per_hospital_accuracy_is_each_hospitals_class_mix(smoke):
     assert -1e-3 <= intercept <= 1 + 1e-3 and -1e-3 <= intercept + slope <= 1 + 1e-3  # recall_0 and recall_1 (mixes rounded)
 
 
+def assert_holds_tuning(tuned: Path, held: Path, setting: str) -> None:
+    """The sweep point ``held`` took every tuning choice of ``tuned`` (made in column ``setting``) and
+    tried nothing itself: its log is the same entries marked held_from (a fit that tuned would have
+    written its own entry), and each row trained at its method's held point."""
+    source = json.loads((tuned / "runs.json").read_text())
+    report = json.loads((held / "runs.json").read_text())
+    assert source["tuning"] and any(e["budget"] > 1 for e in source["tuning"].values())  # a choice was made
+    assert report["tuning"] == {key: entry | {"held_from": setting} for key, entry in source["tuning"].items()}
+    for run in report["runs"]:
+        entry = report["tuning"][f"{run['method']}|{run['epsilon']}"]
+        assert run["hyperparameters"] == entry["inherited"] | entry["chosen"]
+
+
 def test_noniid_sweep_runs_every_setting_on_the_same_seeds(tmp_path, monkeypatch):
     """python -m hfgan_core noniid (smoke, two of its four settings for time, rows made by 2 workers):
     one benchmark per setting with the four methods, a table whose HF-GAN delta is its accuracy minus
@@ -706,7 +720,9 @@ def test_noniid_sweep_runs_every_setting_on_the_same_seeds(tmp_path, monkeypatch
     for sub in ("alpha0.1", "iid"):
         cfg = json.loads((root / sub / "runs.json").read_text())["config"]
         assert cfg["seeds"] == [0] and cfg["methods"] == sw.NONIID_METHODS
+    assert_holds_tuning(root / "alpha0.1", root / "iid", "α = 0.1")  # no headline setting: the first point's
     assert "HF-GAN − null images" in (root / "noniid.md").read_text()
+    assert "choices made in column α = 0.1" in (root / "noniid.md").read_text()
     assert (root / "noniid.png").stat().st_size > 10_000
     before = (root / "noniid.md").read_text()
     assert main(["noniid", "--dataset", "pneumoniamnist", "--profile", "smoke", "--seeds", "0", "--out",
@@ -747,6 +763,8 @@ def test_sweeps_resumed_start_from_the_headline_run(tmp_path, monkeypatch):
     assert [c["units_made"] for c in point["invocations"]] == [0]
     assert {r["method"]: r["accuracy"] for r in rows if r["ratio"] == own} == {m: accuracy[m] for m in sw.RATIO_METHODS}
     assert (tmp_path / "pneumoniamnist" / "ratio" / "gan_runs" / "hfgan-seed0-eps10.0" / "generators.pt").exists()
+    root = tmp_path / "pneumoniamnist" / "ratio"
+    assert_holds_tuning(root / f"ratio{own:g}", root / "ratio0.5", f"{own:g}")  # tuned by the headline, held
     stamp = tmp_path / "pneumoniamnist" / "units" / "stamp.json"  # the headline made by other code: left alone
     stamp.write_text(json.dumps(json.loads(stamp.read_text()) | {"code": "hfgan_core sha256 other"}))
     sw._seed_units(tmp_path / "pneumoniamnist", tmp_path / "fresh", config)
