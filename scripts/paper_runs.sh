@@ -16,6 +16,8 @@
 #   scripts/paper_runs.sh stop                  # stop them (finished units stay; the unit being made is lost)
 #   scripts/paper_runs.sh preview DATASET       # a table from the seeds finished so far (a copy of the units in
 #                                               # /tmp; trains nothing, commits nothing: a check, not a result)
+#   scripts/paper_runs.sh sweep noniid|ratio DATASET ...  # a sweep around a finished table: every point holds
+#                                               # the table's tuning (paper_trials.py); log <d>-<kind>.log
 #
 # Env: EXTRA="--curve-epsilon 1 3 inf" adds arguments to the benchmark (e.g. the privacy-utility
 # curve, once the tables are done); SEEDS (default 0 1 2 3 4); WT (the worktree, default
@@ -31,6 +33,15 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 
 running() { pgrep -f "benchmark --dataset $1 .*--out $out/$1 " || true; }
+sweeping() { pgrep -f "paper_trials.py $1 --dataset $2 .*--out $out " || true; }
+
+# Run the pinned hfgan_core command "$@" through scripts/paper_trials.py in the worktree, in the
+# background (one torch thread, nice 19), appending to the log $1.
+launch() {
+  local log=$1; shift
+  (cd "$WT" && OMP_NUM_THREADS=1 PYTHONPATH="$WT" FLWR_TELEMETRY_ENABLED=0 nohup nice -n 19 "$PYTHON" \
+    "$repo/scripts/paper_trials.py" "$@" --no-progress --resume >> "$log" 2>&1 &)
+}
 
 # One line per seed of $SEEDS: "<seed> <rows done> <rows in the table> <yes|no: every row and both GAN
 # judgements finished> <methods to do...>", from the pinned code's method list (needs the worktree).
@@ -75,10 +86,23 @@ start)
   for d in "${datasets[@]}"; do
     [ -e "$repo/data/$d.npz" ] || { echo "error: data/$d.npz not found; see data/README.md" >&2; exit 2; }
     if [ -n "$(running "$d")" ]; then echo "$d: already running"; continue; fi
-    (cd "$WT" && OMP_NUM_THREADS=1 PYTHONPATH="$WT" FLWR_TELEMETRY_ENABLED=0 nohup nice -n 19 "$PYTHON" \
-      "$repo/scripts/paper_trials.py" benchmark --dataset "$d" --methods all --seeds ${SEEDS:-0 1 2 3 4} --profile paper --epsilon 10 ${EXTRA:-} \
-      --out "$out/$d" --no-progress --resume >> "$out/$d.log" 2>&1 &)
+    launch "$out/$d.log" benchmark --dataset "$d" --methods all --seeds ${SEEDS:-0 1 2 3 4} --profile paper --epsilon 10 \
+      ${EXTRA:-} --out "$out/$d"
     echo "$d: started (log $out/$d.log)"
+  done
+  ;;
+sweep)
+  kind=${1:-}; [ $# -gt 0 ] && shift
+  case "$kind" in noniid|ratio) ;; *) echo "error: usage: scripts/paper_runs.sh sweep noniid|ratio DATASET ..." >&2; exit 2 ;; esac
+  [ $# -gt 0 ] || { echo "error: name the dataset(s) whose table the $kind sweep goes around" >&2; exit 2; }
+  [ -d "$WT/hfgan_core" ] || { echo "error: no worktree at $WT; run 'scripts/paper_runs.sh start' once first" >&2; exit 2; }
+  for d in "$@"; do
+    # the sweep's headline point copies the table's units once, when it starts: so the table must be finished
+    [ -d "$out/$d/units" ] && [ -z "$(seed_state "$out/$d/units" | awk '$4 != "yes"')" ] \
+      || { echo "error: $d's table is not finished on seeds ${SEEDS:-0 1 2 3 4}; see 'scripts/paper_runs.sh status'" >&2; exit 2; }
+    if [ -n "$(running "$d")$(sweeping "$kind" "$d")" ]; then echo "$d: a run or $kind sweep of it is running"; continue; fi
+    launch "$out/$d-$kind.log" "$kind" --dataset "$d" --profile paper --seeds ${SEEDS:-0 1 2 3 4} --epsilon 10 --out "$out"
+    echo "$d: $kind sweep started (log $out/$d-$kind.log)"
   done
   ;;
 status)
@@ -112,9 +136,10 @@ preview)
   ;;
 stop)
   pkill -f "benchmark --dataset .* --out $out/" || true
+  pkill -f "paper_trials.py (noniid|ratio) --dataset .*--out $out " || true
   ;;
 *)
-  echo "usage: scripts/paper_runs.sh start [DATASET ...] | status | preview DATASET | stop" >&2
+  echo "usage: scripts/paper_runs.sh start [DATASET ...] | status | preview DATASET | sweep noniid|ratio DATASET ... | stop" >&2
   exit 2
   ;;
 esac

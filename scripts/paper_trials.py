@@ -15,8 +15,17 @@ hospitals' images and labels, the synthetic images of a GAN row: hashed), and th
 (settings, profile, data file, code hash). A GAN trained again with other weights therefore gets
 trials of its own.
 
+The sweeps (``noniid``, ``ratio``) get one more thing the pin lacks: main's rule that every sweep
+point holds the headline's tuning (``hfgan_core.sweeps`` on main, since 2026-11-30). The pinned
+sweeps would tune every method again at every point. ``hold_sweep_tuning`` wraps the pinned
+``sweeps._seed_units`` (a render-only module: the code hash stays the pin's). After the pinned
+function has seeded the headline point from the headline run, every other point that has not
+started gets its unit stamp and the headline run's tuning choices, each marked ``held_from``, as
+main's ``sweeps._hold_tuning`` writes them. The pinned ``Tuner`` then takes them as its own.
+
 Usage (what ``scripts/paper_runs.sh`` runs, in the pinned worktree, PYTHONPATH=<worktree>):
     python scripts/paper_trials.py benchmark --dataset D ... --out DIR --resume
+    python scripts/paper_trials.py noniid --dataset D ... --out DIR --resume   # DIR: the parent of D's run
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ import json
 import sys
 import time
 import types
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -116,6 +126,39 @@ def install(out: Path) -> None:
     tuning.Tuner.fit = fit
 
 
+def hold_sweep_tuning(label: str) -> None:
+    """Make the pinned sweeps start every point but the headline's at the headline run's tuning
+    choices, marked ``held_from: label`` (the headline's column: "α = 0.5", or the profile's ratio)."""
+    from hfgan_core import sweeps
+    from hfgan_core.benchmark import jsonable, run_profile, runner
+    from hfgan_core.errors import UserError
+    original = sweeps._seed_units
+
+    def seed_units(headline: Path, sub: Path, config) -> None:
+        original(headline, sub, config)  # the headline's point: the headline run's finished units
+        if (sub / "units" / "stamp.json").exists():
+            return
+        runner._check(config)
+        prof = run_profile(config)
+        ds = runner._load(config, prof)
+        own = replace(config, partition="dirichlet", alpha=0.5, synthetic_ratio=None, gan_cache=None)  # the headline's
+        if json.loads((headline / "units" / "stamp.json").read_text()) != jsonable(runner._stamp(own, run_profile(own), ds)):
+            raise UserError(f"the headline run in {headline} was made with other settings, data or code than this "
+                            "sweep; its tuning cannot be held")
+        tuning = json.loads((headline / "units" / "tuning.json").read_text())
+        missing = [m for m in config.methods if not any(key.split("|")[0] == m for key in tuning)]
+        if missing or any(entry["seed"] != config.seeds[0] for entry in tuning.values()):
+            raise UserError(f"the headline run in {headline} has no tuning on seed {config.seeds[0]} for "
+                            f"{', '.join(missing) or 'its methods'} to hold; finish its seed 0 first "
+                            "(scripts/paper_runs.sh status)")
+        held = {key: entry | {"held_from": label} for key, entry in tuning.items() if key.split("|")[0] in config.methods}
+        (sub / "units").mkdir(parents=True)
+        (sub / "units" / "stamp.json").write_text(json.dumps(jsonable(runner._stamp(config, prof, ds))))
+        (sub / "units" / "tuning.json").write_text(json.dumps(held))
+
+    sweeps._seed_units = seed_units
+
+
 def main(argv: list[str]) -> int:
     if not code_hash().startswith(PIN_CODE):
         print(f"error: hfgan_core on PYTHONPATH is not the pinned code ({PIN_CODE}...); "
@@ -124,7 +167,17 @@ def main(argv: list[str]) -> int:
     if "--out" not in argv[:-1]:
         print("error: paper_trials.py needs the benchmark's --out DIR", file=sys.stderr)
         return 2
-    install(Path(argv[argv.index("--out") + 1]))
+    if argv[0] in ("noniid", "ratio") and "--resume" not in argv:
+        print("error: a paper sweep continues the headline run's units: add --resume", file=sys.stderr)
+        return 2
+    if argv[0] == "noniid":
+        hold_sweep_tuning("α = 0.5")
+    elif argv[0] == "ratio":
+        from hfgan_core.benchmark import PROFILES
+        profile = argv[argv.index("--profile") + 1] if "--profile" in argv[:-1] else "quick"
+        hold_sweep_tuning(f"{PROFILES[profile].synthetic_ratio:g}" if profile in PROFILES else profile)  # (else refused)
+    else:  # the sweeps try no trial: every point's choices are the headline's
+        install(Path(argv[argv.index("--out") + 1]))
     from hfgan_core.__main__ import main as hfgan_main
     return hfgan_main(argv)
 

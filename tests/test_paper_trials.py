@@ -1,16 +1,20 @@
-"""scripts/paper_trials.py keeps tuning trials across processes without changing the tuning.
+"""scripts/paper_trials.py keeps tuning trials across processes without changing the tuning, and
+holds the headline's tuning in the pinned sweeps as main's sweeps do.
 
 Checked against the benchmark's own Tuner.fit (unchanged since the paper runs' pin): with the memo
 a second process makes the same choice and log while training only the row; other data, another
-config or another stamp is not taken from the memo."""
+config or another stamp is not taken from the memo. The sweeps' hold: against main's
+``sweeps._hold_tuning``."""
 import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from hfgan_core.benchmark.tuning import TRIAL_SEED, Tuner
 from hfgan_core.federated import FedConfig, FedResult
+from conftest import write_npz
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paper_trials.py"
 
@@ -71,3 +75,37 @@ def test_memo_keys_on_data_config_and_stamp(tmp_path):
         memo = mod.TrialMemo(_out(tmp_path, stamp))
         Tuner(k=3).fit(method, float("inf"), 3, memo.wrap(method, float("inf"), 3, fed, _train(data, calls)), fed)
         assert len(calls) > 1, (method, stamp)  # trials trained again, not reused
+
+
+def test_pinned_sweeps_hold_the_headline_tuning_as_main_does(tmp_path, monkeypatch):
+    """The wrapper's start of a pinned sweep point is main's ``sweeps._hold_tuning``: the same unit
+    stamp (the point's own settings) and the headline's choices of the sweep's methods, marked
+    held_from; a headline run made with other settings, data or code is refused, not held."""
+    import hfgan_core.sweeps as sw
+    from hfgan_core.benchmark import BenchmarkConfig, jsonable, run_profile, runner
+    from hfgan_core.errors import UserError
+    write_npz(tmp_path / "data" / "pneumoniamnist.npz", classes=2)
+    common = dict(dataset="pneumoniamnist", methods=sw.NONIID_METHODS, seeds=[0], profile="smoke",
+                  data_dir=str(tmp_path / "data"))
+    head, point = BenchmarkConfig(**common), BenchmarkConfig(**common, alpha=0.1)
+    headline = tmp_path / "pneumoniamnist"
+    (headline / "units").mkdir(parents=True)
+    stamp = jsonable(runner._stamp(head, run_profile(head), runner._load(head, run_profile(head))))
+    (headline / "units" / "stamp.json").write_text(json.dumps(stamp))
+    tuning = {f"{m}|{10.0 if m == 'hfgan' else float('inf')}": {"seed": 0, "budget": 2, "inherited": {},
+                                                                 "chosen": {"lr": 1e-3 * (i + 1)}}
+              for i, m in enumerate(sw.NONIID_METHODS + ["fedprox"])}  # FedProx: not a sweep method
+    (headline / "units" / "tuning.json").write_text(json.dumps(tuning))
+    monkeypatch.setattr(sw, "_seed_units", sw._seed_units)  # the wrapper replaces it; restored after the test
+    _script().hold_sweep_tuning("α = 0.5")
+    sw._seed_units(headline, tmp_path / "pinned", point)
+    sw._hold_tuning(headline / "units" / "tuning.json", "α = 0.5", tmp_path / "main", point)
+    read = lambda root, name: json.loads((root / "units" / name).read_text())  # noqa: E731
+    assert read(tmp_path / "pinned", "stamp.json") == read(tmp_path / "main", "stamp.json") != stamp
+    assert read(tmp_path / "pinned", "stamp.json")["settings"]["alpha"] == 0.1
+    assert read(tmp_path / "pinned", "tuning.json") == read(tmp_path / "main", "tuning.json") == {
+        key: entry | {"held_from": "α = 0.5"} for key, entry in tuning.items() if not key.startswith("fedprox")}
+    (headline / "units" / "stamp.json").write_text(json.dumps(stamp | {"code": "hfgan_core sha256 other"}))
+    with pytest.raises(UserError, match="other settings, data or code"):
+        sw._seed_units(headline, tmp_path / "other", point)
+    assert not (tmp_path / "other").exists()
