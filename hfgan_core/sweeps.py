@@ -99,7 +99,8 @@ def _sweep(root: Path, name: str, points: list[tuple[str, dict, dict]], methods:
             if not resume:
                 shutil.rmtree(sub, ignore_errors=True)  # a run without resume starts every point over
             _hold_tuning(tuned, points[first][1]["setting"], sub, config)
-        run_benchmark(config, sub, progress=progress, echo=progress, resume=resume or i != first, workers=workers)
+        held = i != first  # resumed from the stamp and tuning log that _hold_tuning gave it
+        run_benchmark(config, sub, progress=progress, echo=progress, resume=resume or held, workers=workers)
         rows[i] = [row | labels for row in add_paired_deltas(summarise(load_runs(sub)["runs"], methods), sub)]
     rows = [row for i in range(len(points)) for row in rows[i]]  # in the sweep's order
     c = common
