@@ -12,6 +12,7 @@
 # finishes; it changes no number and no code of the pin.
 #
 #   scripts/paper_runs.sh start [DATASET ...]   # default: pneumoniamnist brainmri; logs in results/paper_runs/<d>.log
+#                                               # (SEEDS="3 4" start D: a second process on D, once its seed 0 is done)
 #   scripts/paper_runs.sh status                # units per dataset, table rows done and to do per seed, processes
 #   scripts/paper_runs.sh stop                  # stop them (finished units stay; the unit being made is lost)
 #   scripts/paper_runs.sh preview DATASET       # a table from the seeds finished so far (a copy of the units in
@@ -85,7 +86,17 @@ start)
   [ ${#datasets[@]} -gt 0 ] || datasets=(pneumoniamnist brainmri)
   for d in "${datasets[@]}"; do
     [ -e "$repo/data/$d.npz" ] || { echo "error: data/$d.npz not found; see data/README.md" >&2; exit 2; }
-    if [ -n "$(running "$d")" ]; then echo "$d: already running"; continue; fi
+    if [ -n "$(running "$d")" ]; then
+      # a second process on other seeds: only once seed 0, where every method is tuned, is finished,
+      # and not for the curve (its epsilons are tuned on seed 0 as well)
+      busy=$(pgrep -af "benchmark --dataset $d .*--out $out/$d " | sed -n 's/.*--seeds \([0-9 ]*\) --profile.*/\1/p' | tr ' ' '\n' | sort -u)
+      clash=$(comm -12 <(echo "$busy") <(echo ${SEEDS:-0 1 2 3 4} | tr ' ' '\n' | sort -u))
+      if [ -n "$clash" ] || [ -n "${EXTRA:-}" ] || pgrep -f "benchmark --dataset $d .*--curve-epsilon" > /dev/null \
+         || ! SEEDS=0 seed_state "$out/$d/units" | grep -q ' yes'; then
+        echo "$d: already running on seeds" $busy "(a second process needs other SEEDS, seed 0 finished, no curve)"
+        continue
+      fi
+    fi
     launch "$out/$d.log" benchmark --dataset "$d" --methods all --seeds ${SEEDS:-0 1 2 3 4} --profile paper --epsilon 10 \
       ${EXTRA:-} --out "$out/$d"
     echo "$d: started (log $out/$d.log)"
