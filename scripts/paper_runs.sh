@@ -16,7 +16,8 @@
 #   scripts/paper_runs.sh status                # units per dataset, table rows done and to do per seed, processes
 #   scripts/paper_runs.sh stop                  # stop them (finished units stay; the unit being made is lost)
 #   scripts/paper_runs.sh preview DATASET       # a table from the seeds finished so far (a copy of the units in
-#                                               # /tmp; trains nothing, commits nothing: a check, not a result)
+#                                               # /tmp; trains nothing, commits nothing: a check, not a result),
+#                                               # rendered by the pin and again by main's report.write_table
 #   scripts/paper_runs.sh sweep noniid|ratio DATASET ...  # a sweep around a finished table: every point holds
 #                                               # the table's tuning (paper_trials.py); log <d>-<kind>.log
 #
@@ -143,7 +144,10 @@ preview)
   (cd "$WT" && OMP_NUM_THREADS=1 PYTHONPATH="$WT" FLWR_TELEMETRY_ENABLED=0 nice -n 19 "$PYTHON" -m hfgan_core benchmark \
     --dataset "$d" --methods all --seeds $seeds --profile paper --epsilon 10 --out "$tmp" --no-progress --resume > "$tmp/log" 2>&1) \
     || { echo "error: the preview failed; see $tmp/log" >&2; exit 1; }
-  echo "$d, seeds ${seeds% } (preview, not a result): $tmp/table.md"
+  # and as the committed table will be: main's render-only report.write_table over the pin's runs.json
+  PYTHONPATH="$repo" "$PYTHON" -c "import sys; from hfgan_core.report import write_table; write_table(sys.argv[1], sys.argv[2])" \
+    "$tmp" "$tmp/main" >> "$tmp/log" 2>&1 || { echo "error: main's rendering of the preview failed; see $tmp/log" >&2; exit 1; }
+  echo "$d, seeds ${seeds% } (preview, not a result): $tmp/table.md (the pin's rendering), $tmp/main/ (main's)"
   ;;
 stop)
   pkill -f "benchmark --dataset .* --out $out/" || true
