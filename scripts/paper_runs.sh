@@ -20,6 +20,8 @@
 #                                               # rendered by the pin and again by main's report.write_table
 #   scripts/paper_runs.sh sweep noniid|ratio DATASET ...  # a sweep around a finished table: every point holds
 #                                               # the table's tuning (paper_trials.py); log <d>-<kind>.log
+#   scripts/paper_runs.sh dp-recipe DATASET ... # beside a finished table: its DP classifier at the federated
+#                                               # DP-SGD recipe instead of its tuning's draw; <d>/dp_recipe/
 #
 # Env: EXTRA="--curve-epsilon 1 3 inf" adds arguments to the benchmark (e.g. the privacy-utility
 # curve, once the tables are done); SEEDS (default 0 1 2 3 4); WT (the worktree, default
@@ -149,12 +151,46 @@ preview)
     "$tmp" "$tmp/main" >> "$tmp/log" 2>&1 || { echo "error: main's rendering of the preview failed; see $tmp/log" >&2; exit 1; }
   echo "$d, seeds ${seeds% } (preview, not a result): $tmp/table.md (the pin's rendering), $tmp/main/ (main's)"
   ;;
+dp-recipe)
+  # A supplementary row, not a table row: the DP classifier (DP-SGD FedAvg at epsilon 10) on the table's
+  # hospitals and seeds, trained at the point of its grid nearest the recipe that benchmarks/
+  # dp_sgd_federated.py tuned on its own (chest X-ray seed 0's validation split: batch 256, lr 4e-3,
+  # Adam kept; clipping norm 1 and the 200-round cap as there) instead of the point its 8-draw tuning
+  # chose. Its units get the table's stamp and a tuning log holding only that point (budget 0, marked).
+  [ $# -gt 0 ] || { echo "error: usage: scripts/paper_runs.sh dp-recipe DATASET ..." >&2; exit 2; }
+  [ -d "$WT/hfgan_core" ] || { echo "error: no worktree at $WT; run 'scripts/paper_runs.sh start' once first" >&2; exit 2; }
+  for d in "$@"; do
+    [ -d "$out/$d/units" ] && [ -z "$(seed_state "$out/$d/units" | awk '$4 != "yes"')" ] \
+      || { echo "error: $d's table is not finished on seeds ${SEEDS:-0 1 2 3 4}; see 'scripts/paper_runs.sh status'" >&2; exit 2; }
+    sub=$out/$d/dp_recipe
+    if [ -n "$(pgrep -f "benchmark --dataset $d .*--out $sub " || true)" ]; then echo "$d: dp-recipe already running"; continue; fi
+    if [ ! -e "$sub/units/stamp.json" ]; then
+      mkdir -p "$sub/units"
+      cp "$out/$d/units/extractor.json" "$sub/units/"
+      "$PYTHON" - "$out/$d/units/tuning.json" "$sub/units/tuning.json" <<'PY'
+import json, sys
+table = json.load(open(sys.argv[1]))["dp_fedavg|10.0"]
+recipe = {"lr": 0.004, "batch_size": 256, "max_grad_norm": 1.0, "rounds": 200, "keep_optimizer": True}
+assert all(v in table["space"][k] for k, v in recipe.items()), "the recipe is not a point of the table's grid"
+json.dump({"dp_fedavg|10.0": {"space": table["space"], "seed": table["seed"], "criterion": table["criterion"],
+                              "inherited": {}, "budget": 0, "tried": [], "chosen": recipe,
+                              "held_from": "the federated DP-SGD recipe (benchmarks/dp_sgd_federated.py, "
+                                           "results/dp_sgd_federated.json), not a draw of this grid"}},
+          open(sys.argv[2], "w"))
+PY
+      cp "$out/$d/units/stamp.json" "$sub/units/"  # last: a folder with a stamp is a started one
+    fi
+    launch "$out/$d-dp_recipe.log" benchmark --dataset "$d" --methods dp_fedavg --seeds ${SEEDS:-0 1 2 3 4} --profile paper \
+      --epsilon 10 --out "$sub"
+    echo "$d: dp-recipe rows started (log $out/$d-dp_recipe.log)"
+  done
+  ;;
 stop)
   pkill -f "benchmark --dataset .* --out $out/" || true
   pkill -f "paper_trials.py (noniid|ratio) --dataset .*--out $out " || true
   ;;
 *)
-  echo "usage: scripts/paper_runs.sh start [DATASET ...] | status | preview DATASET | sweep noniid|ratio DATASET ... | stop" >&2
+  echo "usage: scripts/paper_runs.sh start [DATASET ...] | status | preview DATASET | sweep noniid|ratio DATASET ... | dp-recipe DATASET ... | stop" >&2
   exit 2
   ;;
 esac
