@@ -557,6 +557,29 @@ def test_dp_classifier_that_stops_early_reports_what_it_spent(monkeypatch):
         assert eps < 2.5  # half the planned steps: well under the target of 3
 
 
+def test_dp_classifiers_train_to_their_round_cap(tmp_path, monkeypatch):
+    """DP-SGD's noise is calibrated for the round cap, so the DP rows (and their tuning trials, and
+    the clipping-only control) train all of it, the round kept by validation, while the other rows
+    stop on the profile's patience."""
+    real_data("pneumoniamnist.npz")
+    prof = bm.PROFILES["smoke"]
+    monkeypatch.setitem(bm.PROFILES, "smoke", replace(prof, fed=replace(prof.fed, rounds=3, patience=1)))
+    seen = []
+    original = runner.train_federated
+
+    def spy(*args, config, dp=None, **kwargs):
+        result = original(*args, config=config, dp=dp, **kwargs)
+        seen.append((dp is not None, config.patience, result.rounds_run, config.rounds))
+        return result
+    monkeypatch.setattr(runner, "train_federated", spy)
+    bm.run_benchmark(bm.BenchmarkConfig(dataset="pneumoniamnist", methods=["fedavg", "dp_fedavg", "dp_fedavg_clip"],
+                                        seeds=[0], profile="smoke"), tmp_path, progress=False)
+    dp_runs, plain = [s for s in seen if s[0]], [s for s in seen if not s[0]]
+    assert len(dp_runs) >= 4 and {patience for _, patience, _, _ in dp_runs} == {None}
+    assert all(run == cap for _, _, run, cap in dp_runs)  # every round of its cap (3, or the grid's 1)
+    assert {patience for _, patience, _, _ in plain} == {1}
+
+
 def test_clipping_only_dp_classifier_clips_without_noise(monkeypatch):
     """The DP-SGD row's control: its Poisson batches and per-example clipping, sigma 0, no epsilon."""
     from opacus.optimizers import DPOptimizer
