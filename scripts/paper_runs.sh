@@ -64,6 +64,12 @@ for seed in map(int, seeds):
 PY
 }
 
+# Refuse (exit 2) unless dataset $1's table has every row and GAN judgement on every seed of $SEEDS.
+table_done() {
+  [ -d "$out/$1/units" ] && [ -z "$(seed_state "$out/$1/units" | awk '$4 != "yes"')" ] \
+    || { echo "error: $1's table is not finished on seeds ${SEEDS:-0 1 2 3 4}; see 'scripts/paper_runs.sh status'" >&2; exit 2; }
+}
+
 case "$cmd" in
 start)
   [ -x "$PYTHON" ] || { echo "error: $PYTHON not found; run 'make env' first (or set PYTHON)" >&2; exit 2; }
@@ -112,8 +118,7 @@ sweep)
   [ -d "$WT/hfgan_core" ] || { echo "error: no worktree at $WT; run 'scripts/paper_runs.sh start' once first" >&2; exit 2; }
   for d in "$@"; do
     # the sweep's headline point copies the table's units once, when it starts: so the table must be finished
-    [ -d "$out/$d/units" ] && [ -z "$(seed_state "$out/$d/units" | awk '$4 != "yes"')" ] \
-      || { echo "error: $d's table is not finished on seeds ${SEEDS:-0 1 2 3 4}; see 'scripts/paper_runs.sh status'" >&2; exit 2; }
+    table_done "$d"
     if [ -n "$(running "$d")$(sweeping "$kind" "$d")" ]; then echo "$d: a run or $kind sweep of it is running"; continue; fi
     launch "$out/$d-$kind.log" "$kind" --dataset "$d" --profile paper --seeds ${SEEDS:-0 1 2 3 4} --epsilon 10 --out "$out"
     echo "$d: $kind sweep started (log $out/$d-$kind.log)"
@@ -163,8 +168,7 @@ dp-recipe)
   [ $# -gt 0 ] || { echo "error: usage: scripts/paper_runs.sh dp-recipe DATASET ..." >&2; exit 2; }
   [ -d "$WT/hfgan_core" ] || { echo "error: no worktree at $WT; run 'scripts/paper_runs.sh start' once first" >&2; exit 2; }
   for d in "$@"; do
-    [ -d "$out/$d/units" ] && [ -z "$(seed_state "$out/$d/units" | awk '$4 != "yes"')" ] \
-      || { echo "error: $d's table is not finished on seeds ${SEEDS:-0 1 2 3 4}; see 'scripts/paper_runs.sh status'" >&2; exit 2; }
+    table_done "$d"
     sub=$out/$d/dp_recipe
     if [ -n "$(pgrep -f "benchmark --dataset $d .*--out $sub " || true)" ]; then echo "$d: dp-recipe already running"; continue; fi
     if [ ! -e "$sub/units/stamp.json" ]; then
