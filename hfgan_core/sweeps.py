@@ -93,13 +93,14 @@ def _sweep(root: Path, name: str, points: list[tuple[str, dict, dict]], methods:
         folder, labels, varied = points[i]
         sub = root / folder
         config = BenchmarkConfig(methods=methods, **common, **varied)
-        if i == first and resume:
-            _seed_units(root.parent, sub, config)
-        elif i != first:
+        held = i != first
+        if held:
             if not resume:
                 shutil.rmtree(sub, ignore_errors=True)  # a run without resume starts every point over
             _hold_tuning(tuned, points[first][1]["setting"], sub, config)
-        held = i != first  # resumed from the stamp and tuning log that _hold_tuning gave it
+        elif resume:
+            _seed_units(root.parent, sub, config)
+        # a held point resumes from the stamp and tuning log that _hold_tuning gave it
         run_benchmark(config, sub, progress=progress, echo=progress, resume=resume or held, workers=workers)
         rows[i] = [row | labels for row in add_paired_deltas(summarise(load_runs(sub)["runs"], methods), sub)]
     rows = [row for i in range(len(points)) for row in rows[i]]  # in the sweep's order

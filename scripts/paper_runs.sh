@@ -64,6 +64,11 @@ for seed in map(int, seeds):
 PY
 }
 
+# Refuse (exit 2) without the pinned worktree (made by the first start).
+need_worktree() {
+  [ -d "$WT/hfgan_core" ] || { echo "error: no worktree at $WT; run 'scripts/paper_runs.sh start' once first" >&2; exit 2; }
+}
+
 # Refuse (exit 2) unless dataset $1's table has every row and GAN judgement on every seed of $SEEDS.
 table_done() {
   [ -d "$out/$1/units" ] && [ -z "$(seed_state "$out/$1/units" | awk '$4 != "yes"')" ] \
@@ -98,7 +103,7 @@ start)
     if [ -n "$(running "$d")" ]; then
       # a second process on other seeds: only once seed 0, where every method is tuned, is finished,
       # and not for the curve (its epsilons are tuned on seed 0 as well)
-      busy=$(pgrep -af "benchmark --dataset $d .*--out $out/$d " | sed -n 's/.*--seeds \([0-9 ]*\) --profile.*/\1/p' | tr ' ' '\n' | sort -u)
+      busy=$(ps -o args= -p "$(running "$d" | paste -sd,)" | sed -n 's/.*--seeds \([0-9 ]*\) --profile.*/\1/p' | tr ' ' '\n' | sort -u)
       clash=$(comm -12 <(echo "$busy") <(echo ${SEEDS:-0 1 2 3 4} | tr ' ' '\n' | sort -u))
       if [ -n "$clash" ] || [ -n "${EXTRA:-}" ] || pgrep -f "benchmark --dataset $d .*--curve-epsilon" > /dev/null \
          || ! SEEDS=0 seed_state "$out/$d/units" | grep -q ' yes'; then
@@ -115,7 +120,7 @@ sweep)
   kind=${1:-}; [ $# -gt 0 ] && shift
   case "$kind" in noniid|ratio) ;; *) echo "error: usage: scripts/paper_runs.sh sweep noniid|ratio DATASET ..." >&2; exit 2 ;; esac
   [ $# -gt 0 ] || { echo "error: name the dataset(s) whose table the $kind sweep goes around" >&2; exit 2; }
-  [ -d "$WT/hfgan_core" ] || { echo "error: no worktree at $WT; run 'scripts/paper_runs.sh start' once first" >&2; exit 2; }
+  need_worktree
   for d in "$@"; do
     # the sweep's headline point copies the table's units once, when it starts: so the table must be finished
     table_done "$d"
@@ -143,7 +148,7 @@ preview)
   # trained, hence the check). For looking at the run half-way and trying the rendering path early.
   d=${1:-}
   [ -n "$d" ] && [ -d "$out/$d/units" ] || { echo "error: usage: scripts/paper_runs.sh preview DATASET (one of: $(ls "$out" | grep -v '\.' | tr '\n' ' '))" >&2; exit 2; }
-  [ -d "$WT/hfgan_core" ] || { echo "error: no worktree at $WT; run 'scripts/paper_runs.sh start' once first" >&2; exit 2; }
+  need_worktree
   seeds=$(seed_state "$out/$d/units" | awk '$4 == "yes" {printf "%s ", $1}')
   [ -n "$seeds" ] || { echo "error: $d has no seed with every row and GAN judgement finished yet; see 'scripts/paper_runs.sh status'" >&2; exit 2; }
   tmp=$(mktemp -d /tmp/paper-preview-XXXX)
@@ -166,7 +171,7 @@ dp-recipe)
   # its noise is calibrated for the cap either way). Its units get the table's stamp and a tuning log
   # holding only that point (budget 0, marked).
   [ $# -gt 0 ] || { echo "error: usage: scripts/paper_runs.sh dp-recipe DATASET ..." >&2; exit 2; }
-  [ -d "$WT/hfgan_core" ] || { echo "error: no worktree at $WT; run 'scripts/paper_runs.sh start' once first" >&2; exit 2; }
+  need_worktree
   for d in "$@"; do
     table_done "$d"
     sub=$out/$d/dp_recipe
