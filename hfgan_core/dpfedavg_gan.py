@@ -46,6 +46,7 @@ class DPFedAvgGANConfig:
     aux_weight: float = 1.0
     seed: int = 0
     simulation_noise: bool = False  # True: the server's noise derived from the seed (research); False: OS entropy
+    data_id: str = ""  # which data: in the simulation noise key, so runs on other data never share a draw
     device: str = "cpu"
 
 

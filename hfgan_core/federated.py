@@ -34,7 +34,7 @@ from torch import nn
 from . import server as sv
 from .classifier import SmallCNN, predict_proba
 from .metrics import classification_metrics
-from .privacy import calibrate_noise, compute_epsilon, config_key, float_key, noise_seed
+from .privacy import calibrate_noise, check_delta, compute_epsilon, config_key, float_key, noise_seed
 
 Arrays = tuple[torch.Tensor, torch.Tensor]  # images (N, C, H, W) in [-1, 1], labels (N,)
 
@@ -68,6 +68,8 @@ class DPSpec:
     accountant: str = "prv"
     simulation_noise: bool = False  # True: masks and noise derived from the seed (research); False: OS entropy
     clip_only: bool = False  # sigma = 0: Poisson batches and per-example clipping, no noise (a control; epsilon inf)
+    data_id: str = ""  # which data (e.g. "pneumoniamnist: 4708 training images"): in the simulation noise key, so
+    #                    runs on other data never share a draw (f(D) + sigma z and g(D') + sigma z give f(D) - g(D'))
 
 
 def augmentation(image_size: int, strength: float = 1.0):
@@ -226,6 +228,8 @@ def _planned_steps(clients: list[Arrays], schedule: list[list[int]], config: Fed
 def _calibrate(clients: list[Arrays], schedule, config: FedConfig, dp: DPSpec) -> list[float]:
     if dp.clip_only:
         return [0.0] * len(clients)
+    for i, c in enumerate(clients):
+        check_delta(dp.delta, len(c[1]), f"hospital {i}")
     return [calibrate_noise(target_epsilon=dp.epsilon, delta=dp.delta, sample_rate=_rate(config, c),
                             steps=max(k, 1), accountant=dp.accountant)
             for c, k in zip(clients, _planned_steps(clients, schedule, config))]

@@ -115,13 +115,21 @@ def compute_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, 
                         accountant=accountant, histogram_sigma=histogram_sigma).epsilon(steps)
 
 
+def check_delta(delta: float, n: int, who: str) -> None:
+    """Refuse delta >= 1/n: a mechanism that publishes one random record of n outright is already
+    (0, 1/n)-DP, so such a delta promises nothing about any one record."""
+    if n > 0 and delta >= 1 / n:
+        raise UserError(f"{who} holds {n} records and --delta {delta} is not below 1/{n} = {1 / n:.3g}: at that delta "
+                        "a release that publishes one record outright would qualify; use a delta far below 1/N (e.g. 1e-5)")
+
+
 def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
                     accountant: str = "prv", rel_tol: float = 0.005, histogram_sigma: float | None = None) -> float:
     """Smallest sigma (to rel_tol) whose accounted epsilon after `steps` is <= target_epsilon."""
     if not target_epsilon > 0:
         raise UserError(f"--epsilon must be positive (got {target_epsilon}); use 'inf' to train without DP")
     if not 0 < delta < 1:
-        raise UserError(f"--delta must lie in (0, 1) (got {delta}); 1e-5 or 1/N is usual")
+        raise UserError(f"--delta must lie in (0, 1) (got {delta}); 1e-5, far below 1/N, is usual")
     if math.isinf(target_epsilon) or steps == 0:
         return 0.0
 

@@ -32,7 +32,7 @@ from .device import require_device
 from .errors import UserError
 from .models import Generator, build_models
 from .partition import class_counts, partition
-from .privacy import (SIMULATION_NOTE, ClientBudget, calibrate_noise, config_key, epsilon_replace_one, float_key,
+from .privacy import (SIMULATION_NOTE, ClientBudget, calibrate_noise, check_delta, config_key, epsilon_replace_one, float_key,
                       max_steps_within, noise_seed, noisy_label_histogram, privacy_curve)
 from .synthesis import save_synthetic
 
@@ -227,6 +227,7 @@ def hospital_state(h: cl.Client) -> dict:
     return {"generator": h.generator.state_dict(), "ema": h.ema.state_dict() if h.ema is not None else None,
             "g_optimizer": h.g_optimizer.state_dict(), "steps": h.budget.steps if h.budget else 0,
             "epsilon": h.budget.epsilon if h.budget else 0.0, "rng": h.rng.get_state(),
+            "noise_multiplier": h.budget.noise_multiplier if h.budget else None,
             "label_mix": h.fake_label_probs}
 
 
@@ -243,6 +244,12 @@ def load_hospital_state(h: cl.Client, state: dict) -> None:
         h.ema.load_state_dict(state["ema"])
     h.g_optimizer.load_state_dict(state["g_optimizer"])
     if h.budget is not None:
+        saved = state.get("noise_multiplier")
+        if saved is None or not math.isclose(saved, h.budget.noise_multiplier, rel_tol=1e-9):
+            raise UserError(f"hospital {h.cid}: its saved steps were taken at sigma {saved}, but this setup calibrates "
+                            f"sigma {h.budget.noise_multiplier:.6g} (other Opacus/SciPy versions, or a checkpoint made "
+                            "before sigma was kept): resuming would account those steps at the wrong sigma; resume with "
+                            "the versions that began the run, or start it over")
         h.budget.steps, h.budget.epsilon = state["steps"], state["epsilon"]
     h.rng.set_state(state["rng"])  # on any device: resume redraws nothing
 
@@ -289,6 +296,7 @@ def _budget(c: TrainConfig, n: int, planned_steps: int, *, restore: tuple[float,
     """Calibrate sigma for the planned steps (or take --noise-multiplier and find how many steps
     it allows); the budget's curve then reports epsilon every round with the same accountant.
     ``restore``: (sigma, steps allowed) found before, for an accountant rebuilt elsewhere."""
+    check_delta(c.delta, n, "a hospital")
     q = cl.sample_rate(c.batch_size, n)
     hist = c.histogram_sigma if c.fake_labels == "histogram" else None
     planned_steps = max(planned_steps, 1)
@@ -440,7 +448,8 @@ def release_note(run: Run, privacy: dict) -> dict:
                      "'recipe', so anyone holding them can redraw it; the (epsilon, delta) above holds only "
                      "against an adversary who cannot (a trusted simulator)" if c.simulation_noise else
                      "post-processing of the DP generators: anything trained on these images alone is "
-                     "(epsilon, delta)-DP per record of each hospital"),
+                     "(epsilon, delta)-DP per record of each hospital, for these settings; choosing the settings "
+                     "(the recipe) on the same records is not charged"),
             "recipe": asdict(c), "seed": c.seed}
 
 

@@ -684,6 +684,19 @@ def test_curve_epsilons_add_rows_for_the_curve_methods_on_the_first_seed(tmp_pat
     assert "privacy–utility curve" in (tmp_path / "table.md").read_text()
 
 
+def test_class_mix_noise_is_never_shared_between_datasets(tiny):
+    """The published class mixes are Gaussian releases of each hospital's counts: the same labels under
+    another dataset's name (or another seed) get other noise, so two datasets' releases never share a
+    draw (f(D) + σz and g(D') + σz would give f(D) - g(D') exactly); the same run draws the same."""
+    cfg = bm.BenchmarkConfig(dataset="tiny", methods=["fedavg"], seeds=[0], profile="smoke")
+    parts = [np.arange(0, 75), np.arange(75, 150)]
+    mixes = runner.class_mixes(cfg, tiny, parts, 0)
+    assert mixes.shape == (2, 3) and np.array_equal(mixes, runner.class_mixes(cfg, tiny, parts, 0))
+    for other in (runner.class_mixes(cfg, replace(tiny, name="tiny_twin"), parts, 0),
+                  runner.class_mixes(cfg, tiny, parts, 1)):
+        assert not np.allclose(mixes, other, atol=1e-6)
+
+
 def test_per_hospital_accuracy_is_each_hospitals_class_mix(smoke):
     """Recomputed from the published DP class mixes and the definition sum_c pi_ic recall_c; the
     exact per-class counts (sensitivity 1 each) appear nowhere in runs.json."""

@@ -169,3 +169,44 @@ def test_the_dp_label_mix_is_drawn_once_per_run(tiny, tmp_path):
     torch.save(state, path)
     with pytest.raises(UserError, match="second, uncounted release"):
         train(cfg, tmp_path / "run", resume=True, progress=False, dataset=tiny)
+
+
+def test_resume_refuses_steps_taken_at_another_sigma(tiny, tmp_path, monkeypatch):
+    """A resumed run accounts the steps already taken at the sigma it calibrates now; if that is not
+    the sigma they were taken at (another Opacus or SciPy, or a checkpoint made before sigma was
+    kept), the epsilon it reports would be wrong, so resume refuses instead."""
+    import hfgan_core.train as train_module
+    cfg = config(rounds=4, checkpoint_every=1)
+    first = train(cfg, tmp_path / "run", progress=False, stop_after=2, dataset=tiny)
+    sigmas = [h.budget.noise_multiplier for h in first.clients]
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["hospitals"]
+    assert [h["noise_multiplier"] for h in saved] == sigmas and all(s > 0 for s in sigmas)
+    real = train_module.calibrate_noise
+    monkeypatch.setattr(train_module, "calibrate_noise", lambda **kw: 1.5 * real(**kw))
+    with pytest.raises(UserError, match="wrong sigma"):
+        train(cfg, tmp_path / "run", resume=True, progress=False, dataset=tiny)
+    monkeypatch.setattr(train_module, "calibrate_noise", real)
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    for h in state["hospitals"]:
+        del h["noise_multiplier"]
+    torch.save(state, path)
+    with pytest.raises(UserError, match="wrong sigma"):
+        train(cfg, tmp_path / "run", resume=True, progress=False, dataset=tiny)
+
+
+def test_delta_must_be_below_one_over_each_hospitals_size(tiny):
+    """delta >= 1/N_i lets a mechanism publish one of hospital i's records outright; every DP path
+    refuses it, naming the hospital's size."""
+    from hfgan_core.federated import DPSpec, FedConfig, train_federated
+    from hfgan_core.train import hospital_parts
+    cfg = config()
+    smallest = min(len(p) for p in hospital_parts(cfg, tiny.train.labels))
+    assert setup(config(delta=0.5 / smallest), tiny).clients  # below 1/N_i everywhere: fine
+    with pytest.raises(UserError, match=f"not below 1/{smallest}"):
+        setup(config(delta=1.0 / smallest), tiny)
+    x, y = tiny.train.tensors()
+    hospitals = [(x[:40], y[:40]), (x[40:], y[40:])]
+    with pytest.raises(UserError, match="not below 1/40"):
+        train_federated(hospitals, tiny.val.tensors(), num_classes=3, config=FedConfig(rounds=1),
+                        dp=DPSpec(epsilon=5.0, delta=1 / 40))

@@ -243,3 +243,8 @@ def test_simulation_streams_differ_for_every_setting_but_where_a_run_executes():
     assert config_key(FedConfig(lr=1e-3), dp) != config_key(FedConfig(lr=3e-3), dp)
     assert config_key(FedConfig(), dp) != config_key(FedConfig(), replace(dp, max_grad_norm=0.1))
     assert config_key(FedConfig(device="cpu"), dp) == config_key(FedConfig(device="cuda"), dp)
+    # other data, other draws: the benchmark names the data in every key (runner._data_id)
+    from hfgan_core.dpfedavg_gan import DPFedAvgGANConfig
+    assert config_key(FedConfig(), dp) != config_key(FedConfig(), replace(dp, data_id="brainmri: 4000 training images"))
+    gan = DPFedAvgGANConfig(simulation_noise=True)
+    assert config_key(gan) != config_key(replace(gan, data_id="retinamnist: 1080 training images"))

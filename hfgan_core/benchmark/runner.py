@@ -138,6 +138,22 @@ def run_job(config: BenchmarkConfig, out: str | Path, *, resume: bool, echo: boo
 MIX_SIGMA = 10.0  # noise multiplier of the per-hospital class-mix histogram the benchmark publishes
 
 
+def _data_id(ds: MedicalDataset) -> str:
+    """Which data a run trains on, as part of every simulation noise key: runs on other data never
+    share a draw (f(D) + σz and g(D') + σz would give f(D) - g(D') without noise)."""
+    return f"{ds.name}: {len(ds.train)} training images"
+
+
+def class_mixes(c: BenchmarkConfig, ds: MedicalDataset, parts: list[np.ndarray], seed: int) -> np.ndarray:
+    """Each hospital's class mix, for per-hospital accuracy and figures: a DP histogram (exact counts
+    have sensitivity 1 and are never published; the cost is class_mix_release), one draw per hospital,
+    seed, data and partition. (hospitals, K)"""
+    split = config_key({"data": _data_id(ds), "partition": c.partition, "alpha": c.alpha, "clients": c.clients})
+    return np.stack([noisy_label_histogram(ds.train.labels[p], ds.num_classes, MIX_SIGMA,
+                                           np.random.default_rng(noise_seed(True, seed, 17, i, split)))
+                     for i, p in enumerate(parts)])
+
+
 def class_mix_release(delta: float, accountant: str) -> dict:
     """What the published class mixes cost: one Gaussian release of each hospital's class counts
     (one record moves one count by 1), on top of (composed with) whatever the hospital's GAN spent."""
@@ -203,12 +219,8 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
     val = ds.val.tensors()
     fed = replace(prof.fed, seed=seed, device=c.device)
     k = ds.num_classes
-    # Each hospital's class mix, for per-hospital accuracy and figures: a DP histogram (exact counts
-    # have sensitivity 1 and never leave this function's caller unpublished; see class_mix_release)
-    split = config_key({"partition": c.partition, "alpha": c.alpha, "clients": c.clients})  # other hospitals, other draws
-    mixes = np.stack([noisy_label_histogram(ds.train.labels[p], k, MIX_SIGMA,
-                                            np.random.default_rng(noise_seed(True, seed, 17, i, split)))
-                      for i, p in enumerate(parts)])  # (hospitals, K)
+    data_id = _data_id(ds)
+    mixes = class_mixes(c, ds, parts, seed)  # (hospitals, K)
     records, quality = [], []
 
     def judge(gan: str, eps: float, generators: list, spent: float) -> None:
@@ -302,7 +314,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             log(method, math.inf, fit(method, math.inf, groups=[[pooled]]), t0, plain)
         elif method == "dp_fedavg_clip":  # DP-SGD's batches and clipping, no noise: no guarantee
             spec = DPSpec(epsilon=math.inf, delta=c.delta, accountant=prof.accountant, simulation_noise=True,
-                          clip_only=True)
+                          clip_only=True, data_id=data_id)
             log(method, math.inf, fit(method, math.inf, dp=spec), t0, plain)
         elif method == "fedavg_null":  # the synthetic rows' labels and ratio, images from untrained generators
             null = [images_for_labels([_null_generator(gan_cfg, ds, seed * 100 + i)], balanced_labels(n_synth(h), k),
@@ -354,7 +366,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             t0 = time.time()
             res = train_dpfedavg_gan(hospitals, num_classes=k, config=DPFedAvgGANConfig(
                 **(prof.dpgan | {"epsilon": eps, "delta": c.delta, "seed": seed, "accountant": prof.accountant,
-                                 "device": c.device, "simulation_noise": True})))
+                                 "device": c.device, "simulation_noise": True, "data_id": data_id})))
             synth = [images_for_labels([res.generator], balanced_labels(n_synth(h), k), seed + 80 + i)
                      for i, h in enumerate(hospitals)]
             if dpgan_done := same_gan(dpgan_done, [res.generator]):
@@ -368,7 +380,7 @@ def _run_seed(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset, seed: int, 
             records.append(done)
         elif "dp_fedavg" in wanted:
             t0 = time.time()
-            dp = DPSpec(epsilon=eps, delta=c.delta, accountant=prof.accountant, simulation_noise=True)
+            dp = DPSpec(epsilon=eps, delta=c.delta, accountant=prof.accountant, simulation_noise=True, data_id=data_id)
             fitted = fit("dp_fedavg", eps, dp=dp)
             log("dp_fedavg", eps, fitted, t0, {"unit": "record", "gan_epsilon": None, "classifier_dp": True,
                                                "released_epsilon": max(fitted[0][0].epsilons)})
