@@ -119,8 +119,9 @@ def check_delta(delta: float, n: int, who: str) -> None:
     """Refuse delta >= 1/n: a mechanism that publishes one random record of n outright is already
     (0, 1/n)-DP, so such a delta promises nothing about any one record."""
     if n > 0 and delta >= 1 / n:
-        raise UserError(f"{who} holds {n} records and --delta {delta} is not below 1/{n} = {1 / n:.3g}: at that delta "
-                        "a release that publishes one record outright would qualify; use a delta far below 1/N (e.g. 1e-5)")
+        raise UserError(f"{who} holds {n} records and --delta {delta} is not below 1/{n} = {1 / n:.3g}: at that "
+                        "delta a release that publishes one record outright would qualify; use a delta far below 1/N "
+                        "(e.g. 1e-5)")
 
 
 def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,

@@ -32,8 +32,8 @@ from .device import require_device
 from .errors import UserError
 from .models import Generator, build_models
 from .partition import class_counts, partition
-from .privacy import (SIMULATION_NOTE, ClientBudget, calibrate_noise, check_delta, config_key, epsilon_replace_one, float_key,
-                      max_steps_within, noise_seed, noisy_label_histogram, privacy_curve)
+from .privacy import (SIMULATION_NOTE, ClientBudget, calibrate_noise, check_delta, config_key, epsilon_replace_one,
+                      float_key, max_steps_within, noise_seed, noisy_label_histogram, privacy_curve)
 from .synthesis import save_synthetic
 
 
