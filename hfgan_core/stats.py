@@ -31,6 +31,14 @@ def metric(name: str) -> Metric:
     return value
 
 
+def few_seeds_note(seeds: int) -> str:
+    """A footnote's caveat for 2-4 seeds: the degrees of freedom then rest on a seed variance with
+    seeds - 1 degrees of freedom, and the interval runs narrow (benchmarks/delta_coverage.py)."""
+    return (f" With {seeds} seeds this interval runs narrow: in a simulation of this design a nominal 95 % interval "
+            "covers less often (`benchmarks/delta_coverage.py`); read it as indicative."
+            if 1 < seeds < 5 else "")
+
+
 def paired_delta(y: np.ndarray, a: list[np.ndarray], b: list[np.ndarray], *, score: Metric,
                  n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
     """Mean over seeds of score(a) - score(b), and its confidence interval.

@@ -33,6 +33,7 @@ from .benchmark import (METHODS, PROFILES, BenchmarkConfig, add_paired_deltas, j
                         run_profile, summarise)
 from .benchmark import runner
 from .benchmark.tables import delta_cell, paired_columns
+from .stats import few_seeds_note
 
 SETTINGS = (("dirichlet", 0.1), ("dirichlet", 0.5), ("dirichlet", 1.0), ("iid", None))
 NONIID_METHODS = ["fedavg", "fedavg_null", "hfgan", "centralized"]
@@ -111,7 +112,8 @@ def _sweep(root: Path, name: str, points: list[tuple[str, dict, dict]], methods:
     (root / f"{name}.md").write_text(
         sweep_markdown(rows, methods, title) + f"Mean ± sd over seeds {c['seeds']}, profile `{c['profile']}`, "
         + note + f" Tuning: every column holds the classifiers' choices made in column {points[first][1]['setting']} "
-        f"(on seed {c['seeds'][0]}'s validation split). Δ: paired on seeds and test images, 95 % bootstrap interval.\n")
+        f"(on seed {c['seeds'][0]}'s validation split). Δ: paired on seeds and test images, 95 % interval as in "
+        "the tables (`stats.paired_delta`)" + few_seeds_note(len(c["seeds"])) + "\n")
     return rows
 
 

@@ -930,3 +930,22 @@ def test_one_collapsed_hospital_model_marks_the_local_row():
     assert _collapsed({"one_class_models": 2, "predicted_classes": 1.6})  # 2 of 5 local models collapsed
     assert not _collapsed({"one_class_models": 0, "predicted_classes": 2.0})
     assert _collapsed({"predicted_classes": 1})  # runs from before the count was kept
+    assert _collapsed({"predicted_classes": 1.8})  # a mean over 5 local models below 2: one of them collapsed
+    assert not _collapsed({"predicted_classes": 2.0})
+
+
+def test_old_runs_count_their_collapsed_models_from_the_saved_probabilities(tmp_path):
+    """runs.json from before one_class_models was kept: the tables count it from probas.npz. Local
+    only's two models predict 3 classes and 1 (a mean of 2.0, which the mean alone cannot tell
+    from two models predicting 2 each)."""
+    from hfgan_core.benchmark.tables import _collapsed, load_runs
+    eye = np.eye(3)
+    both = np.stack([eye[[0, 1, 2, 0]], eye[[1, 1, 1, 1]]])  # (models, N, K): predictions {0, 1, 2} and {1}
+    np.savez(tmp_path / "probas.npz", y_test=np.array([0, 1, 2, 0]), **{"local|0|inf": both,
+                                                                       "fedavg|0|inf": both[:1]})
+    (tmp_path / "runs.json").write_text(json.dumps({"config": {"epsilons": ["inf"]}, "runs": [
+        {"method": "local", "seed": 0, "epsilon": "inf", "predicted_classes": 2.0},
+        {"method": "fedavg", "seed": 0, "epsilon": "inf", "predicted_classes": 3.0}]}))
+    local, fedavg = load_runs(tmp_path)["runs"]
+    assert (local["one_class_models"], fedavg["one_class_models"]) == (1, 0)
+    assert _collapsed(local) and not _collapsed(fedavg)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics
+from ..stats import few_seeds_note
 from .config import CURVE_METHODS, GAN_LABELS, METHODS, PRIVATE_ROWS
 from .units import elapsed_s
 
@@ -18,7 +19,21 @@ def load_runs(out: str | Path) -> dict:
     report["runs"] = [{k: _number(v) for k, v in r.items()} for r in report["runs"]]
     for key in ("epsilons", "curve_epsilons"):
         report["config"][key] = [_number(v) for v in report["config"].get(key, [])]
+    _count_one_class_models(report["runs"], Path(out) / "probas.npz")
     return report
+
+
+def _count_one_class_models(runs: list[dict], path: Path) -> None:
+    """Runs from before ``one_class_models`` was kept: count it from their saved test probabilities
+    (models whose predictions take one class), where probas.npz has them."""
+    if not path.exists() or all("one_class_models" in r for r in runs):
+        return
+    saved = np.load(path)
+    keys = {(m, int(s), float(e)): k for k in saved.files if k.count("|") == 2 for m, s, e in [k.split("|")]}
+    for r in runs:
+        key = keys.get((r["method"], int(r["seed"]), float(r["epsilon"])))
+        if "one_class_models" not in r and key is not None:
+            r["one_class_models"] = int(sum(len(np.unique(p.argmax(-1))) == 1 for p in saved[key]))  # (M, N, K)
 
 
 def _number(v):
@@ -60,10 +75,11 @@ def summarise(records: list[dict], methods: list[str]) -> list[dict]:
 
 def _collapsed(run: dict) -> bool:
     """Whether a seed's classifier (for "local only": any of its hospitals' models) predicts one class.
-    Runs from before ``one_class_models`` was kept have only the mean number of predicted classes."""
+    Runs from before ``one_class_models`` was kept have only the mean number of predicted classes over
+    their models: below 2 means at least one model predicts one class (a lower bound for local only)."""
     if "one_class_models" in run:
         return run["one_class_models"] > 0
-    return run.get("predicted_classes", 2) <= 1
+    return run.get("predicted_classes", 2) < 2
 
 
 def probas_by_seed(saved, method: str, eps: float) -> dict[int, np.ndarray]:
@@ -218,7 +234,7 @@ def footnotes(report: dict) -> str:
         "over 1,000 resamples of the test images, each shared by every seed since every seed is scored on the same "
         "images; t with Welch–Satterthwaite degrees of freedom (`stats.paired_delta`)."
         + (" With one seed the interval has the test-set part only: it shows no seed-to-seed variation."
-           if len(c["seeds"]) == 1 else ""),
+           if len(c["seeds"]) == 1 else few_seeds_note(len(c["seeds"]))),
         f"ε: per record of one hospital (unit 'record': add/remove one record, the hospital's size public) or per "
         f"whole hospital ('hospital', DP-FedAvg-GAN), δ = {c['delta']}, Opacus "
         f"{report['profile'].get('accountant', 'prv').upper()} accountant, max over hospitals. HF-GAN's noise is "
