@@ -33,7 +33,8 @@ def _count_one_class_models(runs: list[dict], path: Path) -> None:
     for r in runs:
         key = keys.get((r["method"], int(r["seed"]), float(r["epsilon"])))
         if "one_class_models" not in r and key is not None:
-            r["one_class_models"] = int(sum(len(np.unique(p.argmax(-1))) == 1 for p in saved[key]))  # (M, N, K)
+            r["one_class_models"] = int(sum(metrics.classification_metrics(saved["y_test"], p)["predicted_classes"] <= 1
+                                            for p in saved[key]))  # (M, N, K): as the runner counts them
 
 
 def _number(v):
