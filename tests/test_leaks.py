@@ -19,6 +19,15 @@ def config(**kw) -> TrainConfig:
     return tiny_config(**(dict(rounds=2, d_steps=1, epsilon=10.0, synthetic_per_class=2) | kw))
 
 
+def drop_from_checkpoint(run_dir, key: str) -> None:
+    """Remove ``key`` from every hospital's saved state, as a checkpoint made before it was kept."""
+    path = run_dir / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    for h in state["hospitals"]:
+        del h[key]
+    torch.save(state, path)
+
+
 def first_uploads(cfg: TrainConfig, ds) -> list[torch.Tensor]:
     run = setup(cfg, ds)
     uploads, _ = engine.private_uploads(run, run.clients, engine.draw_batch(run, run.clients))
@@ -162,11 +171,7 @@ def test_the_dp_label_mix_is_drawn_once_per_run(tiny, tmp_path):
     again = setup(cfg, tiny)  # a fresh set-up draws another mix: what resume must not use
     assert not all(torch.equal(h.fake_label_probs, d) for h, d in zip(again.clients, drawn))
 
-    path = tmp_path / "run" / "checkpoint.pt"
-    state = torch.load(path, weights_only=False)
-    for h in state["hospitals"]:
-        del h["label_mix"]
-    torch.save(state, path)
+    drop_from_checkpoint(tmp_path / "run", "label_mix")
     with pytest.raises(UserError, match="second, uncounted release"):
         train(cfg, tmp_path / "run", resume=True, progress=False, dataset=tiny)
 
@@ -186,11 +191,7 @@ def test_resume_refuses_steps_taken_at_another_sigma(tiny, tmp_path, monkeypatch
     with pytest.raises(UserError, match="wrong sigma"):
         train(cfg, tmp_path / "run", resume=True, progress=False, dataset=tiny)
     monkeypatch.setattr(train_module, "calibrate_noise", real)
-    path = tmp_path / "run" / "checkpoint.pt"
-    state = torch.load(path, weights_only=False)
-    for h in state["hospitals"]:
-        del h["noise_multiplier"]
-    torch.save(state, path)
+    drop_from_checkpoint(tmp_path / "run", "noise_multiplier")
     with pytest.raises(UserError, match="wrong sigma"):
         train(cfg, tmp_path / "run", resume=True, progress=False, dataset=tiny)
 

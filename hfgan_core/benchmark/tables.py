@@ -29,12 +29,11 @@ def _count_one_class_models(runs: list[dict], path: Path) -> None:
     if not path.exists() or all("one_class_models" in r for r in runs):
         return
     saved = np.load(path)
-    keys = {(m, int(s), float(e)): k for k in saved.files if k.count("|") == 2 for m, s, e in [k.split("|")]}
     for r in runs:
-        key = keys.get((r["method"], int(r["seed"]), float(r["epsilon"])))
-        if "one_class_models" not in r and key is not None:
+        probas = probas_by_seed(saved, r["method"], float(r["epsilon"])).get(int(r["seed"]))  # (M, N, K)
+        if "one_class_models" not in r and probas is not None:
             r["one_class_models"] = int(sum(metrics.classification_metrics(saved["y_test"], p)["predicted_classes"] <= 1
-                                            for p in saved[key]))  # (M, N, K): as the runner counts them
+                                            for p in probas))  # as the runner counts them
 
 
 def _number(v):
