@@ -15,10 +15,15 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 
 def real_data(name: str) -> Path:
-    """Path of a shared data file, or skip the test saying how to provide it."""
+    """Path of a shared data file, or skip the test saying how to provide it; with HFGAN_REQUIRE_DATA=1
+    (.ci/run sets it when ../shared/data is there) a missing file fails instead, so that CI cannot
+    pass green with the real-data tests skipped."""
     path = DATA_DIR / name
     if not path.exists():
-        pytest.skip(f"{path} absent: run .ci/run (links ../shared/data into data/) or set HFGAN_DATA_DIR")
+        how = "run .ci/run (links ../shared/data into data/) or set HFGAN_DATA_DIR"
+        if os.environ.get("HFGAN_REQUIRE_DATA") == "1":
+            pytest.fail(f"{path} absent although HFGAN_REQUIRE_DATA=1: {how}")
+        pytest.skip(f"{path} absent: {how}")
     return path
 
 

@@ -251,7 +251,11 @@ def test_clipping_only_control_clips_without_noise(tiny):
         losses = per_example_d_loss(run.discriminator, batch.x, batch.y, batch.is_real, run.objective)
     sums, norms = run.clipper.clipped_grad_sum(losses, segments=batch.sizes)
     c = run.config
+    # q_i N_i + fakes = B + fakes (B <= N_i here), fixed in advance: not the realised count, which differs
+    assert any(int(n) != c.batch_size + c.n_fakes for n in batch.sizes)
     for i, h in enumerate(run.clients):
-        scale = normaliser(c.batch_size, h.n_examples, c.n_fakes)
+        assert c.batch_size <= h.n_examples
+        scale = c.batch_size + c.n_fakes
+        assert scale == normaliser(c.batch_size, h.n_examples, c.n_fakes)
         assert all(torch.allclose(u, s[i] / scale, atol=1e-7) for u, s in zip(uploads[i], sums))
     assert float(norms.max()) > c.max_grad_norm  # clipping did bite

@@ -137,6 +137,16 @@ def test_controls_and_paired_deltas(smoke):
         for score, key in (("accuracy", "delta_vs_fedavg"), ("balanced_accuracy", "bal_delta_vs_fedavg")):
             assert float(rows[m][key]) == pytest.approx(float(rows[m][score]) - float(rows["fedavg"][score]))
             assert float(rows[m][f"{key}_low"]) <= float(rows[m][key]) <= float(rows[m][f"{key}_high"])
+    # one seed: the interval is the test set's part alone, which for accuracy has a closed form: the
+    # mean of the per-image paired differences (correct, averaged over a row's models) +- 1.96 standard errors
+    y = saved["y_test"]
+    correct = {m: (saved[next(k for k in saved.files if k.startswith(f"{m}|0|"))].argmax(-1) == y).mean(0)
+               for m in ("fedavg", "hfgan", "fedavg_null", "centralized")}
+    for m in ("hfgan", "fedavg_null", "centralized"):
+        diff = correct[m] - correct["fedavg"]
+        low, high = float(rows[m]["delta_vs_fedavg_low"]), float(rows[m]["delta_vs_fedavg_high"])
+        assert (low + high) / 2 == pytest.approx(diff.mean(), abs=1e-3)
+        assert (high - low) / 2 == pytest.approx(1.96 * diff.std(ddof=1) / len(y) ** 0.5, rel=0.1, abs=2e-3)
     assert rows["hfgan"]["bal_delta_vs_null"] != "" and rows["fedavg_null"]["bal_delta_vs_null"] == ""
     md = (out / "table.md").read_text()
     assert "Δ acc. vs FedAvg" in md and "Δ bal. acc. vs null images" in md
@@ -518,12 +528,16 @@ def test_dp_classifier_is_calibrated_for_the_steps_it_takes(monkeypatch):
     original = DPOptimizer.step
 
     def count(self, *a, **k):
-        steps.append(self.noise_multiplier)
+        steps.append((self.noise_multiplier, self.max_grad_norm, self.expected_batch_size))
         return original(self, *a, **k)
     monkeypatch.setattr(DPOptimizer, "step", count)
     res = train_federated(hospitals, val, num_classes=2, config=cfg, dp=DPSpec(epsilon=3.0, accountant="rdp"))
     planned = _planned_steps(hospitals, [[0, 1], [0, 1]], cfg)
     assert planned == [2 * 6, 2 * 10] and len(steps) == sum(planned)
+    # the optimizer steps with the sigma accounted for its hospital, in schedule order (each round:
+    # hospital 0's 6 steps, then hospital 1's 10), at the spec's clipping norm and batch B
+    s0, s1 = res.noise_multipliers
+    assert s0 != s1 and steps == 2 * ([(s0, 1.0, 16)] * 6 + [(s1, 1.0, 16)] * 10)
     for sigma, n, k, eps in zip(res.noise_multipliers, (96, 160), planned, res.epsilons):
         assert eps == compute_epsilon(noise_multiplier=sigma, sample_rate=16 / n, steps=k, delta=1e-5, accountant="rdp")
         assert 2.9 < eps <= 3.0
@@ -609,6 +623,55 @@ def test_dpfedavg_gan_accounts_whole_hospitals():
     images, _ = res.generator.sample(4)
     assert images.shape == (4, 1, 28, 28) and torch.isfinite(images).all()
     assert_released_like_hfgan(res.generator)
+
+
+@pytest.mark.parametrize("noised", [False, True])
+def test_dpfedavg_gan_step_is_clipped_updates_plus_noise_over_expected_count(monkeypatch, noised):
+    """D's round, by hand: every hospital's whole update clipped to S (a hospital moves the sum by at
+    most S: the unit epsilon protects), the sum plus N(0, z^2 S^2) per coordinate, divided by the
+    expected number of hospitals. Local training is replaced by fixed updates, two inside the bound
+    and two far outside it; without noise the step is exact, with it the residual's spread is z S."""
+    import dp_accounting
+    from dp_accounting import rdp
+    import hfgan_core.dpfedavg_gan as dfg
+    sizes = (64, 72, 80, 88)
+    hospitals = [((x.repeat(1, 1, 4, 4)[:, :, :28, :28]), y) for x, y in (_toy(n, s) for s, n in enumerate(sizes))]
+    seen: dict = {}
+
+    def fixed_update(discriminator, generator, data, c):
+        i = sizes.index(len(data[1]))
+        seen.setdefault("d", discriminator)
+        seen.setdefault("start", [p.detach().clone() for p in discriminator.parameters()])
+        g = torch.Generator().manual_seed(100 + i)
+        update = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in discriminator.parameters()]
+        norm = torch.sqrt(sum((u.double() ** 2).sum() for u in update))
+        return [u * float((0.3, 0.7, 20.0, 50.0)[i] / norm) for u in update]  # norms 0.3, 0.7, 20, 50
+    monkeypatch.setattr(dfg, "_local_update", fixed_update)
+    if not noised:
+        monkeypatch.setattr(dfg, "calibrate_noise", lambda **k: 0.0)
+    S = 1.5
+    cfg = DPFedAvgGANConfig(rounds=1, g_steps=0, local_steps=1, batch_size=8, nz=8, ngf=8, ndf=8, epsilon=5.0,
+                            client_rate=1.0, update_clip=S, accountant="rdp")
+    res = train_dpfedavg_gan(hospitals, num_classes=2, config=cfg)
+    # by hand: the four fixed updates (regenerated), each scaled to norm min(norm, S), summed
+    total = None
+    for i, norm in enumerate((0.3, 0.7, 20.0, 50.0)):
+        g = torch.Generator().manual_seed(100 + i)
+        u = [torch.randn(p.shape, generator=g).double() for p in seen["start"]]
+        length = torch.sqrt(sum((v ** 2).sum() for v in u))
+        u = [v / length * min(norm, S) for v in u]
+        total = u if total is None else [t + v for t, v in zip(total, u)]
+    step = torch.cat([(p.detach().double() - p0.double()).flatten() for p, p0 in zip(seen["d"].parameters(), seen["start"])])
+    clipped_sum = torch.cat([t.flatten() for t in total])
+    if not noised:
+        assert res.noise_multiplier == 0.0
+        assert torch.allclose(step, clipped_sum / len(sizes), atol=1e-6)
+        return
+    residual = step * len(sizes) - clipped_sum  # the noise alone
+    assert step.numel() > 2000 and abs(residual.mean()) < 4 * res.noise_multiplier * S / step.numel() ** 0.5
+    assert abs(residual.std() / (res.noise_multiplier * S) - 1) < 0.05
+    reference = rdp.RdpAccountant().compose(dp_accounting.GaussianDpEvent(res.noise_multiplier), 1)
+    assert 4.9 < reference.get_epsilon(1e-5) <= 5.0  # one full-participation round at the calibrated z
 
 
 def assert_released_like_hfgan(g: torch.nn.Module) -> None:

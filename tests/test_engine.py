@@ -74,9 +74,10 @@ def test_batched_uploads_equal_the_reference_loop(tiny, aux_weight, diffaugment,
 @pytest.mark.parametrize("epsilon, diffaugment", [(float("inf"), False), (10.0, True), (float("inf"), True)])
 def test_engines_take_the_same_steps_without_noise(tiny, epsilon, diffaugment, device):
     """epsilon = inf (plain gradients) and clipping with the noise turned off, with and without
-    DiffAugment: after three rounds of d_steps = 2, D, every G_i and every EMA copy agree."""
+    DiffAugment: after three rounds of d_steps = 2, D, every G_i and every EMA copy agree (EMA decay
+    0.5, so that an EMA left at its start would be told apart)."""
     loop, batched = twin_runs(tiny, epsilon=epsilon, d_steps=2, mode_seeking=0.5, smoothness=0.2,
-                              diffaugment=diffaugment, device=device)
+                              diffaugment=diffaugment, device=device, g_ema=0.5)
     for run in (loop, batched):
         for h in run.clients:
             if h.budget is not None:
@@ -92,6 +93,7 @@ def test_engines_take_the_same_steps_without_noise(tiny, epsilon, diffaugment, d
         assert close(list(x.generator.parameters()), list(y.generator.parameters()), atol=1e-4)
         assert close(list(x.generator.buffers()), list(y.generator.buffers()), atol=1e-4)
         assert close(list(x.ema.parameters()), list(y.ema.parameters()), atol=1e-4)
+        assert not close(list(y.ema.parameters()), list(y.generator.parameters()), atol=2e-4)  # it lags G
 
 
 def test_stacked_generators_equal_separate_calls(tiny):

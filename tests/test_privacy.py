@@ -153,6 +153,15 @@ def test_noisy_label_histogram():
     draws = np.stack([noisy_label_histogram(labels, 4, 5.0, np.random.default_rng(s)) for s in range(400)])
     assert np.allclose(draws.sum(1), 1.0) and (draws >= 0).all()
     assert np.allclose(draws.mean(0)[:3], [0.7, 0.2, 0.1], atol=0.01)
+    # the noise is N(0, sigma^2) on each count (what the accountant charges): by hand from the same draws
+    for s in range(5):
+        counts = np.clip(np.array([700.0, 200, 100, 0]) + np.random.default_rng(s).normal(0.0, 5.0, 4), 0, None)
+        assert np.allclose(draws[s], counts / counts.sum())
+    # and its size shows in the spread: a count far from 0 moves by sigma, i.e. sd(f) ~ sigma / N
+    # (delta method on f0 = (700 + e0) / (1000 + e0 + e1 + e2 + max(e3, 0)); var max(e, 0) = sigma^2 (1/2 - 1/(2 pi)))
+    sd = draws[:, 0].std()
+    expected = 5.0 / 1000 * np.sqrt(0.3 ** 2 + 2 * 0.7 ** 2 + 0.7 ** 2 * (0.5 - 1 / (2 * np.pi)))
+    assert 0.85 * expected < sd < 1.15 * expected
 
 
 def test_calibration_guarantee_is_a_real_check(monkeypatch):
