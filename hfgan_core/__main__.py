@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from .benchmark import METHODS, BenchmarkConfig, run_benchmark
 from .device import require_device
-from .errors import UserError
+from .errors import UserError, require_writable_folder
 from .gan_quality import DATASETS, QualityRunConfig, run_quality, write_markdown
 from .report import TABLES, auto_device, make_tables
-from .train import TrainConfig, train
+from .train import TrainConfig, saved_config, train
 
 _HELP = {
     "dataset": "name of <name>.npz in the data directory (any MedMNIST-format file)",
@@ -155,34 +155,52 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train_flags(p: argparse.ArgumentParser) -> None:
-    """Every TrainConfig field as a flag, and --out."""
+def _train_flags(p: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """Every TrainConfig field as a flag, and --out (``defaults=False``: absent flags stay out of the
+    namespace, so that the flags a command line gave can be told from the defaults)."""
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
+        default = f.default if defaults else argparse.SUPPRESS
         if f.type == "bool":
-            p.add_argument(flag, action="store_true", help=_HELP.get(f.name))
+            p.add_argument(flag, action="store_true", default=default, help=_HELP.get(f.name))
         else:
-            p.add_argument(flag, type=_TYPES[f.type.split(" |")[0]], default=f.default, help=_HELP.get(f.name))
+            p.add_argument(flag, type=_TYPES[f.type.split(" |")[0]], default=default, help=_HELP.get(f.name))
     p.add_argument("--out", required=True, help="run folder (config.json, metrics.jsonl, privacy.json, ...)")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a ``UserError`` from any of them is one line on stderr and exit status 2."""
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    args.argv = argv
     if getattr(args, "device", None) == "auto" and args.command != "tables":  # tables: auto also picks the profile
         args.device = auto_device("auto")
     handler = {"train": _train, "benchmark": _benchmark, "quality": _quality, "attacks": _attacks,
                "noniid": _sweep, "ratio": _sweep, "tables": _tables,
                "flower-sim": _flower_sim}[args.command]
     try:
+        if getattr(args, "out", None) is not None:
+            require_writable_folder(args.out)
         return handler(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
+def _given_train_flags(argv: list[str]) -> dict:
+    """The TrainConfig fields this ``train`` command line sets itself (not by default)."""
+    p = argparse.ArgumentParser(add_help=False)
+    _train_flags(p, defaults=False)
+    given = vars(p.parse_known_args(argv)[0])
+    return {k: v for k, v in given.items() if k != "out"}
+
+
 def _train(args: argparse.Namespace) -> int:
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    if args.resume:  # the saved run's settings; a flag that asks for other ones is refused by train()
+        given = _given_train_flags(args.argv)
+        config = replace(saved_config(args.out), **given | ({"device": args.device} if "device" in given else {}))
+    else:
+        config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     run = train(config, args.out, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
     eps = [c.budget.epsilon for c in run.clients if c.budget]
     summary = f"max epsilon {max(eps):.3f} (delta={run.config.delta})" if eps else "no DP (epsilon = inf)"

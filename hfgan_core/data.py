@@ -186,6 +186,10 @@ def _class_names(name: str, splits: dict[str, Split]) -> tuple[str, ...]:
     if info is not None:
         return tuple(info["label"][str(i)] for i in range(len(info["label"])))
     k = int(max(sp.labels.max() for sp in splits.values())) + 1
+    present = len(np.unique(splits["train"].labels))
+    if present < k:  # e.g. one label 10^9: not K classes a GAN could learn, and 10^9 class names
+        raise UserError(f"{name}.npz: labels run up to {k - 1}, but the training split holds only {present} distinct "
+                        f"classes; number the classes 0..K-1, each with training images")
     return tuple(f"class {i}" for i in range(k))
 
 

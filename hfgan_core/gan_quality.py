@@ -27,13 +27,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .benchmark import jsonable, provenance
-from .data import load_dataset
+from .data import MedicalDataset, load_dataset
 from .errors import UserError
 from .extractor import load_or_train_extractor
 from .models import Generator
 from .quality import QualityConfig, generator_quality, reference_quality
 from .synthesis import synthesize
-from .train import RECIPE, TrainConfig, check_config, load_generators, trained_generators
+from .train import RECIPE, TrainConfig, check_config, load_generators, preflight, trained_generators
 
 DATASETS = ("pneumoniamnist", "brainmri", "retinamnist")
 TITLES = {"pneumoniamnist": "chest X-ray (PneumoniaMNIST)", "brainmri": "brain MRI (4 tumour classes)",
@@ -69,6 +69,9 @@ def run_quality(config: QualityRunConfig, out: str | Path, *, progress: bool = T
     a run folder left by an interrupted call with the same settings is continued from its
     checkpoint (or, if it finished, its saved generators are judged again) instead of retrained."""
     _check(config)
+    for name in config.datasets:  # every run's hospitals, delta and epsilon, before any dataset's work
+        labels = _dataset(config, name).train.labels
+        preflight([_train_config(config, name, seed, eps) for seed in config.seeds for eps in config.epsilons], labels)
     out = Path(out)
     reports = {}
     for name in config.datasets:
@@ -92,11 +95,7 @@ def _check(c: QualityRunConfig) -> None:
 
 def _run_dataset(c: QualityRunConfig, name: str, out: Path, progress: bool, resume: bool) -> dict:
     prov = provenance(c.device)
-    ds = load_dataset(name, c.data_dir)
-    if c.max_train:
-        ds = replace(ds, train=replace(ds.train, images=ds.train.images[:c.max_train],
-                                       labels=ds.train.labels[:c.max_train]))
-    ds = replace(ds, test=None)  # nothing below may read the test split
+    ds = replace(_dataset(c, name), test=None)  # nothing below may read the test split
     started = time.time()
     extractor, extractor_info = load_or_train_extractor(ds, epochs=c.extractor_epochs, device=c.device)
     qc = replace(c.quality, device=c.device)
@@ -115,9 +114,7 @@ def _run_dataset(c: QualityRunConfig, name: str, out: Path, progress: bool, resu
     for seed in c.seeds:
         for eps in c.epsilons:
             run_dir = out / name / "quality_runs" / f"hfgan-seed{seed}-eps{eps}"
-            cfg = TrainConfig(**(c.gan | dict(dataset=name, data_dir=c.data_dir, clients=c.clients,
-                                              partition=c.partition, alpha=c.alpha, epsilon=eps, delta=c.delta,
-                                              seed=seed, device=c.device, simulation_noise=True)))
+            cfg = _train_config(c, name, seed, eps)
             gens, trained = trained_generators(cfg, run_dir, ds, resume=resume, progress=progress)
             t0 = time.time()
             q = generator_quality(gens, ds, extractor, config=replace(qc, seed=seed))
@@ -133,6 +130,21 @@ def _run_dataset(c: QualityRunConfig, name: str, out: Path, progress: bool, resu
     (out / name / "gan_quality.json").write_text(json.dumps(jsonable(report), indent=2))
     plot_samples(ds, out / name / "quality_runs", min(c.seeds), c.epsilons, figure_path(out, name))
     return report
+
+
+def _dataset(c: QualityRunConfig, name: str) -> MedicalDataset:
+    ds = load_dataset(name, c.data_dir)
+    if c.max_train:
+        ds = replace(ds, train=replace(ds.train, images=ds.train.images[:c.max_train],
+                                       labels=ds.train.labels[:c.max_train]))
+    return ds
+
+
+def _train_config(c: QualityRunConfig, name: str, seed: int, eps: float) -> TrainConfig:
+    """The recipe's HF-GAN run of one (dataset, seed, epsilon)."""
+    return TrainConfig(**(c.gan | dict(dataset=name, data_dir=c.data_dir, clients=c.clients, partition=c.partition,
+                                       alpha=c.alpha, epsilon=eps, delta=c.delta, seed=seed, device=c.device,
+                                       simulation_noise=True)))
 
 
 def figure_path(out: str | Path, dataset: str) -> Path:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import secrets
+import warnings
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -74,7 +75,9 @@ class PrivacyCurve:
             return 0.0
         if self.accountant == "rdp":
             rdp = sum(part * k for part, k in used)
-            return float(get_privacy_spent(orders=RDP_ORDERS, rdp=rdp, delta=self.delta)[0])
+            with warnings.catch_warnings():  # "optimal order is the largest alpha": still a valid upper bound,
+                warnings.filterwarnings("ignore", message="Optimal order")  # only looser (tiny epsilon, huge sigma)
+                return float(get_privacy_spent(orders=RDP_ORDERS, rdp=rdp, delta=self.delta)[0])
         composed = compose_heterogeneous([part for part, _ in used], [k for _, k in used])
         return float(composed.compute_epsilon(self.delta, self._delta_error, PRV_EPS_ERROR)[2])  # the upper bound
 
@@ -124,6 +127,23 @@ def check_delta(delta: float, n: int, who: str) -> None:
                         "(e.g. 1e-5)")
 
 
+SIGMA_MAX = 8192.0  # calibrate_noise doubles sigma from 1 up to this; an epsilon it does not reach is refused
+
+
+def require_reachable(*, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str,
+                      histogram_sigma: float | None = None) -> None:
+    """Refuse an epsilon that calibrate_noise would refuse (no sigma up to SIGMA_MAX reaches it), with one
+    accountant call: a command checks this before it writes anything, not after hours of other work."""
+    if compute_epsilon(noise_multiplier=SIGMA_MAX, sample_rate=sample_rate, steps=steps, delta=delta,
+                       accountant=accountant, histogram_sigma=histogram_sigma) > target_epsilon:
+        raise UserError(_out_of_reach(target_epsilon, steps, sample_rate))
+
+
+def _out_of_reach(target_epsilon: float, steps: int, sample_rate: float) -> str:
+    return (f"epsilon={target_epsilon} is out of reach for {steps} steps at sample rate {sample_rate:.4f} "
+            f"(needs sigma > {SIGMA_MAX:g}); train fewer rounds or raise --epsilon")
+
+
 def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
                     accountant: str = "prv", rel_tol: float = 0.005, histogram_sigma: float | None = None) -> float:
     """Smallest sigma (to rel_tol) whose accounted epsilon after `steps` is <= target_epsilon."""
@@ -144,9 +164,8 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
     hi = 1.0
     while eps(hi) > target_epsilon:
         hi *= 2
-        if hi > 1e4:
-            raise UserError(f"epsilon={target_epsilon} is out of reach for {steps} steps at sample rate "
-                            f"{sample_rate:.4f} (needs sigma > 1e4); train fewer rounds or raise --epsilon")
+        if hi > SIGMA_MAX:
+            raise UserError(_out_of_reach(target_epsilon, steps, sample_rate))
     lo = hi / 2 if hi > 1.0 else 0.0
     while hi - lo > rel_tol * hi:  # invariant: eps(lo) > target >= eps(hi)
         for mid in _probes(lo, hi, eps, target_epsilon, rel_tol):

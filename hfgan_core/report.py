@@ -23,6 +23,7 @@ import numpy as np
 from .benchmark import CURVE_METHODS, METHODS, PRIVATE_ROWS, PROFILES, add_paired_deltas, jsonable, load_runs, \
     summarise, table_csv, table_markdown, wall_time_s
 from .data import load_dataset
+from .device import require_device
 from .errors import UserError
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -226,15 +227,20 @@ def make_tables(*, profile: str = "auto", device: str = "auto", datasets: list[s
     Returns 0, or 1 if a notebook failed."""
     profile, device = resolve_auto(profile, device)
     datasets = _check_tables(profile, datasets, jobs, workers)
+    require_device(device)
     out = Path(out or ("results/smoke" if profile == "smoke" else "results")).resolve()
-    ready, status = [], {}
+    ready, missing = [], {}
     for name in datasets:
         try:
             load_dataset(name, data_dir, download=download)
             ready.append(TABLES[name])
         except UserError as exc:
-            print(f"skipping {TABLES[name].stem}: {exc}", file=sys.stderr, flush=True)
-            status[TABLES[name].stem] = f"not run: {exc}"
+            missing[TABLES[name].stem] = str(exc)
+    if not ready:  # nothing to do: one line, and results/README.md left as it was
+        raise UserError("no table can run: " + " | ".join(f"{stem}: {why}" for stem, why in missing.items()))
+    for stem, why in missing.items():
+        print(f"skipping {stem}: {why}", file=sys.stderr, flush=True)
+    status = {stem: f"not run: {why}" for stem, why in missing.items()}
     if attacks and TABLES[ATTACK_TABLE.dataset] in ready:
         ready.append(ATTACK_TABLE)
     threads = max(1, (os.cpu_count() or 1) // (jobs * workers)) if jobs * workers > 1 else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import pickle
 import shutil
 import sys
 import time
@@ -33,7 +34,8 @@ from .errors import UserError
 from .models import Generator, build_models
 from .partition import class_counts, partition
 from .privacy import (SIMULATION_NOTE, ClientBudget, calibrate_noise, check_delta, config_key, epsilon_replace_one,
-                      float_key, max_steps_within, noise_seed, noisy_label_histogram, privacy_curve)
+                      float_key, max_steps_within, noise_seed, noisy_label_histogram, privacy_curve,
+                      require_reachable)
 from .synthesis import save_synthetic
 
 
@@ -151,9 +153,10 @@ def setup(config: TrainConfig, dataset: MedicalDataset | None = None) -> Run:
     check_config(config)
     ds = dataset or load_dataset(config.dataset, config.data_dir, download=config.download)
     parts = hospital_parts(config, ds.train.labels)
+    planned = planned_steps(config)
+    check_hospitals(config, [len(p) for p in parts], planned)
     x_all, y_all = ds.train.tensors()
     schedule = selection(config)
-    planned = sv.times_selected(schedule, config.clients) * config.d_steps
     shape = dict(num_classes=ds.num_classes, channels=ds.channels, image_size=ds.image_size)
     discriminator = build_discriminator(config, **shape)
     clients = [make_hospital(config, cid, x_all[idx], y_all[idx], num_classes=ds.num_classes,
@@ -166,6 +169,38 @@ def hospital_parts(config: TrainConfig, labels: np.ndarray) -> list[np.ndarray]:
     """Each hospital's indices into the training split: the same split in every runtime."""
     return partition(labels, config.clients, scheme=config.partition, alpha=config.alpha,
                      min_size=config.min_client_size, seed=config.seed)
+
+
+def planned_steps(config: TrainConfig) -> np.ndarray:
+    """Each hospital's D steps over the run (the rounds that select it x d_steps): its sigma is calibrated for these."""
+    return sv.times_selected(selection(config), config.clients) * config.d_steps
+
+
+def check_hospitals(config: TrainConfig, sizes: list[int], planned: np.ndarray) -> None:
+    """Refuse, before anything is built or written, hospitals this run could not train: fewer images than
+    a batch, a --delta not below 1/N_i, or an --epsilon no sigma reaches (the hardest hospital: the
+    smallest, at the most steps; the accountant's answer is cached for the calibration that follows)."""
+    for cid, n in enumerate(sizes):
+        _check_size(config, cid, n)
+        check_delta(config.delta, n, "a hospital")
+    if config.private and config.noise_multiplier is None:
+        require_reachable(target_epsilon=config.epsilon, delta=config.delta, accountant=config.accountant,
+                          sample_rate=cl.sample_rate(config.batch_size, min(sizes)), steps=max(int(max(planned)), 1),
+                          histogram_sigma=_histogram_sigma(config))
+
+
+def preflight(configs: list[TrainConfig], labels: np.ndarray) -> None:
+    """For commands that run many trainings (benchmark, attacks): refuse any run's settings, hospitals,
+    --delta or --epsilon before the command writes or wipes anything, instead of when that run's turn comes."""
+    for config in configs:
+        check_config(config)
+        check_hospitals(config, [len(p) for p in hospital_parts(config, labels)], planned_steps(config))
+
+
+def _check_size(config: TrainConfig, cid: int, n: int) -> None:
+    if n < config.batch_size:
+        raise UserError(f"client {cid} holds {n} images, fewer than --batch-size {config.batch_size}; "
+                        "lower the batch size, use fewer clients or raise --min-client-size")
 
 
 def selection(config: TrainConfig) -> list[list[int]]:
@@ -199,9 +234,7 @@ def make_hospital(config: TrainConfig, cid: int, images: torch.Tensor, labels: t
     G_i initialised from its own seed, G_i's optimiser and EMA, its accountant (sigma calibrated
     for its planned steps, unless ``budget`` restores one), its released label mix, its random
     stream. The in-process run and a Flower ``ClientApp`` both build hospitals here."""
-    if len(labels) < config.batch_size:
-        raise UserError(f"client {cid} holds {len(labels)} images, fewer than --batch-size {config.batch_size}; "
-                        "lower the batch size, use fewer clients or raise --min-client-size")
+    _check_size(config, cid, len(labels))
     device = torch.device(config.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(noise_seed(True, config.seed, 9, cid))  # the same G_i wherever the hospital runs
@@ -285,7 +318,9 @@ def check_config(c: TrainConfig) -> None:
               (c.engine in ("batched", "loop"), f"--engine must be batched or loop (got {c.engine})"),
               (c.loss in cl.LOSSES, f"--loss must be one of {', '.join(cl.LOSSES)} (got {c.loss})"),
               (c.mode_seeking >= 0, f"--mode-seeking must be >= 0 (got {c.mode_seeking})"),
-              (c.smoothness >= 0, f"--smoothness must be >= 0 (got {c.smoothness})")]
+              (c.smoothness >= 0, f"--smoothness must be >= 0 (got {c.smoothness})"),
+              (min(c.nz, c.ngf, c.ndf) >= 1, f"--nz, --ngf and --ndf must be at least 1 (got {c.nz}, {c.ngf}, {c.ndf})"),
+              (c.synthetic_per_class >= 0, f"--synthetic-per-class must be >= 0 (got {c.synthetic_per_class}; 0: none)")]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
@@ -298,16 +333,24 @@ def _budget(c: TrainConfig, n: int, planned_steps: int, *, restore: tuple[float,
     ``restore``: (sigma, steps allowed) found before, for an accountant rebuilt elsewhere."""
     check_delta(c.delta, n, "a hospital")
     q = cl.sample_rate(c.batch_size, n)
-    hist = c.histogram_sigma if c.fake_labels == "histogram" else None
+    hist = _histogram_sigma(c)
     planned_steps = max(planned_steps, 1)
     sigma = restore[0] if restore else c.noise_multiplier or calibrate_noise(
         target_epsilon=c.epsilon, delta=c.delta, sample_rate=q, steps=planned_steps, accountant=c.accountant,
         histogram_sigma=hist)
     curve = privacy_curve(noise_multiplier=sigma, sample_rate=q, max_steps=planned_steps, delta=c.delta,
                           accountant=c.accountant, histogram_sigma=hist)
+    max_steps = restore[1] if restore else max_steps_within(curve, c.epsilon)
+    if c.noise_multiplier and not restore and max_steps < c.d_steps:  # else: a run of 0 rounds, untrained G released
+        raise UserError(f"--noise-multiplier {sigma} spends more than --epsilon {c.epsilon} within one round "
+                        f"({c.d_steps} D step(s) at sample rate {q:.4f}); raise --noise-multiplier or --epsilon")
     return ClientBudget(n_examples=n, sample_rate=q, noise_multiplier=sigma, delta=c.delta, accountant=c.accountant,
-                        histogram_sigma=hist, curve=curve,
-                        max_steps=restore[1] if restore else max_steps_within(curve, c.epsilon))
+                        histogram_sigma=hist, curve=curve, max_steps=max_steps)
+
+
+def _histogram_sigma(c: TrainConfig) -> float | None:
+    """The released label mix's noise multiplier, charged to the hospital's budget (None: no mix released)."""
+    return c.histogram_sigma if c.fake_labels == "histogram" else None
 
 
 def check_budgets(run: Run, selected: list[cl.Client]) -> None:
@@ -383,7 +426,11 @@ def _save_checkpoint(run: Run, out: Path) -> None:
 
 
 def _load_checkpoint(run: Run, out: Path) -> None:
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    try:
+        state = torch.load(out / "checkpoint.pt", weights_only=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise UserError(f"--resume: {out / 'checkpoint.pt'} is unreadable ({type(exc).__name__}: truncated or corrupt); "
+                        f"start the run again with another --out") from None
     run.round, run.train_seconds = state["round"], state.get("train_seconds", 0.0)
     run.discriminator.load_state_dict(state["discriminator"])
     run.d_optimizer.load_state_dict(state["d_optimizer"])
@@ -511,9 +558,13 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, stop_af
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; choose another --out")
     if resume:
-        if not (out / "checkpoint.pt").exists():
-            raise UserError(f"--resume: no checkpoint.pt in {out}; start without --resume")
-        config = TrainConfig.from_dict(json.loads((out / "config.json").read_text())["config"])
+        saved = saved_config(out)
+        other = [f.name for f in fields(TrainConfig)
+                 if f.name not in WHERE and getattr(config, f.name) != getattr(saved, f.name)]
+        if other:
+            raise UserError(f"--resume continues the run in {out} with its own settings, but this command asks for other "
+                            + ", ".join(f"--{k.replace('_', '-')} ({getattr(config, k)}; saved: {getattr(saved, k)})"
+                                        for k in other) + "; drop those flags, or start a new run with another --out")
     elif (out / "checkpoint.pt").exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     run = setup(config, dataset)
@@ -530,6 +581,21 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, stop_af
         metrics_path.write_text("")
     _train_loop(run, out, metrics_path, stop_after=stop_after, progress=progress)
     return run
+
+
+WHERE = ("data_dir", "download")  # where the data comes from, not what the run is: a resumed run may find it elsewhere
+
+
+def saved_config(out: str | Path) -> TrainConfig:
+    """The settings of the run saved in ``out`` (what --resume continues), or one line saying what is missing."""
+    out = Path(out)
+    if not (out / "checkpoint.pt").exists():
+        raise UserError(f"--resume: no checkpoint.pt in {out}; start without --resume")
+    try:
+        return TrainConfig.from_dict(json.loads((out / "config.json").read_text())["config"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--resume: {out / 'config.json'} is missing or unreadable ({type(exc).__name__}), so the "
+                        f"run in {out} cannot be continued; start it again with another --out") from None
 
 
 def trained_generators(cfg: TrainConfig, run_dir: Path, ds: MedicalDataset | None = None, *, resume: bool,

@@ -224,6 +224,13 @@ def test_attack_table_end_to_end_and_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "holds attack runs made with other alpha" in err and len(err.strip().splitlines()) == 1
     assert (out / "privacy_attacks" / "eps2-seed0.json").read_text() == before  # nothing overwritten
+    # a fresh run that a later step would refuse is refused before it clears the old runs or their settings
+    settings = (out / "privacy_attacks" / "settings.json").read_text()
+    for bad, message in ((["--clients", "10000"], "training examples"), (["--delta", "0.5"], "is not below 1/")):
+        assert main(common + ["--seeds", "0", "--epsilon", "2", "--out", str(out), *bad]) == 2
+        assert message in capsys.readouterr().err
+    assert (out / "privacy_attacks" / "eps2-seed0.json").read_text() == before
+    assert (out / "privacy_attacks" / "settings.json").read_text() == settings
     # a fresh run (no --resume) under other settings leaves no run of the old ones to be reused later
     assert main(common + ["--seeds", "0", "--epsilon", "2", "--alpha", "3", "--out", str(out)]) == 0
     assert sorted(p.name for p in (out / "privacy_attacks").glob("eps*.json")) == ["eps2-seed0.json"]

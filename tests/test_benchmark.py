@@ -439,6 +439,9 @@ def test_resume_refuses_results_of_other_settings_or_code(tmp_path, monkeypatch)
     (["--dataset", "nosuchset"], "nosuchset.npz not found"),
     (["--workers", "0"], "--workers must be at least 1"),
     (["--device", "gpu"], "--device must be cpu, cuda, cuda:<index> or auto"),
+    (["--delta", "0.5"], "--delta 0.5 is not below 1/"),
+    (["--clients", "10000"], "10000 clients x minimum size"),
+    (["--epsilon", "1e-7"], "epsilon=1e-07 is out of reach"),
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, cli, args, message):
     real_data("pneumoniamnist.npz")
@@ -447,6 +450,24 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, cli, args, message):
     assert_one_clear_line(proc, message)
     assert not (tmp_path / "b").exists()  # nothing half-written
 
+
+
+def test_a_refused_run_leaves_the_earlier_results_alone(tmp_path, cli):
+    """A fresh run wipes its folder's earlier units, so every setting a later step would refuse (hospitals,
+    delta, epsilon out of reach) is refused first; a unit cut short is one line under --resume too."""
+    real_data("pneumoniamnist.npz")
+    units = tmp_path / "b" / "units"
+    units.mkdir(parents=True)
+    (units / "row-fedavg-0-inf.json").write_text("{}")
+    cmd = ["benchmark", "--dataset", "pneumoniamnist", "--seeds", "0", "1", "--profile", "smoke", "--methods", "fedavg",
+           "hfgan", "--out", tmp_path / "b", "--no-progress"]
+    for bad, message in ((["--delta", "0.5"], "is not below 1/"), (["--clients", "10000"], "training examples"),
+                         (["--epsilon", "1e-7"], "out of reach"), (["--partition", "weird"], "unknown partition")):
+        assert_one_clear_line(cli(*cmd, *bad), message)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "b").rglob("*")) == [
+        "b/units", "b/units/row-fedavg-0-inf.json"]
+    (units / "stamp.json").write_text('{"settings": {"cut')
+    assert_one_clear_line(cli(*cmd, "--resume"), "stamp.json is not readable JSON")
 
 
 def test_cli_resume_with_other_settings_is_one_clear_line(tmp_path, cli):
@@ -458,7 +479,7 @@ def test_cli_resume_with_other_settings_is_one_clear_line(tmp_path, cli):
     calls = json.loads((tmp_path / "b" / "runs.json").read_text())["invocations"]
     assert again.returncode == 0 and len(calls) == 2 and calls[1]["units_made"] == 0  # nothing left to do
     proc = cli(*cmd, "--resume", "--alpha", "1.0")
-    assert_one_clear_line(proc, "holds results made with other settings; run without --resume to start over")
+    assert_one_clear_line(proc, "holds results made with other settings (alpha); run without --resume to start over")
 
 # ---- the federated classifier --------------------------------------------------------------
 

@@ -199,7 +199,9 @@ def test_flower_sim_bad_input_is_one_clear_line(tmp_path, cli):
     (tmp_path / "a-file").write_text("")
     for args, message in ((["--dropout", "1.5"], "--dropout must lie in [0, 1)"),
                           (["--epsilon", "0"], "--epsilon must be positive"),
-                          (["--state-dir", str(tmp_path / "a-file")], "is a file; name a folder")):
+                          (["--state-dir", str(tmp_path / "a-file")], "is a file; name a folder"),
+                          # before Ray starts (it took 52 s and printed four tracebacks from its workers)
+                          (["--data-dir", str(tmp_path / "nodata")], "tiny.npz not found")):
         proc = cli("flower-sim", "--dataset", "tiny", "--out", tmp_path / "x", *args)
         assert_one_clear_line(proc, message)
         assert not (tmp_path / "x").exists()

@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT, assert_one_clear_line, real_data
 from hfgan_core import report
 from hfgan_core.benchmark import CURVE_METHODS, METHODS
+from hfgan_core.errors import UserError
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
@@ -103,9 +104,12 @@ def test_missing_dataset_is_reported_and_the_others_still_run(tmp_path, monkeypa
 
 @pytest.mark.parametrize("args,message", [(["--profile", "huge"], "unknown profile"),
                                           (["--datasets", "nosuch"], "no table for dataset"),
-                                          (["--jobs", "0"], "--jobs must be at least 1")])
+                                          (["--jobs", "0"], "--jobs must be at least 1"),
+                                          (["--device", "tpu"], "--device must be cpu, cuda, cuda:<index> or auto"),
+                                          (["--out", "FILE"], "is a file, not a folder")])
 def test_tables_cli_bad_input_is_one_clear_line(tmp_path, cli, args, message):
-    proc = cli("tables", "--out", tmp_path / "t", *args)
+    (tmp_path / "FILE").write_text("not a folder")
+    proc = cli("tables", "--out", tmp_path / "t", *[tmp_path / a if a == "FILE" else a for a in args])
     assert_one_clear_line(proc, message)
     assert not (tmp_path / "t").exists()
 
@@ -116,9 +120,10 @@ def test_make_tables_fetches_a_missing_medmnist_file(tmp_path, fake_zenodo, monk
     ran = []
     monkeypatch.setattr(report, "_execute", lambda t, params, out, progress_bar: ran.append(t.stem) or "ran")
     data = tmp_path / "data"
-    assert report.make_tables(profile="smoke", out=tmp_path / "o1", data_dir=str(data), datasets=["retinamnist"],
-                              download=False) == 0
-    assert ran == [] and "check retinamnist --download" in capsys.readouterr().err
+    with pytest.raises(UserError, match="no table can run: table3_retinal_fundus: .*check retinamnist --download"):
+        report.make_tables(profile="smoke", out=tmp_path / "o1", data_dir=str(data), datasets=["retinamnist"],
+                           download=False)
+    assert ran == [] and not (tmp_path / "o1").exists()
     assert report.make_tables(profile="smoke", out=tmp_path / "o2", data_dir=str(data), datasets=["retinamnist"]) == 0
     assert ran == ["table3_retinal_fundus"] and (data / "retinamnist.npz").exists()
     assert "fetching retinamnist.npz" in capsys.readouterr().err

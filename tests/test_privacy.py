@@ -13,8 +13,9 @@ from scipy import stats
 from hfgan_core.errors import UserError
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from hfgan_core.privacy import (ClientBudget, PrivacyCurve, calibrate_noise, compute_epsilon, max_steps_within,
-                                 noisy_label_histogram, privatize)
+from hfgan_core.privacy import (SIGMA_MAX, ClientBudget, PrivacyCurve, calibrate_noise, compute_epsilon,
+                                 max_steps_within, noisy_label_histogram, privatize, require_reachable)
+
 
 CASES = [(0.07, 1.0, 300), (0.19, 0.785, 20), (0.0136, 0.632, 1500), (0.5, 2.0, 50)]
 OPACUS_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
@@ -257,3 +258,15 @@ def test_simulation_streams_differ_for_every_setting_but_where_a_run_executes():
     assert config_key(FedConfig(), dp) != config_key(FedConfig(), replace(dp, data_id="brainmri: 4000 training images"))
     gan = DPFedAvgGANConfig(simulation_noise=True)
     assert config_key(gan) != config_key(replace(gan, data_id="retinamnist: 1080 training images"))
+
+
+def test_require_reachable_refuses_exactly_what_calibration_refuses():
+    """The early check (one accountant call, before a command writes anything) and the calibration
+    that runs later agree on either side of the largest sigma the calibration tries."""
+    kw = dict(delta=1e-5, sample_rate=0.2, steps=50, accountant="rdp")
+    floor = compute_epsilon(noise_multiplier=SIGMA_MAX, **kw)
+    require_reachable(target_epsilon=floor * 1.01, **kw)
+    assert calibrate_noise(target_epsilon=floor * 1.01, **kw) <= SIGMA_MAX
+    for check in (require_reachable, calibrate_noise):
+        with pytest.raises(UserError, match="is out of reach for 50 steps at sample rate 0.2000"):
+            check(target_epsilon=floor * 0.99, **kw)

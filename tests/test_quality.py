@@ -171,6 +171,7 @@ def test_quality_command_on_a_tiny_file(tmp_path, monkeypatch):
     (["--seeds", "1", "1"], "must not repeat"),
     (["--rounds", "0"], "--rounds must be at least 1"),
     (["--datasets", "nosuchset"], "nosuchset.npz not found"),
+    (["--clients", "10000"], "10000 clients x minimum size"),  # before the extractor and references are made
     (["--device", "cuda"], "has no CUDA GPU; use --device cpu") if not torch.cuda.is_available()
     else (["--epsilon", "-1"], "--epsilon values must be positive"),
 ])

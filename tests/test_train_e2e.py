@@ -3,6 +3,7 @@ and the command line fails cleanly."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -155,14 +156,42 @@ def _cli(*args, cwd=ROOT):
     (["--g-ema", "1"], "--g-ema must lie in [0, 1)"),
     (["--epsilon", "inf", "--noise-multiplier", "1"], "a fixed sigma needs a finite --epsilon"),
     (["--out", "FILE"], "is a file, not a folder"),
+    (["--out", "FILE/sub"], "which is a file; choose another --out"),
+    (["--nz", "0", "--epsilon", "inf"], "--nz, --ngf and --ndf must be at least 1"),
+    (["--synthetic-per-class", "-5"], "--synthetic-per-class must be >= 0"),
+    (["--noise-multiplier", "0.01", "--epsilon", "1"], "spends more than --epsilon 1.0 within one round"),
+    (["--epsilon", "1e-7"], "is out of reach"),
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, cli, args, message):
     real_data("pneumoniamnist.npz")
     (tmp_path / "FILE").write_text("not a folder")
-    args = [str(tmp_path / "FILE") if a == "FILE" else a for a in args]
+    args = [a.replace("FILE", str(tmp_path / "FILE"), 1) if a.startswith("FILE") else a for a in args]
     proc = cli("train", "--out", tmp_path / "run", "--rounds", "1", *args)
     assert_one_clear_line(proc, message)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing half-written
+
+
+def test_cli_resume_keeps_the_saved_settings_or_refuses(tmp_path, cli):
+    """--resume continues the saved run with its own settings: a flag asking for others is refused by
+    name (it was silently ignored: asked for epsilon 1, got 10); where the data lives may change; an
+    unreadable config.json or checkpoint.pt is one line too."""
+    real_data("pneumoniamnist.npz")
+    run = ["--out", tmp_path / "r", "--no-progress"]
+    small_run = ["--rounds", "2", "--clients", "2", "--batch-size", "16", "--ndf", "8", "--ngf", "8", "--nz", "16",
+                 "--synthetic-per-class", "0", "--accountant", "rdp"]
+    assert cli("train", *run, *small_run, "--stop-after", "1").returncode == 0
+    proc = cli("train", *run, "--resume", "--epsilon", "1", "--dataset", "retinamnist")
+    assert_one_clear_line(proc, "asks for other --dataset (retinamnist; saved: pneumoniamnist), --epsilon (1.0; saved: 10.0)")
+    assert len(_metrics(tmp_path / "r")) == 1
+    for broken, message in (("config.json", "config.json is missing or unreadable"),
+                            ("checkpoint.pt", "checkpoint.pt is unreadable")):
+        copy = tmp_path / f"broken-{broken}"
+        shutil.copytree(tmp_path / "r", copy)
+        (copy / broken).write_bytes((copy / broken).read_bytes()[:100])
+        assert_one_clear_line(cli("train", "--out", copy, "--resume", "--no-progress"), message)
+    data = real_data("pneumoniamnist.npz").parent
+    proc = cli("train", *run, "--resume", *small_run, "--data-dir", data)  # the same settings, data named elsewhere
+    assert proc.returncode == 0 and "done: 2 rounds" in proc.stdout
 
 
 def test_cli_runs_and_reports(tmp_path):

@@ -38,7 +38,7 @@ from ..data import MedicalDataset, load_dataset
 from ..errors import UserError
 from ..privacy import gaussian_noise_like
 from ..synthesis import synthesize
-from ..train import BudgetExhausted, TrainConfig, setup
+from ..train import BudgetExhausted, TrainConfig, preflight, setup
 from .audit import CanaryAudit
 from .inversion import invert_upload, reconstruction_quality
 from .membership import attack_summary, discriminator_membership_scores, generator_membership_scores
@@ -88,6 +88,7 @@ def run_attacks(c: AttackConfig, out: str | Path, *, resume: bool = False, progr
         raise UserError(f"--epsilon must be positive (got {bad[0]}); use inf for the clipping-only control")
     require_device(c.device)
     ds = load_dataset(c.dataset, c.data_dir)
+    preflight([train_config(c, min(c.epsilons), seed) for seed in c.seeds], ds.train.labels)  # before any file
     folder = Path(out) / "privacy_attacks"
     if resume:
         _check_same_settings(c, folder)

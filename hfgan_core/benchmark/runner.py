@@ -35,7 +35,7 @@ from ..federated import DPSpec, FedConfig, FedResult, train_federated
 from ..metrics import classification_metrics, fid, inception_score, inception_weights, mix_accuracy, standard_fid_is
 from ..privacy import compute_epsilon, config_key, noise_seed, noisy_label_histogram
 from ..models import build_models
-from ..train import TrainConfig, hospital_parts, trained_generators
+from ..train import TrainConfig, hospital_parts, preflight, trained_generators
 from .config import METHODS, PRIVATE_ROWS, PROFILES, BenchmarkConfig, Profile, private_rows, profile_json, run_profile
 from .provenance import jsonable, provenance
 from .tables import write_tables
@@ -80,6 +80,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, *, progress: bool = 
     prof = run_profile(config)
     weights = inception_weights()  # standard FID/IS too, when the Inception-v3 weights are on disk
     ds = _load(config, prof)
+    _preflight(config, prof, ds)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prov = provenance(config.device)  # now: the code that runs, not whatever HEAD is when it ends
@@ -188,6 +189,15 @@ def _check(c: BenchmarkConfig) -> None:
     bad = [e for e in every_eps if not e > 0]
     if bad:
         raise UserError(f"--epsilon values must be positive or inf (got {bad[0]})")
+
+
+def _preflight(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset) -> None:
+    """Refuse, before ``out`` is touched (a fresh run wipes its earlier units), the settings that
+    would otherwise stop the run later: every seed's hospitals (--clients, --alpha, --partition),
+    --delta against each of them, and HF-GAN's smallest epsilon against its hardest hospital."""
+    private = [e for e in c.epsilons + c.curve_epsilons if not math.isinf(e)]
+    eps = min(private) if private and any(METHODS[m].gan == "hfgan" for m in c.methods) else math.inf
+    preflight([_gan_config(c, prof, ds, seed, epsilon=eps) for seed in c.seeds], ds.train.labels)
 
 
 def _stamp(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset) -> dict:

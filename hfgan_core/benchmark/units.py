@@ -61,9 +61,9 @@ class Units:
         saved = self.root / "stamp.json"
         self.resumed = resume and saved.exists()
         if self.resumed:
-            old = json.loads(saved.read_text())
+            old = _read_json(saved)
             if old != self.stamp:
-                changed = sorted(k for k in set(old) | set(self.stamp) if old.get(k) != self.stamp.get(k))
+                changed = sorted(_differences(old, self.stamp))
                 raise UserError(f"{self.root} holds results made with other {', '.join(changed)}; "
                                 "run without --resume to start over, or choose another --out")
         else:
@@ -86,7 +86,7 @@ class Units:
         path = self._path(key)
         if not path.exists():
             return None
-        unit = json.loads(path.read_text())
+        unit = _read_json(path)
         if path.with_suffix(".npy").exists():
             unit["_array"] = np.load(path.with_suffix(".npy"))
         self.reused.add(key)
@@ -149,6 +149,26 @@ def elapsed_s(invocations: list[dict]) -> float:
 def _plain(o):
     """numpy values as Python ones; anything else as text. (Infinity stays a number: json reads it back.)"""
     return o.tolist() if isinstance(o, (np.ndarray, np.generic)) else str(o)
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    """The keys whose values differ, a level down where both are dicts (settings: "clients", not "settings")."""
+    out = []
+    for k in set(old) | set(new):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{k} ({sub})" for sub in sorted(x for x in set(a) | set(b) if a.get(x) != b.get(x))]
+        elif a != b:
+            out.append(k)
+    return out
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise UserError(f"{path} is not readable JSON (cut short when a run was killed?); delete it and run again "
+                        "with --resume (that part is made again), or start over without --resume") from None
 
 
 def _write(path: Path, data: str | bytes) -> None:

@@ -12,8 +12,9 @@ import logging
 import os
 from pathlib import Path
 
+from ..data import load_dataset
 from ..errors import UserError
-from ..train import TrainConfig, check_config
+from ..train import TrainConfig, check_config, preflight
 from .server_app import REPLY_TIMEOUT_S
 
 
@@ -39,6 +40,8 @@ def run_flower_simulation(config: TrainConfig, out: str | Path, *, dropout: floa
         logging.getLogger("flwr").setLevel(logging.WARNING)
     if state_dir is not None and Path(state_dir).exists() and not Path(state_dir).is_dir():
         raise UserError(f"--state-dir {state_dir} is a file; name a folder (it is created if missing)")
+    # the data, hospitals, delta and epsilon here, in one line, rather than from inside Ray's workers
+    preflight([config], load_dataset(config.dataset, config.data_dir, download=config.download).train.labels)
     previous = os.environ.pop(STATE_DIR_ENV, None)
     if state_dir is not None:  # the Ray workers inherit this process's environment
         Path(state_dir).mkdir(parents=True, exist_ok=True)
