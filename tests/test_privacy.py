@@ -99,8 +99,9 @@ def test_budget_ledger():
     assert b.can_spend(3) and not b.can_spend(4)
     b.spend(2)
     assert not b.can_spend(2)
-    assert b.update_epsilon() == compute_epsilon(noise_multiplier=1.0, sample_rate=0.5, steps=2, delta=1e-5,
-                                                 accountant="rdp")
+    ref = rdp.RdpAccountant(OPACUS_ORDERS)  # the ledger's epsilon is the steps spent, composed (second library)
+    ref.compose(_event(0.5, 1.0, 2))
+    assert b.update_epsilon() == pytest.approx(ref.get_epsilon(1e-5), rel=0.01)
     assert set(b.to_json()) == {"n_examples", "sample_rate", "noise_multiplier", "steps", "epsilon", "delta",
                                 "accountant", "histogram_sigma"}
 
@@ -198,7 +199,7 @@ def test_replace_one_epsilon_matches_the_gaussian_closed_form():
     # with subsampling: above add/remove (the record can move the sum by 2C), below twice it
     kw = dict(noise_multiplier=1.0, sample_rate=0.05, steps=300, delta=1e-5)
     add_remove = compute_epsilon(accountant="prv", **kw)
-    assert add_remove < epsilon_replace_one(**kw) < 2 * add_remove + 1
+    assert add_remove < epsilon_replace_one(**kw) < 2 * add_remove  # here 5.81 and 8.96
 
 
 def test_a_histogram_run_releases_and_accounts_the_same_sigma(tiny, tmp_path, monkeypatch):

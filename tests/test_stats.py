@@ -94,6 +94,13 @@ def test_seed_and_test_parts_add_in_variance():
     assert 1.96 * sd < half < st.t.ppf(0.975, 4) * sd and 4 < got["df"] < math.inf
     per_seed = [accuracy(y, pa) - accuracy(y, pb) for pa, pb in zip(a, b)]
     assert got["sd_seeds"] == pytest.approx(np.std(per_seed, ddof=1) / math.sqrt(5))
+    # the test part in closed form: the variance of a mean over images of each image's seed-averaged difference
+    per_image = np.mean([(pa.argmax(-1) == y).mean(0) - (pb.argmax(-1) == y).mean(0) for pa, pb in zip(a, b)], axis=0)
+    assert got["sd_test"] == pytest.approx(np.std(per_image, ddof=1) / math.sqrt(n), rel=0.1)
+    # Welch-Satterthwaite by hand: only the seed part has finite (s - 1 = 4) degrees of freedom
+    v_s, v_t = np.var(per_seed, ddof=1) / 5, got["sd_test"] ** 2
+    df = 4 * (v_s + v_t) ** 2 / v_s ** 2
+    assert got["df"] == pytest.approx(df) and half == pytest.approx(st.t.ppf(0.975, df) * math.sqrt(v_s + v_t))
 
 
 def test_balanced_accuracy_score_is_sklearns_mean_over_models():
