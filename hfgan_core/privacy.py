@@ -34,6 +34,9 @@ from .errors import UserError
 ACCOUNTANTS = ("prv", "rdp")  # Opacus's PRV and RDP analyses
 PRV_EPS_ERROR = 0.01  # PRV returns an upper bound within this error; the same value everywhere
 RDP_ORDERS = RDPAccountant.DEFAULT_ALPHAS
+# Opacus warns when the best RDP order is its largest (tiny epsilon at a huge sigma, e.g. an epsilon checked for
+# reach, or the PRV domain's RDP bound): the epsilon is still a valid upper bound, only looser. Not the user's concern.
+warnings.filterwarnings("ignore", message="Optimal order is the largest alpha", category=UserWarning)
 
 
 class PrivacyCurve:
@@ -75,9 +78,7 @@ class PrivacyCurve:
             return 0.0
         if self.accountant == "rdp":
             rdp = sum(part * k for part, k in used)
-            with warnings.catch_warnings():  # "optimal order is the largest alpha": still a valid upper bound,
-                warnings.filterwarnings("ignore", message="Optimal order")  # only looser (tiny epsilon, huge sigma)
-                return float(get_privacy_spent(orders=RDP_ORDERS, rdp=rdp, delta=self.delta)[0])
+            return float(get_privacy_spent(orders=RDP_ORDERS, rdp=rdp, delta=self.delta)[0])
         composed = compose_heterogeneous([part for part, _ in used], [k for _, k in used])
         return float(composed.compute_epsilon(self.delta, self._delta_error, PRV_EPS_ERROR)[2])  # the upper bound
 

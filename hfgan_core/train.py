@@ -153,10 +153,9 @@ def setup(config: TrainConfig, dataset: MedicalDataset | None = None) -> Run:
     check_config(config)
     ds = dataset or load_dataset(config.dataset, config.data_dir, download=config.download)
     parts = hospital_parts(config, ds.train.labels)
-    planned = planned_steps(config)
-    check_hospitals(config, [len(p) for p in parts], planned)
     x_all, y_all = ds.train.tensors()
     schedule = selection(config)
+    planned = sv.times_selected(schedule, config.clients) * config.d_steps
     shape = dict(num_classes=ds.num_classes, channels=ds.channels, image_size=ds.image_size)
     discriminator = build_discriminator(config, **shape)
     clients = [make_hospital(config, cid, x_all[idx], y_all[idx], num_classes=ds.num_classes,
@@ -171,30 +170,22 @@ def hospital_parts(config: TrainConfig, labels: np.ndarray) -> list[np.ndarray]:
                      min_size=config.min_client_size, seed=config.seed)
 
 
-def planned_steps(config: TrainConfig) -> np.ndarray:
-    """Each hospital's D steps over the run (the rounds that select it x d_steps): its sigma is calibrated for these."""
-    return sv.times_selected(selection(config), config.clients) * config.d_steps
-
-
-def check_hospitals(config: TrainConfig, sizes: list[int], planned: np.ndarray) -> None:
-    """Refuse, before anything is built or written, hospitals this run could not train: fewer images than
-    a batch, a --delta not below 1/N_i, or an --epsilon no sigma reaches (the hardest hospital: the
-    smallest, at the most steps; the accountant's answer is cached for the calibration that follows)."""
-    for cid, n in enumerate(sizes):
-        _check_size(config, cid, n)
-        check_delta(config.delta, n, "a hospital")
-    if config.private and config.noise_multiplier is None:
-        require_reachable(target_epsilon=config.epsilon, delta=config.delta, accountant=config.accountant,
-                          sample_rate=cl.sample_rate(config.batch_size, min(sizes)), steps=max(int(max(planned)), 1),
-                          histogram_sigma=_histogram_sigma(config))
-
-
 def preflight(configs: list[TrainConfig], labels: np.ndarray) -> None:
-    """For commands that run many trainings (benchmark, attacks): refuse any run's settings, hospitals,
-    --delta or --epsilon before the command writes or wipes anything, instead of when that run's turn comes."""
+    """For commands that run trainings later (benchmark, attacks, quality, Flower): refuse, before they
+    write or wipe anything, what ``setup`` would refuse when a run's turn comes: its settings, a hospital
+    smaller than a batch, a --delta not below 1/N_i, an --epsilon no sigma reaches (checked for the
+    hardest hospital: the smallest, at the most D steps; one accountant call)."""
     for config in configs:
         check_config(config)
-        check_hospitals(config, [len(p) for p in hospital_parts(config, labels)], planned_steps(config))
+        sizes = [len(p) for p in hospital_parts(config, labels)]
+        for cid, n in enumerate(sizes):
+            _check_size(config, cid, n)
+            check_delta(config.delta, n, "a hospital")
+        if config.private and config.noise_multiplier is None:
+            steps = sv.times_selected(selection(config), config.clients).max() * config.d_steps
+            require_reachable(target_epsilon=config.epsilon, delta=config.delta, accountant=config.accountant,
+                              sample_rate=cl.sample_rate(config.batch_size, min(sizes)), steps=max(int(steps), 1),
+                              histogram_sigma=_histogram_sigma(config))
 
 
 def _check_size(config: TrainConfig, cid: int, n: int) -> None:
