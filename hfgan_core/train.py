@@ -271,8 +271,8 @@ def load_hospital_state(h: cl.Client, state: dict) -> None:
         saved = state.get("noise_multiplier")
         if saved is None or not math.isclose(saved, h.budget.noise_multiplier, rel_tol=1e-9):
             raise UserError(f"hospital {h.cid}: its saved steps were taken at sigma {saved}, but this setup calibrates "
-                            f"sigma {h.budget.noise_multiplier:.6g} (other Opacus/SciPy versions, or a checkpoint made "
-                            "before sigma was kept): resuming would account those steps at the wrong sigma; resume with "
+                            f"sigma {h.budget.noise_multiplier:.6g} (a checkpoint.pt of another run, other Opacus/SciPy "
+                            "versions, or a checkpoint made before sigma was kept): resuming would account those steps at the wrong sigma; resume with "
                             "the versions that began the run, or start it over")
         h.budget.steps, h.budget.epsilon = state["steps"], state["epsilon"]
     h.rng.set_state(state["rng"])  # on any device: resume redraws nothing

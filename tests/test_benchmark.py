@@ -406,7 +406,7 @@ def test_processes_side_by_side_add_their_tuning_choices_without_losing_any(tmp_
 def test_resume_refuses_results_of_other_settings_or_code(tmp_path, monkeypatch):
     stamp = {"settings": {"alpha": 0.5}, "code": "hfgan_core sha256 a"}
     Units(tmp_path, stamp, resume=False).put(("row", "fedavg", 0, 10.0), {"accuracy": 0.8}, np.ones(3))
-    for other, changed in (({"alpha": 1.0}, "settings"), (stamp["settings"], "code")):
+    for other, changed in (({"alpha": 1.0}, r"settings \(alpha\)"), (stamp["settings"], "code")):
         with pytest.raises(UserError, match=f"other {changed}; run without --resume to start over"):
             Units(tmp_path, {"settings": other, "code": "hfgan_core sha256 b" if changed == "code" else stamp["code"]},
                   resume=True)
