@@ -173,14 +173,17 @@ def hospital_parts(config: TrainConfig, labels: np.ndarray) -> list[np.ndarray]:
 def preflight(configs: list[TrainConfig], labels: np.ndarray) -> None:
     """For commands that run trainings later (benchmark, attacks, quality, Flower): refuse, before they
     write or wipe anything, what ``setup`` would refuse when a run's turn comes: its settings, a hospital
-    smaller than a batch, a --delta not below 1/N_i, an --epsilon no sigma reaches (checked for the
-    hardest hospital: the smallest, at the most D steps; one accountant call)."""
+    smaller than a batch and, for a private run, a --delta not below 1/N_i and an --epsilon no sigma
+    reaches (one accountant call, for the smallest hospital at the most D steps any hospital takes:
+    exact when every hospital takes part in every round, a shade strict otherwise). A fixed
+    --noise-multiplier's own refusal (``_budget``) is left to ``setup``."""
     for config in configs:
         check_config(config)
         sizes = [len(p) for p in hospital_parts(config, labels)]
         for cid, n in enumerate(sizes):
             _check_size(config, cid, n)
-            check_delta(config.delta, n, "a hospital")
+            if config.private:
+                check_delta(config.delta, n, "a hospital")
         if config.private and config.noise_multiplier is None:
             steps = sv.times_selected(selection(config), config.clients).max() * config.d_steps
             require_reachable(target_epsilon=config.epsilon, delta=config.delta, accountant=config.accountant,
@@ -325,14 +328,15 @@ def _budget(c: TrainConfig, n: int, planned_steps: int, *, restore: tuple[float,
     check_delta(c.delta, n, "a hospital")
     q = cl.sample_rate(c.batch_size, n)
     hist = _histogram_sigma(c)
-    planned_steps = max(planned_steps, 1)
+    steps = max(planned_steps, 1)
     sigma = restore[0] if restore else c.noise_multiplier or calibrate_noise(
-        target_epsilon=c.epsilon, delta=c.delta, sample_rate=q, steps=planned_steps, accountant=c.accountant,
+        target_epsilon=c.epsilon, delta=c.delta, sample_rate=q, steps=steps, accountant=c.accountant,
         histogram_sigma=hist)
-    curve = privacy_curve(noise_multiplier=sigma, sample_rate=q, max_steps=planned_steps, delta=c.delta,
+    curve = privacy_curve(noise_multiplier=sigma, sample_rate=q, max_steps=steps, delta=c.delta,
                           accountant=c.accountant, histogram_sigma=hist)
     max_steps = restore[1] if restore else max_steps_within(curve, c.epsilon)
-    if c.noise_multiplier and not restore and max_steps < c.d_steps:  # else: a run of 0 rounds, untrained G released
+    # a hospital that takes part but cannot afford one round: a run of 0 rounds and untrained generators released
+    if c.noise_multiplier and not restore and planned_steps >= c.d_steps and max_steps < c.d_steps:
         raise UserError(f"--noise-multiplier {sigma} spends more than --epsilon {c.epsilon} within one round "
                         f"({c.d_steps} D step(s) at sample rate {q:.4f}); raise --noise-multiplier or --epsilon")
     return ClientBudget(n_examples=n, sample_rate=q, noise_multiplier=sigma, delta=c.delta, accountant=c.accountant,

@@ -125,6 +125,19 @@ def test_fixed_sigma_stops_before_exceeding_target(pneumonia, tmp_path, capsys):
     assert privacy["max_epsilon"] <= 3.0 and privacy["rounds_completed"] == run.round
 
 
+def test_fixed_sigma_refusal_spares_hospitals_that_are_never_selected(tiny):
+    """A fixed sigma that cannot afford one round is refused, but a hospital the schedule never picks
+    (client fraction < 1) plans no steps and is no reason to refuse the run."""
+    from conftest import tiny_config
+    from hfgan_core.errors import UserError
+    from hfgan_core.train import setup
+    run = setup(tiny_config(noise_multiplier=5.0, epsilon=10.0, client_fraction=0.34, rounds=1), tiny)
+    from hfgan_core import server as sv
+    assert sorted(sv.times_selected(run.schedule, 3)) == [0, 0, 1]  # one hospital of three takes part
+    with pytest.raises(UserError, match="spends more than --epsilon 10.0 within one round"):
+        setup(tiny_config(noise_multiplier=0.05, epsilon=10.0, client_fraction=0.34, rounds=1), tiny)
+
+
 def test_no_dp_run_records_no_epsilon(pneumonia, tmp_path):
     run = train(small(epsilon=float("inf"), rounds=2), tmp_path / "r", progress=False, dataset=pneumonia)
     assert all(c.budget is None for c in run.clients)

@@ -192,12 +192,15 @@ def _check(c: BenchmarkConfig) -> None:
 
 
 def _preflight(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset) -> None:
-    """Refuse, before ``out`` is touched (a fresh run wipes its earlier units), the settings that
-    would otherwise stop the run later: every seed's hospitals (--clients, --alpha, --partition),
-    --delta against each of them, and HF-GAN's smallest epsilon against its hardest hospital."""
-    private = [e for e in c.epsilons + c.curve_epsilons if not math.isinf(e)]
-    eps = min(private) if private and any(METHODS[m].gan == "hfgan" for m in c.methods) else math.inf
-    preflight([_gan_config(c, prof, ds, seed, epsilon=eps) for seed in c.seeds], ds.train.labels)
+    """Refuse, before ``out`` is touched (a fresh run wipes its earlier units), what HF-GAN's runs would
+    refuse later (``train.preflight``): every seed's hospitals (--clients, --alpha, --partition) and, at
+    the smallest epsilon a seed trains HF-GAN at, --delta and that epsilon. (The DP classifier's and
+    DP-FedAvg-GAN's calibrations are not checked here: they fail only where HF-GAN's check fails first.)"""
+    def hfgan_eps(seed: int) -> float:
+        private = [eps for eps, methods in private_rows(c, prof, seed)
+                   if not math.isinf(eps) and any(METHODS[m].gan == "hfgan" for m in methods)]
+        return min(private, default=math.inf)
+    preflight([_gan_config(c, prof, ds, seed, epsilon=hfgan_eps(seed)) for seed in c.seeds], ds.train.labels)
 
 
 def _stamp(c: BenchmarkConfig, prof: Profile, ds: MedicalDataset) -> dict:
