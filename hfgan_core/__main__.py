@@ -187,18 +187,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _given_train_flags(argv: list[str]) -> dict:
+def _given_train_flags(argv: list[str]) -> set[str]:
     """The TrainConfig fields this ``train`` command line sets itself (not by default)."""
     p = argparse.ArgumentParser(add_help=False)
     _train_flags(p, defaults=False)
-    given = vars(p.parse_known_args(argv)[0])
-    return {k: v for k, v in given.items() if k != "out"}
+    return set(vars(p.parse_known_args(argv)[0])) - {"out"}
 
 
 def _train(args: argparse.Namespace) -> int:
     if args.resume:  # the saved run's settings; a flag that asks for other ones is refused by train()
-        given = _given_train_flags(args.argv)
-        config = replace(saved_config(args.out), **given | ({"device": args.device} if "device" in given else {}))
+        given = {name: getattr(args, name) for name in _given_train_flags(args.argv)}  # as parsed (device resolved)
+        config = replace(saved_config(args.out), **given)
     else:
         config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     run = train(config, args.out, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)

@@ -69,13 +69,14 @@ def run_quality(config: QualityRunConfig, out: str | Path, *, progress: bool = T
     a run folder left by an interrupted call with the same settings is continued from its
     checkpoint (or, if it finished, its saved generators are judged again) instead of retrained."""
     _check(config)
-    for name in config.datasets:  # every run's hospitals, delta and epsilon, before any dataset's work
-        labels = _dataset(config, name).train.labels
-        preflight([_train_config(config, name, seed, eps) for seed in config.seeds for eps in config.epsilons], labels)
+    datasets = {name: _dataset(config, name) for name in config.datasets}
+    for name, ds in datasets.items():  # every run's hospitals, delta and epsilon, before any dataset's work
+        preflight([_train_config(config, name, seed, eps) for seed in config.seeds for eps in config.epsilons],
+                  ds.train.labels)
     out = Path(out)
     reports = {}
-    for name in config.datasets:
-        reports[name] = _run_dataset(config, name, out, progress, resume)
+    for name, ds in datasets.items():
+        reports[name] = _run_dataset(config, ds, out, progress, resume)
     write_markdown(out)
     return reports
 
@@ -90,9 +91,10 @@ def _check(c: QualityRunConfig) -> None:
         raise UserError(f"--seeds {c.seeds} and --epsilon {c.epsilons} must not repeat a value")
 
 
-def _run_dataset(c: QualityRunConfig, name: str, out: Path, progress: bool, resume: bool) -> dict:
+def _run_dataset(c: QualityRunConfig, ds: MedicalDataset, out: Path, progress: bool, resume: bool) -> dict:
     prov = provenance(c.device)
-    ds = replace(_dataset(c, name), test=None)  # nothing below may read the test split
+    name = ds.name
+    ds = replace(ds, test=None)  # nothing below may read the test split
     started = time.time()
     extractor, extractor_info = load_or_train_extractor(ds, epochs=c.extractor_epochs, device=c.device)
     qc = replace(c.quality, device=c.device)

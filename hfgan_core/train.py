@@ -30,7 +30,7 @@ from . import server as sv
 from .clipping import PerExampleClipper
 from .data import MedicalDataset, load_dataset
 from .device import require_device
-from .errors import UserError
+from .errors import UserError, require_writable_folder
 from .models import Generator, build_models
 from .partition import class_counts, partition
 from .privacy import (SIMULATION_NOTE, ClientBudget, calibrate_noise, check_delta, config_key, epsilon_replace_one,
@@ -155,7 +155,7 @@ def setup(config: TrainConfig, dataset: MedicalDataset | None = None) -> Run:
     parts = hospital_parts(config, ds.train.labels)
     x_all, y_all = ds.train.tensors()
     schedule = selection(config)
-    planned = sv.times_selected(schedule, config.clients) * config.d_steps
+    planned = _planned_steps(config, schedule)
     shape = dict(num_classes=ds.num_classes, channels=ds.channels, image_size=ds.image_size)
     discriminator = build_discriminator(config, **shape)
     clients = [make_hospital(config, cid, x_all[idx], y_all[idx], num_classes=ds.num_classes,
@@ -185,10 +185,15 @@ def preflight(configs: list[TrainConfig], labels: np.ndarray) -> None:
             if config.private:
                 check_delta(config.delta, n, "a hospital")
         if config.private and config.noise_multiplier is None:
-            steps = sv.times_selected(selection(config), config.clients).max() * config.d_steps
+            steps = int(_planned_steps(config, selection(config)).max())
             require_reachable(target_epsilon=config.epsilon, delta=config.delta, accountant=config.accountant,
-                              sample_rate=cl.sample_rate(config.batch_size, min(sizes)), steps=max(int(steps), 1),
+                              sample_rate=cl.sample_rate(config.batch_size, min(sizes)), steps=max(steps, 1),
                               histogram_sigma=_histogram_sigma(config))
+
+
+def _planned_steps(config: TrainConfig, schedule: list[list[int]]) -> np.ndarray:
+    """Each hospital's D steps over the run (the rounds that select it x d_steps): its sigma is calibrated for these."""
+    return sv.times_selected(schedule, config.clients) * config.d_steps
 
 
 def _check_size(config: TrainConfig, cid: int, n: int) -> None:
@@ -275,8 +280,8 @@ def load_hospital_state(h: cl.Client, state: dict) -> None:
         if saved is None or not math.isclose(saved, h.budget.noise_multiplier, rel_tol=1e-9):
             raise UserError(f"hospital {h.cid}: its saved steps were taken at sigma {saved}, but this setup calibrates "
                             f"sigma {h.budget.noise_multiplier:.6g} (a checkpoint.pt of another run, other Opacus/SciPy "
-                            "versions, or a checkpoint made before sigma was kept): resuming would account those steps at the wrong sigma; resume with "
-                            "the versions that began the run, or start it over")
+                            "versions, or a checkpoint made before sigma was kept): resuming would account those steps "
+                            "at the wrong sigma; resume with the versions that began the run, or start it over")
         h.budget.steps, h.budget.epsilon = state["steps"], state["epsilon"]
     h.rng.set_state(state["rng"])  # on any device: resume redraws nothing
 
@@ -550,8 +555,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, stop_af
     """Run (or resume) HF-GAN training and write config.json, metrics.jsonl, privacy.json,
     sample grids and checkpoint.pt under ``out``."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder; choose another --out")
+    require_writable_folder(out)
     if resume:
         saved = saved_config(out)
         other = [f.name for f in fields(TrainConfig)
