@@ -12,8 +12,13 @@ compares the scores and trains the row; the row itself (any other seed) is never
 A trial is "the same" when everything its run depends on is: the method, epsilon and tuning seed,
 the classifier config and DP spec it is given (``repr``), the data its ``train`` closure holds (the
 hospitals' images and labels, the synthetic images of a GAN row: hashed), and the run's unit stamp
-(settings, profile, data file, code hash). A GAN trained again with other weights therefore gets
-trials of its own.
+(settings, profile, data file, code hash). Synthetic images are keyed by where they come from, not
+by their bytes: the generators' weights hash (the one the pinned rows carry) and the sampling seed
+(``tag_synthetic_images``). Why: a GAN block's trials on seed 0 take longer than a session, its
+generators are committed so that the next session reuses them, and the next machine may compute
+the same generators' images with other rounding (an AVX-512 CPU against an AVX2 one), which would
+change every byte-level key and redo every trial. A GAN trained again with other weights still
+gets trials of its own.
 
 The sweeps (``noniid``, ``ratio``) get one more thing the pin lacks: main's rule that every sweep
 point holds the headline's tuning (``hfgan_core.sweeps`` on main, since 2026-11-30). The pinned
@@ -53,7 +58,9 @@ def digest(obj, h: "hashlib._Hash", seen: set, depth: int = 0) -> None:
     if id(obj) in seen or depth > 6:
         return
     seen.add(id(obj))
-    if isinstance(obj, torch.Tensor):
+    if isinstance(obj, torch.Tensor) and hasattr(obj, "provenance"):  # synthetic: see tag_synthetic_images
+        h.update(f"S{tuple(obj.shape)}{obj.dtype}{obj.provenance}".encode())
+    elif isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
         h.update(f"T{tuple(t.shape)}{t.dtype}".encode() + t.numpy().tobytes())
     elif isinstance(obj, np.ndarray):
@@ -116,7 +123,23 @@ class TrialMemo:
         return memo_train
 
 
+def tag_synthetic_images() -> None:
+    """Mark every synthetic image batch the pinned runner draws with its provenance (the generators'
+    weights hash, the sampling seed), which ``digest`` reads instead of the images' bytes; the
+    labels stay in the key by their bytes. The images themselves are untouched."""
+    from hfgan_core.benchmark import runner
+    original = runner.images_for_labels
+
+    def images_for_labels(generators, labels, seed):
+        x, y = original(generators, labels, seed)
+        x.provenance = f"{runner.generators_sha256(generators)}|{seed}"
+        return x, y
+
+    runner.images_for_labels = images_for_labels
+
+
 def install(out: Path) -> None:
+    tag_synthetic_images()
     original = tuning.Tuner.fit
     memo = TrialMemo(out)
 

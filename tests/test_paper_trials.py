@@ -109,3 +109,37 @@ def test_pinned_sweeps_hold_the_headline_tuning_as_main_does(tmp_path, monkeypat
     with pytest.raises(UserError, match="other settings, data or code"):
         sw._seed_units(headline, tmp_path / "other", point)
     assert not (tmp_path / "other").exists()
+
+
+def test_synthetic_images_are_keyed_by_their_generators_and_draw(monkeypatch):
+    """A GAN row's trials are keyed by the generators' weights hash and the sampling seed, so the same
+    committed generators give the same key on a CPU that rounds their images differently; other
+    generators, another draw or other labels give another key."""
+    import hashlib
+    from hfgan_core.benchmark import runner
+    from hfgan_core.models import Generator
+    mod = _script()
+    monkeypatch.setattr(runner, "images_for_labels", runner.images_for_labels)  # the wrapper replaces it
+    mod.tag_synthetic_images()
+
+    def key(synthetic) -> str:
+        train = lambda cfg, spec: synthetic  # noqa: E731  (as the runner's fit closes over synthetic=...)
+        h = hashlib.sha256()
+        mod.digest(train, h, set())
+        return h.hexdigest()
+
+    def generator(seed: int) -> Generator:
+        torch.manual_seed(seed)
+        return Generator(num_classes=2, channels=1, image_size=28, nz=8, ngf=4).eval()
+
+    g, labels = generator(0), torch.tensor([0, 1, 0, 1])
+    x, y = runner.images_for_labels([g], labels, 5)
+    same = x + 1e-7  # the same generators' images as another CPU's rounding would give them
+    same.provenance = x.provenance
+    assert not torch.equal(same, x) and key([(same, y)]) == key([(x, y)])
+    others = [runner.images_for_labels([generator(1)], labels, 5),   # other weights
+              runner.images_for_labels([g], labels, 6),              # another draw
+              runner.images_for_labels([g], labels.flip(0), 5)]      # other labels
+    assert len({key([(x, y)])} | {key([o]) for o in others}) == 4
+    plain = x.detach().clone()  # an untagged tensor (the hospitals' real images) is keyed by its bytes
+    assert key([(plain, y)]) != key([(plain + 1e-7, y)])
