@@ -18,7 +18,8 @@ by their bytes: the generators' weights hash (the one the pinned rows carry) and
 generators are committed so that the next session reuses them, and the next machine may compute
 the same generators' images with other rounding (an AVX-512 CPU against an AVX2 one), which would
 change every byte-level key and redo every trial. A GAN trained again with other weights still
-gets trials of its own.
+gets trials of its own. For the same reason each DP-FedAvg-GAN is kept (``keep_dpfedavg_gan``): the
+pinned runner trains it in memory only.
 
 The sweeps (``noniid``, ``ratio``) get one more thing the pin lacks: main's rule that every sweep
 point holds the headline's tuning (``hfgan_core.sweeps`` on main, since 2026-11-30). The pinned
@@ -138,8 +139,38 @@ def tag_synthetic_images() -> None:
     runner.images_for_labels = images_for_labels
 
 
+def keep_dpfedavg_gan(out: Path) -> None:
+    """Keep each DP-FedAvg-GAN the pinned runner trains (its result: generator, sigma, epsilon) in
+    ``<out>/gan_runs/dpfedavg_gan-seed<s>-eps<e>-<key>.pt`` and give it back when the same training
+    comes again in a later process. Why: the runner trains it in memory, a seed-0 block (its GAN,
+    8 trials and the row: about 5 hours on brain MRI) outlasts a session, and trained again on
+    another CPU it has other weights, whose trials would be new ones. The same training: the
+    hospitals' data, the config and the unit stamp. Committed (``git add -f``) while its block is
+    unfinished, as HF-GAN's generators.pt is."""
+    from hfgan_core.benchmark import runner
+    original = runner.train_dpfedavg_gan
+
+    def train_dpfedavg_gan(clients, *, num_classes, config, **kw):
+        stamp = (out / "units" / "stamp.json").read_text()
+        h = hashlib.sha256(f"{num_classes}|{config!r}|{stamp}".encode())
+        digest(clients, h, set())
+        path = out / "gan_runs" / f"dpfedavg_gan-seed{config.seed}-eps{config.epsilon:g}-{h.hexdigest()[:12]}.pt"
+        if path.exists():
+            print(f"DP-FedAvg-GAN reused: {path.name}", flush=True)
+            return torch.load(path, weights_only=False)
+        result = original(clients, num_classes=num_classes, config=config, **kw)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(result, tmp)
+        tmp.replace(path)
+        return result
+
+    runner.train_dpfedavg_gan = train_dpfedavg_gan
+
+
 def install(out: Path) -> None:
     tag_synthetic_images()
+    keep_dpfedavg_gan(out)
     original = tuning.Tuner.fit
     memo = TrialMemo(out)
 

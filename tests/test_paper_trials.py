@@ -143,3 +143,31 @@ def test_synthetic_images_are_keyed_by_their_generators_and_draw(monkeypatch):
     assert len({key([(x, y)])} | {key([o]) for o in others}) == 4
     plain = x.detach().clone()  # an untagged tensor (the hospitals' real images) is keyed by its bytes
     assert key([(plain, y)]) != key([(plain + 1e-7, y)])
+
+
+def test_dpfedavg_gan_is_trained_once_per_data_config_and_stamp(tmp_path, monkeypatch):
+    """A later process gets the kept DP-FedAvg-GAN back (the very weights, sigma and epsilon) instead of
+    training it again; other hospitals' data, another config or another unit stamp trains anew."""
+    from hfgan_core.benchmark import runner
+    from hfgan_core.dpfedavg_gan import DPFedAvgGANConfig, DPFedAvgGANResult
+    trained = []
+
+    def fake_train(clients, *, num_classes, config):
+        trained.append(config)
+        torch.manual_seed(len(trained))  # every training: other weights, as on another CPU
+        return DPFedAvgGANResult(generator=torch.nn.Linear(3, 2), noise_multiplier=1.5, epsilon=config.epsilon)
+
+    monkeypatch.setattr(runner, "train_dpfedavg_gan", fake_train)
+    mod = _script()
+    mod.keep_dpfedavg_gan(_out(tmp_path))
+    hospitals, cfg = [(torch.arange(6.0).view(2, 3), torch.tensor([0, 1]))], DPFedAvgGANConfig(epsilon=10.0, seed=0)
+    first = runner.train_dpfedavg_gan(hospitals, num_classes=2, config=cfg)
+    again = runner.train_dpfedavg_gan(hospitals, num_classes=2, config=cfg)
+    assert len(trained) == 1 and again.epsilon == 10.0 and again.noise_multiplier == 1.5
+    assert torch.equal(again.generator.weight, first.generator.weight)
+    assert len(list((tmp_path / "gan_runs").glob("dpfedavg_gan-seed0-eps10-*.pt"))) == 1
+    runner.train_dpfedavg_gan(hospitals, num_classes=2, config=DPFedAvgGANConfig(epsilon=3.0, seed=0))
+    runner.train_dpfedavg_gan([(hospitals[0][0] + 1, hospitals[0][1])], num_classes=2, config=cfg)
+    _out(tmp_path, '{"code": "y"}')  # the same folder, another unit stamp
+    runner.train_dpfedavg_gan(hospitals, num_classes=2, config=cfg)
+    assert len(trained) == 4
