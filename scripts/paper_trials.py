@@ -16,8 +16,9 @@ hospitals' images and labels, the synthetic images of a GAN row: hashed), and th
 by their bytes: the generators' weights hash (the one the pinned rows carry) and the sampling seed
 (``tag_synthetic_images``). Why: a GAN block's trials on seed 0 take longer than a session, its
 generators are committed so that the next session reuses them, and the next machine may compute
-the same generators' images with other rounding (an AVX-512 CPU against an AVX2 one), which would
-change every byte-level key and redo every trial. A GAN trained again with other weights still
+the same generators' images with other rounding (a GAN trained again from the same seeds on
+2026-12-02 had other weights than the day before's, with the same code and libraries: most likely
+another CPU model's vector kernels), which would change every byte-level key and redo every trial. A GAN trained again with other weights still
 gets trials of its own. For the same reason each DP-FedAvg-GAN is kept (``keep_dpfedavg_gan``): the
 pinned runner trains it in memory only.
 
