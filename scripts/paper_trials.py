@@ -18,9 +18,9 @@ by their bytes: the generators' weights hash (the one the pinned rows carry) and
 generators are committed so that the next session reuses them, and the next machine may compute
 the same generators' images with other rounding (a GAN trained again from the same seeds on
 2026-12-02 had other weights than the day before's, with the same code and libraries: most likely
-another CPU model's vector kernels), which would change every byte-level key and redo every trial. A GAN trained again with other weights still
-gets trials of its own. For the same reason each DP-FedAvg-GAN is kept (``keep_dpfedavg_gan``): the
-pinned runner trains it in memory only.
+another CPU model's vector kernels), which would change every byte-level key and redo every
+trial. A GAN trained again with other weights still gets trials of its own. For the same reason
+each DP-FedAvg-GAN is kept (``keep_dpfedavg_gan``): the pinned runner trains it in memory only.
 
 The sweeps (``noniid``, ``ratio``) get one more thing the pin lacks: main's rule that every sweep
 point holds the headline's tuning (``hfgan_core.sweeps`` on main, since 2026-11-30). The pinned
@@ -37,6 +37,7 @@ Usage (what ``scripts/paper_runs.sh`` runs, in the pinned worktree, PYTHONPATH=<
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import sys
 import time
@@ -161,9 +162,9 @@ def keep_dpfedavg_gan(out: Path) -> None:
             return torch.load(path, weights_only=False)
         result = original(clients, num_classes=num_classes, config=config, **kw)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(result, tmp)
-        tmp.replace(path)
+        buffer = io.BytesIO()
+        torch.save(result, buffer)
+        _write(path, buffer.getvalue())
         return result
 
     runner.train_dpfedavg_gan = train_dpfedavg_gan
