@@ -52,17 +52,20 @@ def test_paired_controls_scores_the_saved_probabilities(tmp_path):
     y = rng.integers(3, size=60)
     saved = {"y_test": y}
     for method, eps in (("hfgan", "10.0"), ("fedavg", "inf"), ("fedavg_steps", "inf"), ("fedavg_balanced", "inf"),
-                        ("fedavg_null", "inf")):
+                        ("fedavg_null", "inf"), ("dp_fedavg", "10.0")):
         for seed in (0, 1):
             saved[f"{method}|{seed}|{eps}"] = rng.dirichlet(np.ones(3), size=(1, 60)).astype(np.float32)
     np.savez(tmp_path / "probas.npz", **saved)
     proc = subprocess.run([sys.executable, "benchmarks/paired_controls.py", str(tmp_path)], capture_output=True,
                           text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    for control in ("fedavg", "fedavg_steps", "fedavg_balanced", "fedavg_null"):
+    rows = (("fedavg", "inf"), ("fedavg_steps", "inf"), ("fedavg_balanced", "inf"), ("fedavg_null", "inf"),
+            ("dp_fedavg", "10.0"))  # the DP classifier at HF-GAN's epsilon, last
+    assert len(proc.stdout.splitlines()) == 1 + len(rows)
+    for i, (control, eps) in enumerate(rows):
         expected = np.mean([np.mean(saved[f"hfgan|{s}|10.0"][0].argmax(-1) == y)
-                            - np.mean(saved[f"{control}|{s}|inf"][0].argmax(-1) == y) for s in (0, 1)])
-        line = proc.stdout.splitlines()[1 + ("fedavg", "fedavg_steps", "fedavg_balanced", "fedavg_null").index(control)]
+                            - np.mean(saved[f"{control}|{s}|{eps}"][0].argmax(-1) == y) for s in (0, 1)])
+        line = proc.stdout.splitlines()[1 + i]
         delta, low, high = map(float, re.search(r"accuracy ([-+.\d]+) \[([-+.\d]+), ([-+.\d]+)\]", line).groups())
         assert delta == round(expected, 3) and low <= delta <= high
 
