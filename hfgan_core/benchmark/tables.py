@@ -306,7 +306,7 @@ def _tuning_note(report: dict) -> str:
                if fresh else "")
             + edge_note(tuning)
             + " The GANs' settings are not in this budget: HF-GAN's recipe was "
-            "chosen earlier by about 20 validation runs on seed 0 (`results/recipe_search/`), DP-FedAvg-GAN's "
+            "chosen earlier on validation (`results/recipe_search/`: about 80 recorded runs, most on seed 0), DP-FedAvg-GAN's "
             "settings were not searched. Tuning on validation is not charged to any ε (for a fixed number of "
             "configurations the honest cost would be composition over their runs).")
 
