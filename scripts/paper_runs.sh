@@ -22,6 +22,8 @@
 #                                               # the table's tuning (paper_trials.py); log <d>-<kind>.log
 #   scripts/paper_runs.sh dp-recipe DATASET ... # beside a finished table: its DP classifier at the federated
 #                                               # DP-SGD recipe instead of its tuning's draw; <d>/dp_recipe/
+#   scripts/paper_runs.sh assemble DATASET      # once its table and curve are finished: the committed table, from
+#                                               # the units alone (the pinned notebook, then main's rendering)
 #
 # Env: EXTRA="--curve-epsilon 1 3 inf" adds arguments to the benchmark (e.g. the privacy-utility
 # curve, once the tables are done); SEEDS (default 0 1 2 3 4); WT (the worktree, default
@@ -67,6 +69,27 @@ PY
 # Refuse (exit 2) without the pinned worktree (made by the first start).
 need_worktree() {
   [ -d "$WT/hfgan_core" ] || { echo "error: no worktree at $WT; run 'scripts/paper_runs.sh start' once first" >&2; exit 2; }
+}
+
+# Refuse (exit 2) unless dataset $1's privacy-utility curve (epsilons $CURVE, default 1 3 inf) has every
+# row and HF-GAN judgement on every seed of $SEEDS: the pinned CURVE_METHODS, DP-SGD at finite epsilon only.
+curve_done() {
+  local missing
+  missing=$(PYTHONPATH="$WT" "$PYTHON" - "$out/$1/units" ${CURVE-1 3 inf} <<'PY'
+import math, sys
+from pathlib import Path
+from hfgan_core.benchmark.config import CURVE_METHODS
+units, curve = Path(sys.argv[1]), [float(e) for e in sys.argv[2:]]
+for seed in range(5):
+    for eps in curve:
+        for m in CURVE_METHODS:
+            if not (m == "dp_fedavg" and math.isinf(eps)) and not (units / f"row-{m}-{seed}-{eps}.json").exists():
+                print(f"row {m} seed {seed} eps {eps}")
+        if not (units / f"quality-hfgan-{seed}-{eps}.json").exists():
+            print(f"HF-GAN judgement seed {seed} eps {eps}")
+PY
+)
+  [ -z "$missing" ] || { echo "error: $1's curve (epsilon ${CURVE-1 3 inf}) is not finished: $(echo "$missing" | head -3 | paste -sd';') ...; see 'EXTRA=\"--curve-epsilon ${CURVE-1 3 inf}\" scripts/paper_runs.sh start $1'" >&2; exit 2; }
 }
 
 # Refuse (exit 2) unless dataset $1's table has every row and GAN judgement on every seed of $SEEDS.
@@ -197,12 +220,62 @@ PY
     echo "$d: dp-recipe rows started (log $out/$d-dp_recipe.log)"
   done
   ;;
+assemble)
+  # The committed table of a finished run, made the way `make tables` makes every table: the pinned
+  # dataset notebook executed by papermill (PROFILE paper, resume) over a copy of the units, which reuses
+  # every result and trains nothing (checked: the copy must not gain a unit), then main's render-only
+  # code over the pin's runs.json and probas.npz (the paired columns and notes added since the pin, the
+  # figures), into results/: the table files, figures, results/<d>/ (runs.json, probas.npz, the GAN
+  # runs' logs and sample grids), the executed notebook, and results/README.md.
+  d=${1:-}
+  nb=$(PYTHONPATH="$repo" "$PYTHON" -c "import sys; from hfgan_core.report import TABLES; print(TABLES[sys.argv[1]].notebook)" "$d" 2>/dev/null) \
+    || { echo "error: usage: scripts/paper_runs.sh assemble DATASET (pneumoniamnist, brainmri or retinamnist)" >&2; exit 2; }
+  need_worktree
+  table_done "$d"
+  curve_done "$d"
+  if [ -n "$(running "$d")" ]; then echo "error: $d's run is still going; stop it first" >&2; exit 2; fi
+  tmp=$(mktemp -d /tmp/paper-assemble-XXXX)
+  mkdir -p "$tmp/$d" "$tmp/notebooks"
+  cp -r "$out/$d/units" "$tmp/$d/"
+  [ -d "$out/$d/gan_runs" ] && cp -r "$out/$d/gan_runs" "$tmp/$d/"
+  before=$(ls "$tmp/$d/units" | wc -l)
+  epsilons=$(echo 10 ${CURVE-1 3 inf} | sed 's/inf/"inf"/; s/ /, /g')
+  (cd "$WT" && OMP_NUM_THREADS=1 PYTHONPATH="$WT" FLWR_TELEMETRY_ENABLED=0 nice -n 19 "$PYTHON" -m papermill \
+    "notebooks/$nb" "$tmp/notebooks/$nb" -k python3 -p profile paper -p out_dir "$tmp" -p resume True \
+    -y "epsilons: [$epsilons]" > "$tmp/log" 2>&1) || { echo "error: the pinned notebook failed; see $tmp/log" >&2; exit 1; }
+  [ "$(ls "$tmp/$d/units" | wc -l)" = "$before" ] \
+    || { echo "error: the pinned notebook made units the run lacked (see $tmp/log); nothing copied" >&2; exit 1; }
+  rm -rf "$repo/results/$d/gan_runs"
+  mkdir -p "$repo/results/$d/gan_runs" "$repo/results/notebooks"
+  cp "$tmp/$d/runs.json" "$tmp/$d/probas.npz" "$repo/results/$d/"
+  (cd "$tmp/$d/gan_runs" && find . -type f ! -name '*.pt' ! -name 'synthetic.*' -exec cp --parents {} "$repo/results/$d/gan_runs/" \;)
+  cp "$tmp/notebooks/$nb" "$repo/results/notebooks/"
+  (cd "$repo" && "$PYTHON" - "$d" "$tmp" <<'PY'
+import sys
+from hfgan_core import report
+from hfgan_core.benchmark.tables import write_tables
+d, tmp = sys.argv[1], sys.argv[2]
+bench = f"results/{d}"
+write_tables(bench)  # results/<d>/table.md, .csv
+rows = report.write_table(bench, "results")  # results/<stem>.md, .csv, .json
+report.plot_samples(bench, report.figure_path("results", d, "samples"))
+report.plot_privacy_utility(rows, report.figure_path("results", d, "privacy_utility"),
+                            title=f"{d}: privacy-utility (paper profile)")
+report.plot_per_hospital(bench, report.figure_path("results", d, "per_hospital"))
+report.plot_validation_curves(bench, report.figure_path("results", d, "validation_curves"))
+report.write_readme("results", run_line=f"{report.TABLES[d].title} assembled from its `paper` units by "
+                    "`scripts/paper_runs.sh assemble` (the pinned notebook, every result reused, then main's "
+                    "rendering); each table's footnote gives the profile, code, hardware and wall time of its run.")
+PY
+  ) >> "$tmp/log" 2>&1 || { echo "error: main's rendering failed; see $tmp/log" >&2; exit 1; }
+  echo "$d: assembled into results/ (the pin's rendering and log: $tmp)"
+  ;;
 stop)
   pkill -f "benchmark --dataset .* --out $out/" || true
   pkill -f "paper_trials.py (noniid|ratio) --dataset .*--out $out " || true
   ;;
 *)
-  echo "usage: scripts/paper_runs.sh start [DATASET ...] | status | preview DATASET | sweep noniid|ratio DATASET ... | dp-recipe DATASET ... | stop" >&2
+  echo "usage: scripts/paper_runs.sh start [DATASET ...] | status | preview DATASET | sweep noniid|ratio DATASET ... | dp-recipe DATASET ... | assemble DATASET | stop" >&2
   exit 2
   ;;
 esac
