@@ -1,4 +1,4 @@
-# make tables -- the results tables: runs notebooks/01-04 with papermill, writes results/README.md; fetches a
+# make tables -- the results tables: runs notebooks/01-04 with papermill, writes results/ (paper) or results/quick/ (a preview); fetches a
 #                missing PneumoniaMNIST / RetinaMNIST through medmnist. PROFILE=auto|quick|paper|smoke (auto:
 #                paper on a CUDA GPU, quick otherwise), DEVICE=auto|cpu|cuda, DATASETS=..., JOBS=notebooks side
 #                by side, WORKERS=processes making each notebook's rows (same numbers; on a GPU e.g. 8),

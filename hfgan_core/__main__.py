@@ -131,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
         n.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
         n.add_argument("--epsilon", type=float, default=10.0, help="HF-GAN's per-record epsilon")
         n.add_argument("--device", default="cpu", help=_HELP["device"])
-        n.add_argument("--out", default="results", help=f"<out>/<dataset>/{name}/: one benchmark per setting, {name}.md")
+        n.add_argument("--out", default=None, help=f"<out>/<dataset>/{name}/: one benchmark per setting, {name}.md "
+                       "(default: results for the paper profile, results/<profile> otherwise)")
         n.add_argument("--resume", action="store_true", help="continue a stopped sweep: reuse finished results")
         n.add_argument("--workers", type=int, default=1, help="processes making each setting's rows side by side")
         n.add_argument("--no-progress", action="store_true")
@@ -142,7 +143,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     t.add_argument("--datasets", nargs="+", default=None, help="default: " + " ".join(TABLES))
     t.add_argument("--data-dir", default=None, help=_HELP["data_dir"])
-    t.add_argument("--out", default=None, help="default: results (results/smoke for the smoke profile)")
+    t.add_argument("--out", default=None,
+                   help="default: results for the paper profile, results/<profile> for smoke and quick (a preview "
+                        "never overwrites the committed tables)")
     t.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the profile's (smoke 1 seed, quick 1, paper 5)")
     t.add_argument("--jobs", type=int, default=1, help="notebooks run side by side (each gets cores / jobs threads)")
     t.add_argument("--workers", type=int, default=1,
@@ -254,12 +257,14 @@ def _attacks(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from .sweeps import NONIID_METHODS, RATIO_METHODS, plot_sweep, run_noniid, run_ratio
+    from .report import default_out
     noniid = args.command == "noniid"
-    rows = (run_noniid if noniid else run_ratio)(args.dataset, args.out, profile=args.profile, seeds=args.seeds,
+    out = args.out or default_out(args.profile)  # a preview sweep never overwrites the committed one
+    rows = (run_noniid if noniid else run_ratio)(args.dataset, out, profile=args.profile, seeds=args.seeds,
                                                  epsilon=args.epsilon, data_dir=args.data_dir, device=args.device,
                                                  progress=not args.no_progress, resume=args.resume,
                                                  workers=args.workers)
-    root = Path(args.out) / args.dataset / args.command
+    root = Path(out) / args.dataset / args.command
     plot_sweep(rows, root / f"{args.command}.png", methods=NONIID_METHODS if noniid else RATIO_METHODS,
                xlabel="hospitals' label skew (Dirichlet α; IID: none)" if noniid else "synthetic images per real image",
                title=f"{args.dataset}: test accuracy ({args.profile} profile)")

@@ -47,6 +47,13 @@ ATTACK_TABLE = Table("pneumoniamnist", "table4_privacy_attacks", "04_privacy_att
                      "Table 4: privacy attacks and audit (chest X-ray)")
 
 
+def default_out(profile: str) -> Path:
+    """Where a profile's tables go when no folder is named: only the paper profile writes the
+    committed tables in results/; smoke and quick go to results/<profile>/, so that a preview run
+    in a class never overwrites them."""
+    return Path("results") if profile == "paper" else Path("results") / profile
+
+
 def figure_path(out_dir: str | Path, dataset: str, kind: str) -> Path:
     return Path(out_dir) / "figures" / f"{TABLES[dataset].stem}_{kind}.png"
 
@@ -228,7 +235,7 @@ def make_tables(*, profile: str = "auto", device: str = "auto", datasets: list[s
     profile, device = resolve_auto(profile, device)
     datasets = _check_tables(profile, datasets, jobs, workers)
     require_device(device)
-    out = Path(out or ("results/smoke" if profile == "smoke" else "results")).resolve()
+    out = Path(out or default_out(profile)).resolve()
     ready, missing = [], {}
     for name in datasets:
         try:

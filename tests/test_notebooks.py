@@ -102,6 +102,22 @@ def test_missing_dataset_is_reported_and_the_others_still_run(tmp_path, monkeypa
     assert "not run:" in readme and "build-brainmri" in readme
 
 
+@pytest.mark.parametrize("profile,folder", [("paper", "results"), ("quick", "results/quick"), ("smoke", "results/smoke")])
+def test_only_the_paper_profile_writes_the_committed_tables(tmp_path, monkeypatch, profile, folder):
+    """Without --out, `make tables` hands its notebooks results/ for the paper profile only: a quick
+    preview (what a CPU gets) or a smoke check goes to results/<profile>/, never over the committed tables."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "pneumoniamnist.npz").symlink_to(real_data("pneumoniamnist.npz").resolve())
+    monkeypatch.chdir(tmp_path)
+    seen = []
+    monkeypatch.setattr(report, "_execute", lambda t, params, out, progress_bar: seen.append(params["out_dir"]) or "ran")
+    assert report.make_tables(profile=profile, device="cpu", data_dir=str(data), datasets=["pneumoniamnist"],
+                              attacks=False) == 0
+    assert seen == [str(tmp_path / folder)] and (tmp_path / folder / "README.md").exists()
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("README.md")] == [f"{folder}/README.md"]
+
+
 @pytest.mark.parametrize("args,message", [(["--profile", "huge"], "unknown profile"),
                                           (["--datasets", "nosuch"], "no table for dataset"),
                                           (["--jobs", "0"], "--jobs must be at least 1"),
