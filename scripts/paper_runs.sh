@@ -22,6 +22,8 @@
 #                                               # the table's tuning (paper_trials.py); log <d>-<kind>.log
 #   scripts/paper_runs.sh dp-recipe DATASET ... # beside a finished table: its DP classifier at the federated
 #                                               # DP-SGD recipe instead of its tuning's draw; <d>/dp_recipe/
+#   scripts/paper_runs.sh keep                  # before a session ends: git add -f the generators of every GAN block
+#                                               # whose rows or judgement are unfinished (the next process reuses them)
 #   scripts/paper_runs.sh assemble DATASET      # once its table and curve are finished: the committed table, from
 #                                               # the units alone (the pinned notebook, then main's rendering)
 #
@@ -270,12 +272,42 @@ PY
   ) >> "$tmp/log" 2>&1 || { echo "error: main's rendering failed; see $tmp/log" >&2; exit 1; }
   echo "$d: assembled into results/ (the pin's rendering and log: $tmp)"
   ;;
+keep)
+  # A GAN block (its training, rows and judgement) that a session leaves unfinished continues next
+  # session only from the same generators (trained again on another CPU they get other weights, and
+  # every row, trial and judgement of the block is made again). So stage, with git add -f past
+  # .gitignore, each HF-GAN generators.pt and each kept DP-FedAvg-GAN whose block lacks a row or its
+  # judgement: HF-GAN's own-images and synthetic-only rows (and the shared pool's at epsilon 10),
+  # DP-FedAvg-GAN's row, and each one's quality unit; for the ratio sweep's shared GANs, HF-GAN's row
+  # at every ratio. A finished block's generators are not staged.
+  "$PYTHON" - "$out" <<'PY' | while read -r g why; do git add -f "$g"; echo "kept: ${g#$repo/} (its block lacks $why)"; done
+import re, sys
+from pathlib import Path
+for g in sorted(Path(sys.argv[1]).glob("**/gan_runs/*")):
+    m = re.fullmatch(r"(hfgan|dpfedavg_gan)-seed(\d+)-eps([0-9.]+|inf)(-\w+\.pt)?", g.name)
+    if not m or (m[1] == "hfgan") != g.is_dir():
+        continue
+    kind, seed, eps = m[1], m[2], m[3] if m[3] == "inf" else f"{float(m[3]):.1f}"  # units name 10.0, inf
+    weights = g / "generators.pt" if kind == "hfgan" else g
+    if not weights.exists():
+        continue
+    run = g.parent.parent  # <run>/gan_runs/...: the run's units, or for the ratio sweep every ratio point's
+    units = [run / "units"] if (run / "units").is_dir() else sorted(run.glob("*/units"))
+    need = (["row-dpfedavg_gan", "quality-dpfedavg_gan"] if kind == "dpfedavg_gan" else
+            ["row-hfgan", "row-hfgan_synth_only", "quality-hfgan"] + (["row-hfgan_shared"] if eps == "10.0" else []))
+    if run.name == "ratio":
+        need = ["row-hfgan"]
+    missing = [f"{u.parent.name}/{n}" for u in units for n in need if not (u / f"{n}-{seed}-{eps}.json").exists()]
+    if missing or not units:
+        print(weights, missing[0] if missing else "any units")
+PY
+  ;;
 stop)
   pkill -f "benchmark --dataset .* --out $out/" || true
   pkill -f "paper_trials.py (noniid|ratio) --dataset .*--out $out " || true
   ;;
 *)
-  echo "usage: scripts/paper_runs.sh start [DATASET ...] | status | preview DATASET | sweep noniid|ratio DATASET ... | dp-recipe DATASET ... | assemble DATASET | stop" >&2
+  echo "usage: scripts/paper_runs.sh start [DATASET ...] | status | preview DATASET | sweep noniid|ratio DATASET ... | dp-recipe DATASET ... | assemble DATASET | keep | stop" >&2
   exit 2
   ;;
 esac
