@@ -77,12 +77,12 @@ need_worktree() {
 # row and HF-GAN judgement on every seed of $SEEDS: the pinned CURVE_METHODS, DP-SGD at finite epsilon only.
 curve_done() {
   local missing
-  missing=$(PYTHONPATH="$WT" "$PYTHON" - "$out/$1/units" ${CURVE-1 3 inf} <<'PY'
+  missing=$(PYTHONPATH="$WT" "$PYTHON" - "$out/$1/units" "${SEEDS:-0 1 2 3 4}" ${CURVE-1 3 inf} <<'PY'
 import math, sys
 from pathlib import Path
 from hfgan_core.benchmark.config import CURVE_METHODS
-units, curve = Path(sys.argv[1]), [float(e) for e in sys.argv[2:]]
-for seed in range(5):
+units, seeds, curve = Path(sys.argv[1]), sys.argv[2].split(), [float(e) for e in sys.argv[3:]]
+for seed in seeds:
     for eps in curve:
         for m in CURVE_METHODS:
             if not (m == "dp_fedavg" and math.isinf(eps)) and not (units / f"row-{m}-{seed}-{eps}.json").exists():
@@ -252,11 +252,11 @@ assemble)
   cp "$tmp/$d/runs.json" "$tmp/$d/probas.npz" "$repo/results/$d/"
   (cd "$tmp/$d/gan_runs" && find . -type f ! -name '*.pt' ! -name 'synthetic.*' -exec cp --parents {} "$repo/results/$d/gan_runs/" \;)
   cp "$tmp/notebooks/$nb" "$repo/results/notebooks/"
-  (cd "$repo" && "$PYTHON" - "$d" "$tmp" <<'PY'
+  (cd "$repo" && "$PYTHON" - "$d" <<'PY'
 import sys
 from hfgan_core import report
 from hfgan_core.benchmark.tables import write_tables
-d, tmp = sys.argv[1], sys.argv[2]
+d = sys.argv[1]
 bench = f"results/{d}"
 write_tables(bench)  # results/<d>/table.md, .csv
 rows = report.write_table(bench, "results")  # results/<stem>.md, .csv, .json
