@@ -35,6 +35,7 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 PIN=889f63f  # the commit whose hfgan_core makes the paper tables (code hash 5bc79e6f...)
 WT=${WT:-/tmp/hfgan-paper-$PIN}
+SEEDS=${SEEDS:-0 1 2 3 4}  # the table's seeds; one spelling of the default for every command
 PYTHON=${PYTHON:-$repo/.venv/bin/python}
 out=$repo/results/paper_runs
 cmd=${1:-}
@@ -54,7 +55,7 @@ launch() {
 # One line per seed of $SEEDS: "<seed> <rows done> <rows in the table> <yes|no: every row and both GAN
 # judgements finished> <methods to do...>", from the pinned code's method list (needs the worktree).
 seed_state() {
-  PYTHONPATH="$WT" "$PYTHON" - "$1" ${SEEDS:-0 1 2 3 4} <<'PY'
+  PYTHONPATH="$WT" "$PYTHON" - "$1" $SEEDS <<'PY'
 import math, sys
 from pathlib import Path
 from hfgan_core.benchmark.config import METHODS, PRIVATE_ROWS
@@ -77,7 +78,7 @@ need_worktree() {
 # row and HF-GAN judgement on every seed of $SEEDS: the pinned CURVE_METHODS, DP-SGD at finite epsilon only.
 curve_done() {
   local missing
-  missing=$(PYTHONPATH="$WT" "$PYTHON" - "$out/$1/units" "${SEEDS:-0 1 2 3 4}" ${CURVE-1 3 inf} <<'PY'
+  missing=$(PYTHONPATH="$WT" "$PYTHON" - "$out/$1/units" "$SEEDS" ${CURVE-1 3 inf} <<'PY'
 import math, sys
 from pathlib import Path
 from hfgan_core.benchmark.config import CURVE_METHODS
@@ -97,7 +98,7 @@ PY
 # Refuse (exit 2) unless dataset $1's table has every row and GAN judgement on every seed of $SEEDS.
 table_done() {
   [ -d "$out/$1/units" ] && [ -z "$(seed_state "$out/$1/units" | awk '$4 != "yes"')" ] \
-    || { echo "error: $1's table is not finished on seeds ${SEEDS:-0 1 2 3 4}; see 'scripts/paper_runs.sh status'" >&2; exit 2; }
+    || { echo "error: $1's table is not finished on seeds $SEEDS; see 'scripts/paper_runs.sh status'" >&2; exit 2; }
 }
 
 case "$cmd" in
@@ -129,14 +130,14 @@ start)
       # a second process on other seeds: only once seed 0, where every method is tuned, is finished,
       # and not for the curve (its epsilons are tuned on seed 0 as well)
       busy=$(ps -o args= -p "$(running "$d" | paste -sd,)" | sed -n 's/.*--seeds \([0-9 ]*\) --profile.*/\1/p' | tr ' ' '\n' | sort -u)
-      clash=$(comm -12 <(echo "$busy") <(echo ${SEEDS:-0 1 2 3 4} | tr ' ' '\n' | sort -u))
+      clash=$(comm -12 <(echo "$busy") <(echo $SEEDS | tr ' ' '\n' | sort -u))
       if [ -n "$clash" ] || [ -n "${EXTRA:-}" ] || pgrep -f "benchmark --dataset $d .*--curve-epsilon" > /dev/null \
          || ! SEEDS=0 seed_state "$out/$d/units" | grep -q ' yes'; then
         echo "$d: already running on seeds" $busy "(a second process needs other SEEDS, seed 0 finished, no curve)"
         continue
       fi
     fi
-    launch "$out/$d.log" benchmark --dataset "$d" --methods all --seeds ${SEEDS:-0 1 2 3 4} --profile paper --epsilon 10 \
+    launch "$out/$d.log" benchmark --dataset "$d" --methods all --seeds $SEEDS --profile paper --epsilon 10 \
       ${EXTRA:-} --out "$out/$d"
     echo "$d: started (log $out/$d.log)"
   done
@@ -150,7 +151,7 @@ sweep)
     # the sweep's headline point copies the table's units once, when it starts: so the table must be finished
     table_done "$d"
     if [ -n "$(running "$d")$(sweeping "$kind" "$d")" ]; then echo "$d: a run or $kind sweep of it is running"; continue; fi
-    launch "$out/$d-$kind.log" "$kind" --dataset "$d" --profile paper --seeds ${SEEDS:-0 1 2 3 4} --epsilon 10 --out "$out"
+    launch "$out/$d-$kind.log" "$kind" --dataset "$d" --profile paper --seeds $SEEDS --epsilon 10 --out "$out"
     echo "$d: $kind sweep started (log $out/$d-$kind.log)"
   done
   ;;
@@ -217,7 +218,7 @@ json.dump({"dp_fedavg|10.0": {"space": table["space"], "seed": table["seed"], "c
 PY
       cp "$out/$d/units/stamp.json" "$sub/units/"  # last: a folder with a stamp is a started one
     fi
-    launch "$out/$d-dp_recipe.log" benchmark --dataset "$d" --methods dp_fedavg --seeds ${SEEDS:-0 1 2 3 4} --profile paper \
+    launch "$out/$d-dp_recipe.log" benchmark --dataset "$d" --methods dp_fedavg --seeds $SEEDS --profile paper \
       --epsilon 10 --out "$sub"
     echo "$d: dp-recipe rows started (log $out/$d-dp_recipe.log)"
   done
